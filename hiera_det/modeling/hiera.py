@@ -327,9 +327,12 @@ class Hiera(nn.Module):
         return pe + window.tile([1, 1, *reps])
 
     def forward(self, x: torch.Tensor, return_logits: bool = False) -> dict[str, torch.Tensor]:
+        """Stage outputs as ``[B, C, *grid]`` tensors in channels-last memory (the layout convolutions
+        downstream prefer), plus ``"logits"`` on request."""
         self.check_input(x)
-        x = self.patch_embed.proj(x)
-        x = x + self.pos_embed_for(x.shape[2:]).to(x.dtype)
+        memory_format = torch.channels_last if self.ndim == 2 else torch.channels_last_3d
+        x = self.patch_embed.proj(x.contiguous(memory_format=memory_format)).movedim(1, -1)
+        x = x + self.pos_embed_for(x.shape[1:-1]).movedim(1, -1).to(x.dtype)
         x, coarse = self.layout.enter(x)
         outputs = {}
         pooled = 0
@@ -342,7 +345,7 @@ class Hiera(nn.Module):
             pooled += int(block.q_pool)
             if i in self.stage_ends:
                 stage = self.stage_ends.index(i) + 1
-                outputs[f"stage{stage}"] = self.layout.to_grid(x, coarse, pooled)
+                outputs[f"stage{stage}"] = self.layout.to_grid(x, coarse, pooled).movedim(-1, 1)
         if return_logits:
             if self.head is None:
                 raise ValueError(f"{self.name} was built with num_classes=0 (features only): no logits")

@@ -12,7 +12,8 @@ Two layouts serve the two attention schemes:
 
 Both expose the same four operations that ``HieraBlock`` needs: ``partition`` (tokens -> attention
 sequences), ``pool_q`` (pool queries inside those sequences), ``merge`` (sequences -> tokens) and ``pool``
-(the shortcut's pooling), plus ``enter`` / ``to_grid`` at the ends of the trunk.
+(the shortcut's pooling), plus ``enter`` / ``to_grid`` at the ends of the trunk. Both ends are channels-last (``[B, *grid, C]``), so every
+copy moves whole C-vectors.
 """
 
 from __future__ import annotations
@@ -46,20 +47,20 @@ class UnrolledLayout:
         return tuple(s**self.levels for s in self.q_stride)
 
     def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """``[B, C, *grid]`` -> ``[B, units, L, C]`` and the grid of mask units."""
-        B, C, *grid = x.shape
+        """Channels-last tokens ``[B, *grid, C]`` -> ``[B, units, L, C]`` and the grid of mask units."""
+        B, *grid, C = x.shape
         D = len(grid)
         coarse = tuple(g // u for g, u in zip(grid, self.unit_size()))
-        shape = [B, C]
+        shape = [B]
         for d in range(D):
             shape += [coarse[d]] + [self.q_stride[d]] * self.levels
-        axes = _level_axes(D, self.levels, first=2)
-        order = [0] + axes[0] + [a for lev in axes[1:] for a in lev] + [1]
-        x = x.view(shape).permute(order)
+        axes = _level_axes(D, self.levels, first=1)
+        order = [0] + axes[0] + [a for lev in axes[1:] for a in lev] + [1 + D * (self.levels + 1)]
+        x = x.reshape(*shape, C).permute(order)
         return x.reshape(B, math.prod(coarse), -1, C), coarse
 
     def to_grid(self, x: torch.Tensor, coarse: tuple[int, ...], pooled: int) -> torch.Tensor:
-        """``[B, units, L, C]`` after ``pooled`` q-pools -> ``[B, C, *grid]``."""
+        """``[B, units, L, C]`` after ``pooled`` q-pools -> channels-last ``[B, *grid, C]``."""
         B, _, _, C = x.shape
         D = len(coarse)
         left = self.levels - pooled
@@ -68,14 +69,14 @@ class UnrolledLayout:
             shape += list(self.q_stride)
         x = x.reshape(*shape, C)
         # axes of the view: coarse dims, then one group of D axes per remaining level (finest first)
-        order = [0, x.dim() - 1]
+        order = [0]
         for d in range(D):
             order.append(1 + d)
             for lev in reversed(range(left)):
                 order.append(1 + D + lev * D + d)
-        x = x.permute(order)
+        x = x.permute(order + [x.dim() - 1])
         grid = [coarse[d] * self.q_stride[d] ** left for d in range(D)]
-        return x.reshape(B, C, *grid)
+        return x.reshape(B, *grid, C)
 
     def partition(self, x: torch.Tensor, window: int):
         B, units, L, C = x.shape
@@ -109,10 +110,10 @@ class SpatialLayout:
         self.q_stride = tuple(q_stride)
 
     def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return x.permute(0, 2, 3, 1), None
+        return x, None
 
     def to_grid(self, x: torch.Tensor, coarse, pooled: int) -> torch.Tensor:
-        return x.permute(0, 3, 1, 2)
+        return x
 
     def partition(self, x: torch.Tensor, window: int):
         B, H, W, C = x.shape

@@ -1,0 +1,44 @@
+"""Fixtures shared by every test: few CPU threads, a fixed seed, and randomised reference weights."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+
+
+@pytest.fixture(autouse=True)
+def _few_threads_and_fixed_seed():
+    # The suite shares two cores with other work; more threads only add contention.
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    random.seed(0)
+
+
+def _randomize(module: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Give every parameter nonzero random values, in place.
+
+    Zero-initialised tensors (position embeddings, biases, a head scaled to ~0) would let a loader that
+    forgets or misplaces them pass a parity test, so everything is drawn anew: LayerNorm weights around 1,
+    position embeddings large enough to matter, the rest small.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    norms = {id(p) for m in module.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype)
+            if id(p) in norms:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * noise)
+            elif "pos" in name.rsplit(".", 1)[-1] or "position" in name:
+                p.copy_(0.2 * noise)
+            else:
+                p.copy_(std * noise)
+    return module.eval()
+
+
+@pytest.fixture
+def randomize():
+    """``randomize(module, seed=0)``: every parameter redrawn with a nonzero std; returns the module in eval mode."""
+    return _randomize

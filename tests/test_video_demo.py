@@ -1,0 +1,238 @@
+"""tools/video_demo.py and hiera_det.video.demo on short generated videos (random-weight tiny models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("detectron2")
+decord = pytest.importorskip("decord")
+
+import hiera_det  # noqa: F401,E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from hiera_det.config import get_hiera_cfg  # noqa: E402
+from hiera_det.data.video_io import VideoReadError  # noqa: E402
+from hiera_det.video.demo import DemoSettings, FrameWindow, VideoDemo, run_video_demo  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+
+def write_video(path, num_frames=7, size=(48, 80), fps=10.0, gray=False):
+    h, w = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    for i in range(num_frames):
+        frame = np.full((h, w, 3), 30, np.uint8)
+        cv2.rectangle(frame, (4 + 5 * i, 10), (20 + 5 * i, 30), (0, 200, 255), -1)
+        if gray:
+            frame = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        writer.write(frame)
+    writer.release()
+    return str(path)
+
+
+def video_cfg(meta_arch):
+    cfg = get_hiera_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = meta_arch
+    m = cfg.MODEL.HIERA_VIDEO
+    m.STAGES, m.EMBED_DIM, m.NUM_FRAMES, m.SAMPLING_RATE, m.NUM_CLASSES = [1, 1, 1, 1], 16, 4, 2, 3
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.VIDEO.TRAIN_CROP_SIZE = cfg.INPUT.VIDEO.TEST_CROP_SIZE = 32
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 48, 96
+    if meta_arch == "HieraClipDetector":
+        cfg.MODEL.BACKBONE.NAME = "build_hiera_video_fpn_backbone"
+        cfg.MODEL.FPN.OUT_CHANNELS = 16
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8], [16], [32], [64], [128]]
+        cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+        cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+        cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
+        cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+        cfg.TEST.DETECTIONS_PER_IMAGE = 5
+    return cfg
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def frames_in(path):
+    return len(decord.VideoReader(str(path)))
+
+
+def test_clip_detector_mode_writes_jsonl_and_mp4(tmp_path):
+    video = write_video(tmp_path / "short.mp4", num_frames=7, size=(50, 78))  # shorter than a clip span
+    cfg = video_cfg("HieraClipDetector")
+    model = build_model(cfg)
+    settings = DemoSettings(mode="clip", frame_stride=2, batch_size=3, score_threshold=0.0, chunk=4,
+                            progress=False)
+    [summary] = run_video_demo(cfg, model, video, str(tmp_path / "out"), settings, class_names=["a", "b", "c"])
+    records = read_jsonl(summary["jsonl"])
+    stamps = decord.VideoReader(video).get_frame_timestamp(range(7))[:, 0]
+    assert [r["frame_index"] for r in records] == [0, 2, 4, 6]
+    for r in records:
+        assert r["timestamp"] == pytest.approx(stamps[r["frame_index"]], abs=1e-6)
+        assert len(r["boxes"]) == len(r["scores"]) == len(r["classes"]) == len(r["class_names"])
+        for x0, y0, x1, y1 in r["boxes"]:  # source-frame coordinates
+            assert 0 <= x0 <= x1 <= 78 and 0 <= y0 <= y1 <= 50
+    assert sum(len(r["boxes"]) for r in records) > 0  # threshold 0: the untrained head still reports boxes
+    assert frames_in(summary["mp4"]) == 4
+    assert decord.VideoReader(summary["mp4"])[0].shape == (50, 78, 3)
+    # bounded memory: one clip span (4 frames x rate 2 -> 7) plus one read chunk
+    assert summary["peak_cached_frames"] <= 7 + 4
+
+
+def test_frame_window_streams_and_releases():
+    class Reader:
+        num_frames = 100
+
+        def __init__(self):
+            self.reads = []
+
+        def get_frames(self, indices):
+            self.reads.append(list(indices))
+            return np.stack([np.full((2, 2, 3), i % 256, np.uint8) for i in indices])
+
+    reader = Reader()
+    window = FrameWindow(reader, chunk=8)
+    for start in range(0, 90, 5):
+        frames = window.get([start, start + 3, start + 6])
+        assert [int(f[0, 0, 0]) for f in frames] == [start, start + 3, start + 6]
+        window.release_below(start + 5)
+    assert window.peak <= 7 + 8  # one request span (7 frames) plus one read-ahead chunk
+    decoded = [i for read in reader.reads for i in read]
+    assert len(decoded) == len(set(decoded))  # no frame decoded twice
+
+
+def test_classifier_mode_top_k_per_clip_and_video(tmp_path):
+    video = write_video(tmp_path / "cls.mp4", num_frames=20, size=(48, 64))
+    cfg = video_cfg("HieraVideoClassifier")
+    model = build_model(cfg)
+    settings = DemoSettings(mode="classify", top_k=2, progress=False)
+    summary = VideoDemo(cfg, model, settings, ["x", "y", "z"]).run(video, str(tmp_path / "out"))
+    records = read_jsonl(summary["jsonl"])
+    clips, last = records[:-1], records[-1]
+    span = (4 - 1) * 2 + 1
+    assert [c["clip_start"] for c in clips] == [0, 7, 13]  # non-overlapping, plus one covering the tail
+    for c in clips:
+        assert len(c["top_k"]) == 2 and c["top_k"][0]["score"] >= c["top_k"][1]["score"]
+        assert c["clip_end"] == c["clip_start"] + span - 1
+    assert last["num_clips"] == 3 and last["top_k"][0]["name"] in ("x", "y", "z")
+    assert frames_in(summary["mp4"]) == 20
+
+
+def test_image_detector_per_frame_on_grayscale_frame_folder(tmp_path):
+    frames_dir = tmp_path / "gray_frames"
+    frames_dir.mkdir()
+    for i in range(5):
+        img = np.full((45, 61), 40 + 30 * i, np.uint8)  # odd size, single channel
+        cv2.imwrite(str(frames_dir / f"{i:05d}.png"), img)
+    cfg = get_hiera_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = "build_hiera_fpn_backbone"
+    cfg.MODEL.HIERA.NAME = "hiera_tiny_224"
+    cfg.MODEL.HIERA.STAGES = [1, 1, 1, 1]
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 96
+    model = build_model(cfg)
+    settings = DemoSettings(mode="frame", batch_size=2, score_threshold=0.0, progress=False)
+    [summary] = run_video_demo(cfg, model, str(frames_dir), str(tmp_path / "out"), settings, class_names=[])
+    records = read_jsonl(summary["jsonl"])
+    assert [r["frame_index"] for r in records] == list(range(5))
+    assert records[1]["timestamp"] == pytest.approx(1 / 30, abs=1e-6)  # frame folders: index / 30 fps
+    reader = decord.VideoReader(summary["mp4"])
+    assert len(reader) == 5 and reader[0].shape == (46, 62, 3)  # odd frames padded by one row/column
+
+
+def test_variable_frame_rate_timestamps(tmp_path):
+    av = pytest.importorskip("av")
+    path = str(tmp_path / "vfr.mp4")
+    pts_ms = [0, 100, 150, 400, 420, 700]
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = __import__("fractions").Fraction(1, 1000)
+        for i, pts in enumerate(pts_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            frame.pts = pts
+            frame.time_base = stream.codec_context.time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    expected = decord.VideoReader(path).get_frame_timestamp(range(len(pts_ms)))[:, 0]
+    assert np.ptp(np.diff(expected)) > 0.1  # the file really has a variable frame rate
+    cfg = video_cfg("HieraClipDetector")
+    settings = DemoSettings(mode="clip", score_threshold=0.5, write_video=False, progress=False)
+    [summary] = run_video_demo(cfg, build_model(cfg), path, str(tmp_path / "out"), settings, class_names=[])
+    stamps = [r["timestamp"] for r in read_jsonl(summary["jsonl"])]
+    np.testing.assert_allclose(stamps, expected, atol=1e-6)
+    assert summary["mp4"] is None
+
+
+def test_missing_and_corrupt_videos_raise_video_read_error(tmp_path):
+    cfg = video_cfg("HieraVideoClassifier")
+    demo = VideoDemo(cfg, build_model(cfg), DemoSettings(mode="classify", progress=False))
+    with pytest.raises(VideoReadError, match="does not exist"):
+        run_video_demo(cfg, demo.model, str(tmp_path / "nope.mp4"), str(tmp_path), demo.settings)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(2048))
+    with pytest.raises(VideoReadError, match="corrupt.mp4"):
+        demo.run(str(corrupt), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="does not fit"):
+        VideoDemo(cfg, demo.model, DemoSettings(mode="clip"))
+
+
+def test_cli_end_to_end_and_clear_errors(tmp_path):
+    cfg = video_cfg("HieraVideoClassifier")
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(cfg.dump())
+    weights = tmp_path / "model.pth"
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    video = write_video(tmp_path / "clip.mp4", num_frames=9, size=(40, 56), gray=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    script = str(ROOT / "tools/video_demo.py")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-W", "ignore", script, "--config-file", str(config_file), *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    ok = run("--input", video, "--output", str(tmp_path / "out"), "--weights", str(weights))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    records = read_jsonl(tmp_path / "out" / "clip.jsonl")
+    assert "top_k" in records[-1] and frames_in(tmp_path / "out" / "clip.mp4") == 9
+
+    missing = run("--input", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o2"),
+                  "--weights", str(weights))
+    assert missing.returncode == 1 and "missing.mp4" in missing.stderr and "does not exist" in missing.stderr
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"model": {"backbone.res2.conv.weight": torch.zeros(1)}}, wrong)
+    bad = run("--input", video, "--output", str(tmp_path / "o3"), "--weights", str(wrong))
+    assert bad.returncode != 0 and "no parameter of this model" in bad.stderr
