@@ -17,12 +17,15 @@ Protocol (why each piece is there):
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -181,7 +184,9 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_ceiling(device: torch.device, size: int, dtype: torch.dtype, warmup: int = 3, repeats: int = 10) -> dict:
+def matmul_ceiling(
+    device: torch.device, size: int, dtype: torch.dtype, warmup: int = 3, repeats: int = 10
+) -> dict:
     """Achieved TFLOP/s of a ``size``^3 matmul on random data: the practical roof for the dense work."""
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
@@ -254,7 +259,9 @@ def _driver_version() -> str | None:
 
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except Exception:
@@ -275,10 +282,17 @@ def comparison_rows(report: dict) -> list[dict]:
             continue
         for comp in comparisons.get(item["case"], []):
             ours, peer = item["subjects"].get(comp["ours"], {}), item["subjects"].get(comp["peer"], {})
-            row = {"case": item["case"], "point": item["point"], "dtype": item["dtype"],
-                   "compile": item["compile"], **comp}
+            row = {
+                "case": item["case"],
+                "point": item["point"],
+                "dtype": item["dtype"],
+                "compile": item["compile"],
+                **comp,
+            }
             if ours.get("status") != "ok" or peer.get("status") != "ok":
-                failed = [n for n, s in ((comp["ours"], ours), (comp["peer"], peer)) if s.get("status") != "ok"]
+                failed = [
+                    n for n, s in ((comp["ours"], ours), (comp["peer"], peer)) if s.get("status") != "ok"
+                ]
                 row.update(verdict="not measured", reason=f"{', '.join(failed)} did not run")
                 rows.append(row)
                 continue
@@ -286,6 +300,8 @@ def comparison_rows(report: dict) -> list[dict]:
             if ours.get("peak_mem_bytes") and peer.get("peak_mem_bytes"):
                 row["memory_ratio"] = ours["peak_mem_bytes"] / peer["peak_mem_bytes"]
             checks = []
+            if comp.get("min_throughput") is not None:
+                checks.append(ours.get("throughput", 0.0) >= comp["min_throughput"])
             if comp.get("min_speedup") is not None:
                 checks.append(row["speedup"] >= comp["min_speedup"])
             if comp.get("max_memory_ratio") is not None and "memory_ratio" in row:
@@ -307,6 +323,8 @@ def _num(x, fmt: str = ".2f", missing: str = "—") -> str:
 
 def _target(comp: dict) -> str:
     parts = []
+    if comp.get("min_throughput") is not None:
+        parts.append(f"ours >= {comp['min_throughput']:g}/s")
     if comp.get("min_speedup") is not None:
         parts.append(f"speed >= {comp['min_speedup']:g}x")
     if comp.get("max_memory_ratio") is not None:
@@ -321,38 +339,58 @@ def render_markdown(report: dict) -> str:
     lines += [
         f"- Command: `{report['command']}`",
         f"- Started {report.get('started')}, elapsed {report.get('elapsed_s')} s",
-        f"- Device: {device}" + (f", {env['gpu_memory_gib']} GiB, capability {env['gpu_capability']}, "
-                                 f"driver {env.get('cuda_driver')}" if env.get("gpu") else ""),
+        f"- Device: {device}"
+        + (
+            f", {env['gpu_memory_gib']} GiB, capability {env['gpu_capability']}, "
+            f"driver {env.get('cuda_driver')}"
+            if env.get("gpu")
+            else ""
+        ),
         f"- torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, Python {env['python']}, "
         f"{env['torch_threads']} CPU threads, TF32 matmul {env['tf32_matmul']}",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
     ]
     for key, c in report["ceilings"].items():
         if isinstance(c, dict):
-            lines.append(f"- Matmul ceiling ({key}): {c['tflops']:.1f} TFLOP/s, {c['dtype']} {c['size']}^3, "
-                         f"median of {c['repeats']}")
+            lines.append(
+                f"- Matmul ceiling ({key}): {c['tflops']:.1f} TFLOP/s, {c['dtype']} {c['size']}^3, "
+                f"median of {c['repeats']}"
+            )
         else:
             lines.append(f"- Matmul ceiling ({key}): not measured: {c}")
     lines.append(f"- Plot: {report.get('plot')}")
+    if report.get("interrupted"):
+        lines.append(f"- **Interrupted**: {report['interrupted']}")
     if report["settings"].get("smoke"):
-        lines.append("- **Smoke run**: tiny models (Hiera-T, narrow heads) at tiny sizes on the CPU. It checks "
-                     "that every case runs; its numbers say nothing about speed.")
-    lines += ["", "Latency: median (p10-p90) of interleaved repeats. Speedup = peer time / our time (above 1: "
-              "ours is faster). Memory ratio = our peak / the peer's (below 1: ours needs less). Peak memory = "
-              "what the model holds (weights, optimizer state) + the peak growth during one call.", ""]
+        lines.append(
+            "- **Smoke run**: tiny models (Hiera-T, narrow heads) at tiny sizes on the CPU. It checks "
+            "that every case runs; its numbers say nothing about speed."
+        )
+    lines += [
+        "",
+        "Latency: median (p10-p90) of interleaved repeats. Speedup = peer time / our time (above 1: "
+        "ours is faster). Memory ratio = our peak / the peer's (below 1: ours needs less). Peak memory = "
+        "what the model holds (weights, optimizer state) + the peak growth during one call.",
+        "",
+    ]
 
     rows = comparison_rows(report)
     targeted = [r for r in rows if r["verdict"] in ("met", "missed")]
     lines += ["## Targets", ""]
     if targeted:
         met = sum(r["verdict"] == "met" for r in targeted)
-        lines += [f"{met} of {len(targeted)} targeted comparisons met.", "",
-                  "| case | input | dtype | compile | ours | peer | speedup | memory ratio | target | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"{met} of {len(targeted)} targeted comparisons met.",
+            "",
+            "| case | input | dtype | compile | ours | peer | speedup | memory ratio | target | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in targeted:
-            lines.append(f"| {r['case']} | {_point(r['point'])} | {r['dtype']} | {r['compile']} | {r['ours']} | "
-                         f"{r['peer']} | {_num(r.get('speedup'))}x | {_num(r.get('memory_ratio'))} | "
-                         f"{_target(r)} | {'met' if r['verdict'] == 'met' else '**MISSED**'} |")
+            lines.append(
+                f"| {r['case']} | {_point(r['point'])} | {r['dtype']} | {r['compile']} | {r['ours']} | "
+                f"{r['peer']} | {_num(r.get('speedup'))}x | {_num(r.get('memory_ratio'))} | "
+                f"{_target(r)} | {'met' if r['verdict'] == 'met' else '**MISSED**'} |"
+            )
     else:
         lines.append("No targeted comparison was measured.")
     lines.append("")
@@ -362,9 +400,11 @@ def render_markdown(report: dict) -> str:
         lines += [f"## {case['title']} (`{case['name']}`)", ""]
         if case.get("notes"):
             lines += [case["notes"], ""]
-        lines += [f"| input | dtype | compile | implementation | latency ms | {case['unit']} | peak MiB | "
-                  "GFLOP/call | TFLOP/s | % ceiling | compile s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| input | dtype | compile | implementation | latency ms | {case['unit']} | peak MiB | "
+            "GFLOP/call | TFLOP/s | % ceiling | compile s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         skipped = []
         for item in items:
             if item["status"] != "ok":
@@ -386,19 +426,26 @@ def render_markdown(report: dict) -> str:
                 )
         lines.append("")
         for item in skipped:
-            lines.append(f"- not measured: {_point(item['point'])} {item['dtype']} compile={item['compile']}: "
-                         f"{item['reason']}")
+            lines.append(
+                f"- not measured: {_point(item['point'])} {item['dtype']} compile={item['compile']}: "
+                f"{item['reason']}"
+            )
         case_rows = [r for r in rows if r["case"] == case["name"]]
         if case_rows:
-            lines += ["", "| input | dtype | compile | ours | peer | speedup | memory ratio | target | verdict |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| input | dtype | compile | ours | peer | speedup | memory ratio | target | verdict |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in case_rows:
                 verdict = r["verdict"] if r["verdict"] != "missed" else "**MISSED**"
                 if r["verdict"] == "not measured":
                     verdict += f" ({r['reason']})"
-                lines.append(f"| {_point(r['point'])} | {r['dtype']} | {r['compile']} | {r['ours']} | {r['peer']} | "
-                             f"{_num(r.get('speedup'))}x | {_num(r.get('memory_ratio'))} | {_target(r)} | "
-                             f"{verdict} |")
+                lines.append(
+                    f"| {_point(r['point'])} | {r['dtype']} | {r['compile']} | {r['ours']} | {r['peer']} | "
+                    f"{_num(r.get('speedup'))}x | {_num(r.get('memory_ratio'))} | {_target(r)} | "
+                    f"{verdict} |"
+                )
         labels = "; ".join(f"`{s['name']}` = {s['label']}" for s in case["subjects"])
         lines += ["", f"Implementations: {labels}.", ""]
     return "\n".join(lines) + "\n"
@@ -420,15 +467,20 @@ def plot_sweeps(report: dict, path) -> str | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     drawn = 0
     for ax, case in zip(axes[0], panels):
-        items = [i for i in report["results"] if i["case"] == case["name"] and i["status"] == "ok"
-                 and i["compile"] == "off"]
+        items = [
+            i
+            for i in report["results"]
+            if i["case"] == case["name"] and i["status"] == "ok" and i["compile"] == "off"
+        ]
         dtype = items[0]["dtype"] if items else None
         for subject in case["subjects"]:
             xs, ys = [], []
             for item in items:
                 s = item["subjects"].get(subject["name"], {})
                 if item["dtype"] == dtype and s.get("status") == "ok":
-                    xs.append(item["point"]["batch"] if case["plot"] == "batch" else item["point"]["size"][-1])
+                    xs.append(
+                        item["point"]["batch"] if case["plot"] == "batch" else item["point"]["size"][-1]
+                    )
                     ys.append(s["throughput"])
             if xs:
                 style = "-o" if subject["role"] == "ours" else "--s"
@@ -440,28 +492,37 @@ def plot_sweeps(report: dict, path) -> str | None:
             ax.set_xscale("log", base=2)
         ax.set_title(f"{case['title']}\n{dtype or 'no data'}, eager", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if not drawn:
+        plt.close(fig)
+        return "the sweep cases measured nothing"
     fig.suptitle(f"{report['tag']}: {report['environment'].get('gpu') or 'CPU'}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return None if drawn else "the sweep cases measured nothing"
+    return None
 
 
 def write_report(report: dict, out_dir, tag: str) -> None:
     """Write ``tag``.json, ``tag``.md and ``tag``.png under ``out_dir`` (atomically, so that a run cut off
     mid-write leaves the previous complete files)."""
-    import json
-    import os
-    from pathlib import Path
-
     out = Path(out_dir)
-    png = out / f"{tag}.png"
+    png, png_tmp = out / f"{tag}.png", out / f".{tag}.tmp.png"
     try:
-        report["plot"] = plot_sweeps(report, png) or png.name
+        why_not = plot_sweeps(report, png_tmp)
+        if why_not is None:
+            os.replace(png_tmp, png)
+        report["plot"] = why_not or png.name
     except Exception as e:  # a broken plot must not lose the measurements
         report["plot"] = f"plot failed: {describe_error(e)}"
-    for suffix, text in ((".json", json.dumps(report, indent=1, default=str)), (".md", render_markdown(report))):
+    try:
+        markdown = render_markdown(report)
+    except Exception as e:  # the JSON still holds every number
+        markdown = (
+            f"# {tag}\n\nThe Markdown report could not be rendered ({describe_error(e)}); see {tag}.json.\n"
+        )
+    for suffix, text in ((".json", json.dumps(report, indent=1, default=str)), (".md", markdown)):
         tmp = out / f".{tag}{suffix}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / f"{tag}{suffix}")

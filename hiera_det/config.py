@@ -53,8 +53,9 @@ def add_hiera_config(cfg: CN) -> CN:
     # Hugging Face, timm, SAM2), loaded when the model is built. "" = random init. MODEL.WEIGHTS (a whole
     # detector) is loaded afterwards and wins where both set a parameter.
     h.WEIGHTS = ""
-    # (H, W) the position embeddings are stored for; other input sizes interpolate them.
-    # [] = (INPUT.LSJ.IMAGE_SIZE,) * 2 with LSJ, else the architecture's pretraining size (224, 224).
+    # (H, W) the position embeddings are stored for; every other input size interpolates them on the fly,
+    # as ViTDet does. [] = the architecture's pretraining size (224, 224), so that pretrained and converted
+    # checkpoints (tools/convert_checkpoint.py) load through MODEL.WEIGHTS with every shape matching.
     h.INPUT_SIZE = []
 
     # Large-scale jitter (ViTDet / Copy-Paste): resize by a random factor of IMAGE_SIZE, then crop or pad
@@ -98,8 +99,6 @@ def hiera_input_size(cfg: CN) -> tuple[int, int]:
     """The (H, W) the trunk's position embeddings are stored for (see MODEL.HIERA.INPUT_SIZE)."""
     if len(cfg.MODEL.HIERA.INPUT_SIZE):
         return tuple(cfg.MODEL.HIERA.INPUT_SIZE)
-    if cfg.INPUT.LSJ.ENABLED:
-        return (cfg.INPUT.LSJ.IMAGE_SIZE,) * 2
     return tuple(ARCHITECTURES[cfg.MODEL.HIERA.NAME]["input_size"])
 
 

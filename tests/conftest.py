@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import random
+from collections import OrderedDict
 
 import pytest
 import torch
 import torch.nn as nn
+
+from hiera_det.modeling import build_hiera
 
 
 @pytest.fixture(autouse=True)
@@ -40,5 +44,26 @@ def _randomize(module: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module
 
 @pytest.fixture
 def randomize():
-    """``randomize(module, seed=0)``: every parameter redrawn with a nonzero std; returns the module in eval mode."""
+    """``randomize(module, seed=0)``: every parameter redrawn with a nonzero std; returns it in eval mode."""
     return _randomize
+
+
+@pytest.fixture(scope="module")
+def hiera_model():
+    """``hiera_model(name, **overrides)``: a fresh copy of ``build_hiera(name, **overrides)``.
+
+    Initialising a trunk costs far more than copying one, so each configuration is built once per test
+    module (the last few are kept) and handed out as deep copies that tests may change freely.
+    """
+    built: OrderedDict = OrderedDict()
+
+    def make(name: str, **overrides) -> nn.Module:
+        key = (name, tuple(sorted(overrides.items())))
+        if key not in built:
+            built[key] = build_hiera(name, **overrides)
+            if len(built) > 6:
+                built.popitem(last=False)
+        built.move_to_end(key)
+        return copy.deepcopy(built[key])
+
+    return make

@@ -2,8 +2,9 @@
 
 Each test builds the reference model with random weights, saves it in the reference's own format, loads
 that file into ``build_hiera(...)`` and compares stage outputs (and logits where there is a head) on the same
-input in fp32. Large and huge are slow on CPU and marked ``slow``. Every figure is printed as a ``PARITY``
-line (run with ``-s`` to see them) and recorded as a test property.
+input in fp32 (max-abs <= 1e-4). By default tiny and base-plus run for every format; small, base, large and
+huge are marked ``slow`` (``-m slow``). Every figure is printed as a ``PARITY`` line (run with ``-s`` to see
+them) and recorded as a test property.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from hiera_det.checkpoint import load_checkpoint
-from hiera_det.modeling import ARCHITECTURES, WINDOW_PRESETS, build_hiera
+from hiera_det.modeling import ARCHITECTURES, WINDOW_PRESETS
 
 hiera = pytest.importorskip("hiera")
 pytest.importorskip("timm")
@@ -22,8 +23,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("sam2")
 
 TOLERANCE = 1e-4
-FAST_SIZES = ("tiny", "small", "base", "base_plus")
-SLOW_SIZES = ("large", "huge")
+# Tiny and base-plus cover both width/head families (96 wide with 1 head, 112 wide with 2) and both depth
+# patterns (1-2-7-2, 2-3-16-3); the others cost minutes on a small CPU and run with `-m slow`.
+FAST_SIZES = ("tiny", "base_plus")
+SLOW_SIZES = ("small", "base", "large", "huge")
 IMAGE_SIZES = [*FAST_SIZES, *(pytest.param(s, marks=pytest.mark.slow) for s in SLOW_SIZES)]
 
 
@@ -67,13 +70,13 @@ def _stages(tensors, channels_last: bool) -> dict:
 
 
 @pytest.mark.parametrize("size", IMAGE_SIZES)
-def test_official_image(size, workdir, randomize, record_property):
+def test_official_image(size, workdir, randomize, record_property, hiera_model):
     name = f"hiera_{size}_224"
     ref = randomize(getattr(hiera, name)(pretrained=False), seed=1)
     path = workdir / f"{name}.pth"
     torch.save({"model_state": ref.state_dict()}, path)
 
-    model = build_hiera(name)
+    model = hiera_model(name)
     report = load_checkpoint(model, path, strict=True)
     assert report.format.startswith("official") and report.checkpoint_architecture == name
     assert not report.missing_keys and not report.unexpected_keys and not report.dropped
@@ -104,7 +107,7 @@ def _official_video(size: str, frames: int):
 
 
 @pytest.mark.parametrize("size", ["base", pytest.param("base_plus", marks=pytest.mark.slow)])
-def test_official_video(size, workdir, randomize, record_property):
+def test_official_video(size, workdir, randomize, record_property, hiera_model):
     # The reference takes any even frame count (time is never pooled); 4 frames keep the test quick.
     frames = 4
     name = f"hiera_{size}_16x224"
@@ -112,7 +115,7 @@ def test_official_video(size, workdir, randomize, record_property):
     path = workdir / f"{name}.pth"
     torch.save({"model_state": ref.state_dict()}, path)
 
-    model = build_hiera(name, input_size=(frames, 224, 224))
+    model = hiera_model(name, input_size=(frames, 224, 224))
     report = load_checkpoint(model, path, strict=True)
     assert report.checkpoint_architecture == name and not report.resized
 
@@ -124,7 +127,7 @@ def test_official_video(size, workdir, randomize, record_property):
     _check(record_property, "official", f"{name}@{frames}f", ours, {**_stages(inter, True), "probs": probs})
 
     # The same file into the 16-frame model: the temporal embedding is resampled linearly, space untouched.
-    model16 = build_hiera(name)
+    model16 = hiera_model(name)
     report = load_checkpoint(model16, path, strict=True)
     assert set(report.resized) == {"pos_embed_temporal"}
     assert model16.pos_embed_temporal.shape == (1, 8, _spec(size)["embed_dim"])
@@ -136,13 +139,13 @@ def test_official_video(size, workdir, randomize, record_property):
     assert torch.allclose(out[3], 0.625 * src[0] + 0.375 * src[1], atol=1e-6)
 
 
-def test_official_mae_encoder(workdir, randomize, record_property):
+def test_official_mae_encoder(workdir, randomize, record_property, hiera_model):
     ref = randomize(hiera.mae_hiera_tiny_224(pretrained=False), seed=3)
     path = workdir / "mae_hiera_tiny_224.pth"
     torch.save({"model_state": ref.state_dict()}, path)
 
     # MAE pre-training pools queries twice (q_pool=2); fine-tuning uses the default 3. Same weights.
-    model = build_hiera("hiera_tiny_224", num_classes=0, q_pool=2)
+    model = hiera_model("hiera_tiny_224", num_classes=0, q_pool=2)
     report = load_checkpoint(model, path, strict=True)
     assert report.format.startswith("official Hiera MAE")
     dropped = report.dropped_keys
@@ -168,21 +171,22 @@ def test_official_mae_encoder(workdir, randomize, record_property):
     _check(record_property, "official_mae", "mae_hiera_tiny_224", _ours(model, x), grids)
 
 
-def test_official_weights_at_other_input_size(workdir, randomize, record_property):
+def test_official_weights_at_other_input_size(workdir, randomize, record_property, hiera_model):
     """224 weights in a 256x320 model: the embedding is resampled at load time; that must agree with the
     reference given the same embedding and with hiera_det's own run-time resampling."""
     ref = randomize(hiera.hiera_tiny_224(pretrained=False), seed=4)
     path = workdir / "hiera_tiny_224.pth"
     torch.save({"model_state": ref.state_dict()}, path)
 
-    model = build_hiera("hiera_tiny_224", input_size=(256, 320))
+    model = hiera_model("hiera_tiny_224", input_size=(256, 320))
     report = load_checkpoint(model, path, strict=True)
     assert "grid 56x56 -> 64x80" in report.resized["pos_embed"]
     assert model.pos_embed.shape == (1, 64 * 80, 96)
 
     x = torch.randn(1, 3, 256, 320)
     ours = _ours(model, x)
-    assert [tuple(ours[f"stage{i}"].shape[2:]) for i in range(1, 5)] == [(64, 80), (32, 40), (16, 20), (8, 10)]
+    sizes = [tuple(ours[f"stage{i}"].shape[2:]) for i in range(1, 5)]
+    assert sizes == [(64, 80), (32, 40), (16, 20), (8, 10)]
 
     ref_big = hiera.Hiera(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), input_size=(256, 320)).eval()
     state = dict(ref.state_dict(), pos_embed=model.pos_embed.detach().clone())
@@ -190,10 +194,11 @@ def test_official_weights_at_other_input_size(workdir, randomize, record_propert
     with torch.no_grad():
         probs, inter = ref_big(x, return_intermediates=True)
     ours["probs"] = ours.pop("logits").softmax(-1)
-    _check(record_property, "official", "hiera_tiny_224@256x320", ours, {**_stages(inter, True), "probs": probs})
+    reference = {**_stages(inter, True), "probs": probs}
+    _check(record_property, "official", "hiera_tiny_224@256x320", ours, reference)
 
     # The model kept at 224 resamples the same embedding at run time: same algorithm, same result.
-    model224 = build_hiera("hiera_tiny_224")
+    model224 = hiera_model("hiera_tiny_224")
     load_checkpoint(model224, path, strict=True)
     runtime = _ours(model224, x)
     diff = max(_max_abs(runtime[k], ours[k]) for k in ("stage1", "stage4"))
@@ -223,14 +228,14 @@ def _hf_reference(model, x) -> dict:
 
 
 @pytest.mark.parametrize("size", IMAGE_SIZES)
-def test_huggingface_image(size, workdir, randomize, record_property):
+def test_huggingface_image(size, workdir, randomize, record_property, hiera_model):
     from transformers import HieraForImageClassification
 
     name = f"hiera_{size}_224"
     ref = randomize(HieraForImageClassification(_hf_config(size)), seed=5)
     ref.save_pretrained(workdir / "hf")  # model.safetensors + config.json
 
-    model = build_hiera(name)
+    model = hiera_model(name)
     report = load_checkpoint(model, workdir / "hf", strict=True)
     assert report.format.startswith("Hugging Face") and report.source.endswith("model.safetensors")
     assert report.checkpoint_architecture == name and not report.missing_keys
@@ -239,14 +244,16 @@ def test_huggingface_image(size, workdir, randomize, record_property):
     _check(record_property, "huggingface", name, _ours(model, x), _hf_reference(ref, x))
 
 
-def test_huggingface_bin_and_headless_models(workdir, randomize, record_property):
+def test_huggingface_bin_and_headless_models(workdir, randomize, record_property, hiera_model):
     from transformers import HieraForPreTraining, HieraModel
 
+    # transformers 5 writes safetensors only; pytorch_model.bin is what transformers 4 wrote (and many
+    # hub repositories still hold): torch.save of the state dict beside config.json.
     ref = randomize(HieraModel(_hf_config("tiny")), seed=6)
-    ref.save_pretrained(workdir / "bin", safe_serialization=False)
-    assert (workdir / "bin" / "pytorch_model.bin").is_file()
+    ref.config.save_pretrained(workdir / "bin")
+    torch.save(ref.state_dict(), workdir / "bin" / "pytorch_model.bin")
 
-    model = build_hiera("hiera_tiny_224", num_classes=0)
+    model = hiera_model("hiera_tiny_224", num_classes=0)
     report = load_checkpoint(model, workdir / "bin" / "pytorch_model.bin", strict=True)
     assert report.format.startswith("Hugging Face") and not report.missing_keys  # pooler norm -> norm
     x = torch.randn(1, 3, 224, 224)
@@ -256,7 +263,7 @@ def test_huggingface_bin_and_headless_models(workdir, randomize, record_property
     config.decoder_hidden_size, config.decoder_depth, config.decoder_num_heads = 64, 1, 1
     mae = randomize(HieraForPreTraining(config), seed=7)
     mae.save_pretrained(workdir / "mae")
-    model = build_hiera("hiera_tiny_224", num_classes=0)
+    model = hiera_model("hiera_tiny_224", num_classes=0)
     report = load_checkpoint(model, workdir / "mae", strict=True)
     assert any(k.startswith("decoder.") for k in report.dropped_keys)
     assert "encoder_norm.weight" in report.dropped_keys
@@ -266,7 +273,28 @@ def test_huggingface_bin_and_headless_models(workdir, randomize, record_property
     assert torch.equal(model.pos_embed, hf_state["embeddings.position_embeddings"])
 
 
-def test_huggingface_config_mismatch_is_reported(workdir, randomize):
+def test_huggingface_backbone_weights(randomize, record_property, hiera_model):
+    from transformers import HieraBackbone, HieraModel
+
+    config = _hf_config("tiny")
+    config.out_features = ["stage1", "stage2", "stage3", "stage4"]
+    backbone = randomize(HieraBackbone(config), seed=12)
+    model = hiera_model("hiera_tiny_224", num_classes=0)
+    report = load_checkpoint(model, backbone.state_dict(), strict=True)
+    [(reason, norms)] = report.dropped.items()
+    assert "HieraBackbone" in reason and len(norms) == 8
+
+    # HieraBackbone.forward in transformers 5.23 skips the token unroll that HieraModel does, so its own
+    # feature maps are not Hiera's; its weights are, and HieraModel with them is the reference.
+    ref = HieraModel(config).eval()
+    missing, _ = ref.load_state_dict(backbone.state_dict(), strict=False)
+    assert missing == ["pooler.layernorm.weight", "pooler.layernorm.bias"]
+    x = torch.randn(1, 3, 224, 224)
+    reference = _hf_reference(ref, x)
+    _check(record_property, "huggingface-backbone", "hiera_tiny_224", _ours(model, x), reference)
+
+
+def test_huggingface_config_mismatch_is_reported(workdir, randomize, hiera_model):
     from transformers import HieraModel
 
     from hiera_det.checkpoint import CheckpointError
@@ -275,14 +303,14 @@ def test_huggingface_config_mismatch_is_reported(workdir, randomize):
     config.num_heads = [2, 4, 8, 16]  # weights alone cannot show the head count; config.json can
     HieraModel(config).save_pretrained(workdir / "hf")
     with pytest.raises(CheckpointError, match="num_heads 2.*num_heads 1"):
-        load_checkpoint(build_hiera("hiera_tiny_224"), workdir / "hf")
+        load_checkpoint(hiera_model("hiera_tiny_224"), workdir / "hf")
 
 
 # ------------------------------------------------------------------------------------------------- timm
 
 
 @pytest.mark.parametrize("size", IMAGE_SIZES)
-def test_timm_image(size, workdir, randomize, record_property):
+def test_timm_image(size, workdir, randomize, record_property, hiera_model):
     import timm
 
     name = f"hiera_{size}_224"
@@ -290,7 +318,7 @@ def test_timm_image(size, workdir, randomize, record_property):
     path = workdir / f"{name}.pth"
     torch.save(ref.state_dict(), path)
 
-    model = build_hiera(name)
+    model = hiera_model(name)
     report = load_checkpoint(model, path, strict=True)
     assert report.format.startswith("timm") and not report.missing_keys and not report.unexpected_keys
 
@@ -327,16 +355,19 @@ def _save_sam2(trunk, path):
 
 
 @pytest.mark.parametrize("size", IMAGE_SIZES)
-def test_sam2_trunk(size, workdir, randomize, record_property):
+def test_sam2_trunk(size, workdir, randomize, record_property, hiera_model):
     name = f"hiera_{size}_224"
     ref = randomize(_sam2_trunk(size), seed=9)
     path = workdir / "sam2.pt"
     _save_sam2(ref, path)
 
-    model = build_hiera(name, attention="window", num_classes=0)
+    model = hiera_model(name, attention="window", num_classes=0)
     report = load_checkpoint(model, path, strict=True)
     assert report.format.startswith("SAM2") and not report.unexpected_keys
-    assert report.dropped_keys == ["image_encoder.neck.convs.0.conv.weight", "sam_mask_decoder.iou_token.weight"]
+    assert report.dropped_keys == [
+        "image_encoder.neck.convs.0.conv.weight",
+        "sam_mask_decoder.iou_token.weight",
+    ]
     assert report.ignored_missing_keys == ["norm.weight", "norm.bias"]
 
     x = torch.randn(1, 3, 224, 224)
@@ -346,11 +377,11 @@ def test_sam2_trunk(size, workdir, randomize, record_property):
 
 
 @pytest.mark.slow
-def test_sam2_trunk_at_1024(workdir, randomize, record_property):
+def test_sam2_trunk_at_1024(workdir, randomize, record_property, hiera_model):
     ref = randomize(_sam2_trunk("tiny"), seed=10)
     path = workdir / "sam2.pt"
     _save_sam2(ref, path)
-    model = build_hiera("hiera_tiny_224", attention="window", num_classes=0, input_size=(1024, 1024))
+    model = hiera_model("hiera_tiny_224", attention="window", num_classes=0, input_size=(1024, 1024))
     load_checkpoint(model, path, strict=True)
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
@@ -358,9 +389,9 @@ def test_sam2_trunk_at_1024(workdir, randomize, record_property):
     _check(record_property, "sam2", "hiera_tiny@1024", _ours(model, x), reference)
 
 
-def test_absolute_embedding_into_window_layout_is_exact_at_checkpoint_size(workdir, randomize):
+def test_absolute_embedding_into_window_layout_is_exact_at_checkpoint_size(workdir, randomize, hiera_model):
     ref = randomize(hiera.hiera_tiny_224(pretrained=False), seed=11)
-    model = build_hiera("hiera_tiny_224", attention="window", num_classes=0)
+    model = hiera_model("hiera_tiny_224", attention="window", num_classes=0)
     param = model.pos_embed
     report = load_checkpoint(model, {"model_state": ref.state_dict()}, strict=True)
     assert model.pos_embed is param and param.shape == (1, 96, 56, 56)  # same Parameter, new shape

@@ -65,7 +65,8 @@ def test_crash_inside_torch_save_keeps_previous_checkpoint(tmp_path, monkeypatch
     monkeypatch.setattr(torch, "save", real_save)
 
     assert _tag(tmp_path) == "model_0000004.pth"
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000004.pth"], "temp files must be removed"
+    listing = sorted(os.listdir(tmp_path))
+    assert listing == ["last_checkpoint", "model_0000004.pth"], "temp files must be removed"
     assert (tmp_path / "model_0000004.pth").read_bytes() == good
     assert _checkpointer(tmp_path, seed=3)[0].resume_or_load("", resume=True) == {"iteration": 4}
 
@@ -114,7 +115,8 @@ def test_sigkill_during_save_leaves_loadable_state_and_stale_temp_is_cleaned(tmp
 
     loader = AtomicDetectionCheckpointer(torch.nn.Linear(64, 64), str(tmp_path))
     assert loader.resume_or_load("", resume=True) == {"iteration": 4}
-    assert loader.get_all_checkpoint_files() == [str(tmp_path / "model_0000004.pth")], "temp files are not .pth"
+    listed = loader.get_all_checkpoint_files()
+    assert listed == [str(tmp_path / "model_0000004.pth")], "temp files must not look like checkpoints"
     loader.save("model_0000009", iteration=9)
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000004.pth", "model_0000009.pth"]
 

@@ -1,4 +1,5 @@
-"""Bad and unusual images and annotation files: handled correctly, or a clear error naming the file and the fix."""
+"""Bad and unusual images and annotation files: handled correctly, or a clear error naming the file and the
+fix."""
 
 import io
 import json
@@ -251,11 +252,15 @@ def test_sanitize_filter_empty_follows_detectron2_rule(caplog):
 
 def _coco(annotations=None, categories=None, images=None):
     return {
-        "images": images if images is not None else [{"id": 1, "file_name": "a.jpg", "height": 80, "width": 100}],
+        "images": images
+        if images is not None
+        else [{"id": 1, "file_name": "a.jpg", "height": 80, "width": 100}],
         "annotations": annotations
         if annotations is not None
         else [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10], "iscrowd": 0, "area": 100}],
-        "categories": categories if categories is not None else [{"id": 3, "name": "cat"}, {"id": 9, "name": "dog"}],
+        "categories": categories
+        if categories is not None
+        else [{"id": 3, "name": "cat"}, {"id": 9, "name": "dog"}],
     }
 
 

@@ -1,4 +1,5 @@
-"""Wrong checkpoints and wrong configs fail at load / config time, naming what was expected and what was found."""
+"""Wrong checkpoints and wrong configs fail at load / config time, naming what was expected and what was
+found."""
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def test_wrong_architecture_names_both(checkpoint_model, found, expected):
 
 
 def test_video_checkpoint_into_image_model_and_back():
-    with pytest.raises(CheckpointError, match=r"holds video weights .* is a image model|video weights.*image"):
+    with pytest.raises(CheckpointError, match=r"video weights.*image"):
         load_checkpoint(_image(), _video().state_dict())
     with pytest.raises(CheckpointError, match=r"image weights.*video"):
         load_checkpoint(_video(), _image().state_dict())

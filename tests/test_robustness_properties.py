@@ -68,13 +68,15 @@ def test_window_pos_embed_at_background_grid_is_background_plus_tiled_window():
     grid = tuple(w * 3 for w in window.shape[2:])
     with torch.no_grad():
         same = model.pos_embed_for(bkg)
-        tiled = window.tile(1, 1, *[-(-b // w) for b, w in zip(bkg, window.shape[2:])])[..., : bkg[0], : bkg[1]]
+        reps = [-(-b // w) for b, w in zip(bkg, window.shape[2:])]
+        tiled = window.tile(1, 1, *reps)[..., : bkg[0], : bkg[1]]
         torch.testing.assert_close(same, model.pos_embed + tiled, rtol=1e-6, atol=1e-6)
         out = model.pos_embed_for(grid)
     # the window part repeats exactly with the window's period
     w0, w1 = window.shape[2:]
     background = out - window.tile(1, 1, 3, 3)
-    torch.testing.assert_close(background, torch.nn.functional.interpolate(model.pos_embed, grid, mode="bicubic"))
+    resized = torch.nn.functional.interpolate(model.pos_embed, grid, mode="bicubic")
+    torch.testing.assert_close(background, resized)
     assert out.shape == (1, model.pos_embed.shape[1], *grid) and w0 * 3 == grid[0] and w1 * 3 == grid[1]
 
 
@@ -168,7 +170,7 @@ def test_image_mapper_any_size_and_aspect(tmp_path_factory, h, w, boxes, lsj, se
     path = tmp_path_factory.mktemp("img") / "x.png"
     Image.fromarray(np.random.randint(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
     annotations = [
-        {"bbox": [x * w, y * h, bw * w, bh * h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0}
+        {"bbox": [x * w, y * h, bw * w, bh * h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
         for x, y, bw, bh in boxes
     ]
     record = {"file_name": str(path), "width": w, "height": h, "image_id": 0, "annotations": annotations}
@@ -222,14 +224,13 @@ def test_clip_mapper_any_size_and_length(tmp_path_factory, h, w, length, keyfram
         sampling_rate=2,
     )
     x, y, bw, bh = box
+    annotation = {"bbox": [x * w, y * h, bw * w, bh * h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
     record = {
         "frame_dir": str(folder),
         "frame_index": keyframe,
         "height": h,
         "width": w,
-        "annotations": [
-            {"bbox": [x * w, y * h, bw * w, bh * h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0}
-        ],
+        "annotations": [annotation],
     }
     out = mapper(record)
     clip = out["image"]

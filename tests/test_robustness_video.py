@@ -1,5 +1,5 @@
-"""Bad and unusual video files: handled (edge padding, true timestamps), or ``VideoReadError`` naming the file;
-and a training loader with DataLoader workers that skips unreadable videos without hanging."""
+"""Bad and unusual video files: handled (edge padding, true timestamps), or ``VideoReadError`` naming the
+file; and a training loader with DataLoader workers that skips unreadable videos without hanging."""
 
 import fractions
 import logging
@@ -18,7 +18,7 @@ _SIZE = (48, 64)  # H, W; multiples of 16 keep libx264 from padding
 
 
 def _write_mp4(path, pts_ms, size=_SIZE):
-    """H.264 mp4 whose frame ``i`` is flat grey ``10 * i mod 250`` and is shown at ``pts_ms[i]`` milliseconds."""
+    """H.264 mp4 whose frame ``i`` is flat grey ``10 * i mod 250``, shown at ``pts_ms[i]`` milliseconds."""
     container = av.open(str(path), "w")
     stream = container.add_stream("libx264", rate=30)
     stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
@@ -158,7 +158,8 @@ def test_training_loader_skips_unreadable_videos_with_workers(tmp_path, caplog):
 
 
 def test_training_loader_with_only_unreadable_videos_fails_instead_of_hanging(tmp_path, caplog):
-    dicts = [{"file_name": str(tmp_path / f"missing{i}.mp4"), "label": 0, "video_id": str(i)} for i in range(3)]
+    paths = [str(tmp_path / f"missing{i}.mp4") for i in range(3)]
+    dicts = [{"file_name": p, "label": 0, "video_id": str(i)} for i, p in enumerate(paths)]
     loader, mapper = _classification_loader(dicts, num_workers=0)
     # Detectron2's MapDataset retries other indices and, once every index has failed, stops with its own
     # ValueError; what matters here is that it stops, and that the log names every unreadable file.

@@ -232,7 +232,24 @@ def test_cli_end_to_end_and_clear_errors(tmp_path):
                   "--weights", str(weights))
     assert missing.returncode == 1 and "missing.mp4" in missing.stderr and "does not exist" in missing.stderr
 
+
+
+def test_cli_rejects_a_checkpoint_of_another_model(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("video_demo_cli", ROOT / "tools/video_demo.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cfg = video_cfg("HieraVideoClassifier")
+    model = build_model(cfg)
     wrong = tmp_path / "wrong.pth"
     torch.save({"model": {"backbone.res2.conv.weight": torch.zeros(1)}}, wrong)
-    bad = run("--input", video, "--output", str(tmp_path / "o3"), "--weights", str(wrong))
-    assert bad.returncode != 0 and "no parameter of this model" in bad.stderr
+    with pytest.raises(ValueError, match="no parameter of this model"):
+        cli.check_checkpoint(model, str(wrong))
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"model": model.state_dict()}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated"):
+        cli.check_checkpoint(model, str(truncated))
+    with pytest.raises(FileNotFoundError, match="--weights"):
+        cli.check_checkpoint(model, str(tmp_path / "absent.pth"))

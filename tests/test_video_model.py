@@ -41,6 +41,7 @@ def tiny_cfg(meta_arch="HieraVideoClassifier"):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.META_ARCHITECTURE = meta_arch
     cfg.MODEL.HIERA_VIDEO.STAGES = [1, 1, 1, 1]
+    cfg.MODEL.HIERA_VIDEO.EMBED_DIM = 32
     cfg.MODEL.HIERA_VIDEO.NUM_FRAMES = FRAMES
     cfg.MODEL.HIERA_VIDEO.NUM_CLASSES = 5
     cfg.INPUT.VIDEO.TRAIN_CROP_SIZE = cfg.INPUT.VIDEO.TEST_CROP_SIZE = SIZE
@@ -191,7 +192,7 @@ def test_backbone_from_config_loads_official_video_weights_exactly(tmp_path):
     path = tmp_path / "hiera_base_16x224_random.pth"
     torch.save({"model_state": reference.state_dict()}, path)
     cfg = tiny_cfg()
-    cfg.MODEL.HIERA_VIDEO.STAGES = []
+    cfg.MODEL.HIERA_VIDEO.STAGES, cfg.MODEL.HIERA_VIDEO.EMBED_DIM = [], 0  # the official base widths and depth
     cfg.MODEL.HIERA_VIDEO.WEIGHTS = str(path)
     cfg.MODEL.BACKBONE.NAME = "build_hiera_video_backbone"
     backbone = build_backbone(cfg).eval()
@@ -373,3 +374,97 @@ def test_clip_detector_rejects_mismatched_keyframe_and_frames():
         model([dict(_detector_item(64, 64), keyframe_index=0)])
     with pytest.raises(ValueError, match="NUM_FRAMES"):
         model([dict(_detector_item(64, 64), image=clip(t=8))])
+
+
+# ---------------------------------------------------------------- builders (loaders + evaluators)
+
+
+@pytest.fixture(scope="module")
+def tiny_moving_shapes(tmp_path_factory):
+    """A 6-train / 3-val moving-shapes set under test-only dataset names."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from hiera_det.data.kinetics import load_keyframe_coco_json, register_kinetics
+    from hiera_det.data.moving_shapes import ensure_moving_shapes_dataset
+
+    root = ensure_moving_shapes_dataset(
+        str(tmp_path_factory.mktemp("ms") / "moving_shapes"), num_train=6, num_val=3, frame_size=64, num_frames=8
+    )
+    for split in ("train", "val"):
+        register_kinetics(f"c2_ms_cls_{split}", root, split)
+        name, json_file = f"c2_ms_kf_{split}", f"{root}/annotations/keyframes_{split}.json"
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, lambda f=json_file: load_keyframe_coco_json(f, root)[0])
+        MetadataCatalog.get(name).set(**load_keyframe_coco_json(json_file, root)[1], json_file=json_file,
+                                      evaluator_type="coco")
+    return root
+
+
+def test_classifier_builders_train_and_multi_view_eval(tiny_moving_shapes, tmp_path):
+    from detectron2.evaluation import inference_on_dataset
+
+    from hiera_det.video import builders
+
+    cfg = tiny_cfg()
+    cfg.MODEL.HIERA_VIDEO.NUM_CLASSES = 6
+    cfg.MODEL.HIERA_VIDEO.SAMPLING_RATE = 2
+    cfg.INPUT.RANDOM_FLIP = "none"
+    cfg.INPUT.VIDEO.TRAIN_JITTER_SCALES = [64, 72]
+    cfg.INPUT.VIDEO.NUM_TEMPORAL_VIEWS, cfg.INPUT.VIDEO.NUM_SPATIAL_VIEWS = 2, 1
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("c2_ms_cls_train",), ("c2_ms_cls_val",)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    model = build_model(cfg)
+    batch = next(iter(builders.build_train_loader(cfg)))
+    assert len(batch) == 2 and batch[0]["clip"].shape == (3, FRAMES, SIZE, SIZE)
+    loss = model(batch)["loss_cls"]
+    assert torch.isfinite(loss)
+
+    loader = builders.build_test_loader(cfg, "c2_ms_cls_val")
+    assert len(loader.dataset) == 3 * 2  # videos x views
+    evaluator = builders.build_evaluator(cfg, "c2_ms_cls_val", str(tmp_path))
+    assert isinstance(evaluator, VideoClassificationEvaluator)
+    results = inference_on_dataset(model.eval(), loader, evaluator)["video_classification"]
+    assert results["num_videos"] == 3 and results["num_clips"] == 6
+    assert 0.0 <= results["top1"] <= results["top5"] <= 100.0
+    assert all(type(v) is float for v in results.values())  # plain floats for Detectron2's JSON writer
+
+    cfg.MODEL.HIERA_VIDEO.NUM_CLASSES = 5
+    with pytest.raises(ValueError, match="set it to 6"):
+        builders.build_train_loader(cfg)
+
+
+def test_clip_detector_builders_train_and_coco_eval(tiny_moving_shapes, tmp_path):
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
+    from hiera_det.video import builders
+
+    cfg = tiny_cfg("HieraClipDetector")
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 6
+    cfg.MODEL.HIERA_VIDEO.SAMPLING_RATE = 2
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("c2_ms_kf_train",), ("c2_ms_kf_val",)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    model = build_model(cfg)
+    batch = next(iter(builders.build_train_loader(cfg)))
+    assert batch[0]["image"].shape == (3, FRAMES, 64, 64) and len(batch[0]["instances"]) == 1
+    with EventStorage():
+        losses = model(batch)
+    assert torch.isfinite(sum(losses.values()))
+
+    evaluator = builders.build_evaluator(cfg, "c2_ms_kf_val", str(tmp_path))
+    assert isinstance(evaluator, COCOEvaluator)
+    results = inference_on_dataset(model.eval(), builders.build_test_loader(cfg, "c2_ms_kf_val"), evaluator)
+    assert "bbox" in results and "AP" in results["bbox"]
+
+
+def test_unknown_video_dataset_names_the_choices():
+    from hiera_det.video.builders import prepare_dataset
+
+    with pytest.raises(KeyError, match="moving_shapes_cls"):
+        prepare_dataset(tiny_cfg(), "my_videos_train")

@@ -35,7 +35,8 @@ class Architecture:
 
     def spec(self) -> str:
         heads = f", num_heads {self.num_heads}" if self.num_heads is not None else ""
-        return f"embed_dim {self.embed_dim}, stages {self.stages}{heads}, {'video' if self.video else 'image'}"
+        kind = "video" if self.video else "image"
+        return f"embed_dim {self.embed_dim}, stages {self.stages}{heads}, {kind}"
 
     def describe(self) -> str:
         return f"{self.name} ({self.spec()})" if self.name else f"an unnamed Hiera ({self.spec()})"
@@ -55,28 +56,31 @@ def checkpoint_architecture(state: dict[str, torch.Tensor], hf_config: dict | No
     stages = tuple(b - a for a, b in zip(starts, starts[1:] + [depth]))
     heads = None
     if hf_config and "num_heads" in hf_config:
-        heads = hf_config["num_heads"][0] if isinstance(hf_config["num_heads"], list) else hf_config["num_heads"]
+        heads = hf_config["num_heads"]
+        heads = heads[0] if isinstance(heads, list) else heads
     return Architecture(int(patch.shape[0]), stages, patch.dim() == 5, heads)
 
 
 def model_architecture(model: Hiera) -> Architecture:
     ends = model.stage_ends
     stages = tuple(b - a for a, b in zip([-1] + ends[:-1], ends))
-    return Architecture(model.patch_embed.proj.out_channels, stages, model.ndim == 3, model.blocks[0].attn.heads)
+    embed_dim = model.patch_embed.proj.out_channels
+    return Architecture(embed_dim, stages, model.ndim == 3, model.blocks[0].attn.heads)
 
 
 def check_architecture(found: Architecture, model: Hiera) -> None:
     expected = model_architecture(model)
     if found.video != expected.video:
         found_kind, model_kind = ("video", "image") if found.video else ("image", "video")
+        article = "an" if model_kind == "image" else "a"
         raise CheckpointError(
-            f"the checkpoint holds {found_kind} weights ({found.describe()}) but {model.name} is a "
+            f"the checkpoint holds {found_kind} weights ({found.describe()}) but {model.name} is {article} "
             f"{model_kind} model ({expected.spec()}); build the model as "
             f"{found.name or 'the matching ' + found_kind + ' architecture'} or load {model_kind} weights"
         )
     same_heads = found.num_heads is None or found.num_heads == expected.num_heads
     if (found.embed_dim, found.stages) != (expected.embed_dim, expected.stages) or not same_heads:
-        fix = f"build the model with build_hiera({found.name!r}, ...)" if found.name else "build a matching model"
+        fix = f"build the model with build_hiera({found.name!r}, ...)" if found.name else "build one to match"
         raise CheckpointError(
             f"checkpoint/model architecture mismatch: the checkpoint is {found.describe()}, the model is "
             f"{model.name} ({expected.spec()}); {fix} or load a {model.name} checkpoint"
@@ -87,8 +91,8 @@ def _square_grid(n: int, what: str) -> tuple[int, int]:
     side = math.isqrt(n)
     if side * side != n:
         raise CheckpointError(
-            f"{what} has {n} positions, which is not a square grid, and the checkpoint does not say its input "
-            f"size; build the model at the checkpoint's input size so that no resizing is needed"
+            f"{what} has {n} positions, which is not a square grid, and the checkpoint does not say its "
+            f"input size; build the model at the checkpoint's input size so that no resizing is needed"
         )
     return side, side
 
@@ -96,15 +100,19 @@ def _square_grid(n: int, what: str) -> tuple[int, int]:
 def _absolute_grid(pe: torch.Tensor, model: Hiera, hf_config: dict | None) -> tuple[int, ...]:
     n = pe.shape[1]
     if hf_config and "image_size" in hf_config and "patch_stride" in hf_config:
-        grid = tuple(i // s for i, s in zip(hf_config["image_size"], hf_config["patch_stride"]))
+        size, stride = hf_config["image_size"], hf_config["patch_stride"]
+        size = [size, size] if isinstance(size, int) else size
+        stride = [stride, stride] if isinstance(stride, int) else stride
+        grid = tuple(i // s for i, s in zip(size, stride))
         if math.prod(grid) == n:
             return grid
     if n == math.prod(model.token_grid):
         return model.token_grid
     if model.ndim == 3:
         raise CheckpointError(
-            f"the checkpoint's video pos_embed has {n} positions and the model's {math.prod(model.token_grid)}; "
-            f"its (T, H, W) grid cannot be inferred, so build the model at the checkpoint's input size"
+            f"the checkpoint's video pos_embed has {n} positions and the model's "
+            f"{math.prod(model.token_grid)}; its (T, H, W) grid cannot be inferred, so build the model at "
+            f"the checkpoint's input size"
         )
     return _square_grid(n, "the checkpoint's pos_embed")
 
@@ -170,13 +178,15 @@ def fit_position_embedding(
         if window is not None and window.shape != model.pos_embed_window.shape:
             raise CheckpointError(
                 f"the checkpoint's window position embedding is {_fmt(window.shape)} but the model's is "
-                f"{_fmt(model.pos_embed_window.shape)} (window_spec[0] = {model.pos_embed_window.shape[-1]}); "
+                f"{_fmt(model.pos_embed_window.shape)} (window_spec[0] = "
+                f"{model.pos_embed_window.shape[-1]}); "
                 f"build the model with window_spec starting at {window.shape[-1]}"
             )
         changed = _new_shape(model, "pos_embed", state["pos_embed"])
         if changed:
             report.resized["pos_embed"] = (
-                f"model background embedding {_fmt(model.pos_embed.shape)} -> {_fmt(state['pos_embed'].shape)} "
+                f"model background embedding {_fmt(model.pos_embed.shape)} -> "
+                f"{_fmt(state['pos_embed'].shape)} "
                 f"(kept at the checkpoint's size; it is interpolated to each input's grid anyway)"
             )
         return changed
@@ -218,21 +228,28 @@ def _new_shape(model: Hiera, key: str, value: torch.Tensor) -> dict[str, tuple[i
     return {} if tuple(current) == tuple(value.shape) else {key: tuple(value.shape)}
 
 
-def fit_head(state: dict[str, torch.Tensor], model: Hiera, report: LoadReport) -> None:
-    """Keep the classification head only where the model has one of the same size."""
+def fit_head(state: dict[str, torch.Tensor], model: Hiera, report: LoadReport) -> list[str]:
+    """Keep the classification head only where the model has one of the same size.
+
+    Returns the model's head keys left at their initialization because the class counts differ.
+    """
     head_keys = [k for k in state if k.startswith("head.projection.")]
     if not head_keys:
-        return
+        return []
+    new_head = []
     if model.head is None:
         reason = "the model has no classification head (num_classes=0)"
     else:
         classes = state["head.projection.weight"].shape[0]
         if classes == model.head.projection.out_features:
-            return
+            return []
+        new_head = head_keys
         reason = (
-            f"the checkpoint's head has {classes} classes and the model's {model.head.projection.out_features}; "
+            f"the checkpoint's head has {classes} classes and the model's "
+            f"{model.head.projection.out_features}; "
             f"the model's head stays at its initialization, for fine-tuning"
         )
     for k in head_keys:
         del state[k]
     report.drop(reason, head_keys)
+    return new_head

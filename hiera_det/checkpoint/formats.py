@@ -86,17 +86,16 @@ def _from_official(state: dict) -> CanonicalCheckpoint:
 
 
 def _from_timm(state: dict) -> CanonicalCheckpoint:
-    if any(".ls1." in k or ".ls2." in k for k in state):
+    if "pos_embed_win" in state or any(".ls1." in k or ".ls2." in k for k in state):
         raise CheckpointError(
-            "this timm Hiera checkpoint uses layer scale (blocks.N.ls1 / ls2, the hiera_*_abswin_* "
-            "variants), which hiera_det's Hiera does not implement; use an official, Hugging Face or timm "
-            "hiera_{tiny,small,base,base_plus,large,huge}_224 checkpoint"
+            "this is a timm hiera_*_abswin_* checkpoint (layer scale blocks.N.ls1 / ls2 and a mask-unit "
+            "window position embedding), which hiera_det's Hiera does not implement; use an official, "
+            "Hugging Face or timm hiera_{tiny,small,base,base_plus,large,huge}_224 checkpoint"
         )
     out = {}
     for k, v in state.items():
         k = k.replace("head.fc.", "head.projection.")
-        k = "norm." + k.removeprefix("head.norm.") if k.startswith("head.norm.") else k
-        out["pos_embed_window" if k == "pos_embed_win" else k] = v
+        out["norm." + k.removeprefix("head.norm.") if k.startswith("head.norm.") else k] = v
     return CanonicalCheckpoint("timm", out)
 
 
@@ -106,7 +105,10 @@ def _from_sam2(state: dict) -> CanonicalCheckpoint:
         trunk, rest = _split(state, lambda k: k.startswith(SAM2_TRUNK_PREFIX))
         state = {k.removeprefix(SAM2_TRUNK_PREFIX): v for k, v in trunk.items()}
         dropped = {"SAM2 parts outside the image-encoder trunk": rest}
-    out = {k.replace(".mlp.layers.0.", ".mlp.fc1.").replace(".mlp.layers.1.", ".mlp.fc2."): v for k, v in state.items()}
+    out = {
+        k.replace(".mlp.layers.0.", ".mlp.fc1.").replace(".mlp.layers.1.", ".mlp.fc2."): v
+        for k, v in state.items()
+    }
     return CanonicalCheckpoint("sam2", out, dropped)
 
 
@@ -130,7 +132,7 @@ _HF_TOP_NAMES = {
 
 
 def _from_huggingface(state: dict, config: dict | None) -> CanonicalCheckpoint:
-    if config is not None and config.get("model_type", "hiera") != "hiera":
+    if config is not None and config["model_type"] != "hiera":
         raise CheckpointError(
             f"config.json says model_type={config.get('model_type')!r}; only Hugging Face Hiera "
             f"(model_type 'hiera') checkpoints are supported"
@@ -144,13 +146,13 @@ def _from_huggingface(state: dict, config: dict | None) -> CanonicalCheckpoint:
         dropped["HieraBackbone per-stage output norms"] = norms
     rest = {k.removeprefix("hiera."): v for k, v in rest.items()}
 
+    # HF numbers layers within a stage; hiera_det numbers blocks through the whole trunk.
     stage_sizes: dict[int, int] = {}
     for k in rest:
         if m := _HF_LAYER.match(k):
             s, layer = int(m[1]), int(m[2])
             stage_sizes[s] = max(stage_sizes.get(s, 0), layer + 1)
-    depths = list(config["depths"]) if config and "depths" in config else [stage_sizes[s] for s in sorted(stage_sizes)]
-    offsets = [sum(depths[:s]) for s in range(len(depths))]
+    offsets = {s: sum(n for t, n in stage_sizes.items() if t < s) for s in stage_sizes}
 
     out = {}
     for k, v in rest.items():
@@ -168,24 +170,27 @@ def to_canonical(raw: RawCheckpoint) -> CanonicalCheckpoint:
     """Detect the format of a checkpoint and rename it to hiera_det's names."""
     state = _unwrap(raw.obj, raw.source)
     keys = list(state)
+    # timm's hub repositories also hold a config.json, without transformers' model_type
+    hf_config = raw.hf_config if raw.hf_config is not None and "model_type" in raw.hf_config else None
     if any(k.startswith(SAM2_TRUNK_PREFIX) for k in keys):
         return _from_sam2(state)
     for prefix in TRUNK_PREFIXES:
         if f"{prefix}patch_embed.proj.weight" in state:
             return _from_hiera_det(state, prefix)
-    if raw.hf_config is not None or any(
+    if hf_config is not None or any(
         k.startswith(("embeddings.patch_embeddings.", "hiera.embeddings.")) or ".stages." in k for k in keys
     ):
-        return _from_huggingface(state, raw.hf_config)
+        return _from_huggingface(state, hf_config)
     if "patch_embed.proj.weight" in state:
         if any(".mlp.layers." in k for k in keys):
             return _from_sam2(state)
         if "pos_embed_window" in state:
             return CanonicalCheckpoint("hiera_det", state)
-        if any(k.startswith(("head.fc.", "head.norm.", "pos_embed_win")) or ".ls1." in k for k in keys):
+        timm_only = ("head.fc.", "head.norm.", "pos_embed_win")
+        if any(k.startswith(timm_only) or ".ls1." in k for k in keys):
             return _from_timm(state)
         return _from_official(state)
     raise CheckpointError(
-        f"{raw.source} is not a Hiera checkpoint in a known format (first keys: {keys[:5]}). "
-        f"Known formats: {FORMAT_HELP}"
+        f"{raw.source} is not a Hiera checkpoint in a known format (first keys: {keys[:5]}); "
+        f"expected one of: {FORMAT_HELP}"
     )

@@ -25,11 +25,12 @@ def _trunk_of(model: nn.Module) -> Hiera:
     if isinstance(trunk, Hiera):
         return trunk
     raise TypeError(
-        f"load_checkpoint expects a hiera_det Hiera (or a module whose .trunk is one), got {type(model).__name__}"
+        f"load_checkpoint expects a hiera_det Hiera (or a module whose .trunk is one), "
+        f"got {type(model).__name__}"
     )
 
 
-def _check_shapes(state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor], reshaped: dict) -> None:
+def _check_shapes(state: dict, model_state: dict, reshaped: dict) -> None:
     bad = [
         f"{k}: checkpoint {list(v.shape)} vs model {list(reshaped.get(k, model_state[k].shape))}"
         for k, v in state.items()
@@ -52,7 +53,8 @@ def load_checkpoint(
     ``path_or_state_dict`` is a file, a directory (Hugging Face ``save_pretrained`` or a Detectron2 output
     directory), or an in-memory state dict or checkpoint dict. ``model`` is a ``Hiera`` or a module whose
     ``trunk`` is one. With ``strict=True`` any missing tensor the model uses, or any unexpected one,
-    raises ``CheckpointError``; keys dropped on purpose (see ``LoadReport.dropped``) never do.
+    raises ``CheckpointError``; keys dropped on purpose (see ``LoadReport.dropped``) never do, nor does a
+    head left at its initialization because the checkpoint's has another class count.
     """
     trunk = _trunk_of(model)
     if isinstance(path_or_state_dict, (str, os.PathLike)):
@@ -77,25 +79,25 @@ def load_checkpoint(
         report.drop(reason, keys)
     check_architecture(found, trunk)
     reshaped = fit_position_embedding(state, trunk, canonical.hf_config, report)
-    fit_head(state, trunk, report)
+    new_head = fit_head(state, trunk, report)
 
     model_state = trunk.state_dict()
     _check_shapes(state, model_state, reshaped)
-    missing = [k for k in model_state if k not in state]
-    unexpected = [k for k in state if k not in model_state]
-    ignorable = [k for k in missing if trunk.head is None and k in _HEAD_ONLY_KEYS]
-    if strict and (unexpected or len(missing) > len(ignorable)):
-        report.missing_keys, report.ignored_missing_keys, report.unexpected_keys = missing, ignorable, unexpected
-        raise CheckpointError(f"strict load failed: the checkpoint does not match the model exactly\n{report}")
+    report.loaded_keys = [k for k in state if k in model_state]
+    report.missing_keys = [k for k in model_state if k not in state]
+    report.unexpected_keys = [k for k in state if k not in model_state]
+    report.ignored_missing_keys = [
+        k for k in report.missing_keys if (trunk.head is None and k in _HEAD_ONLY_KEYS) or k in new_head
+    ]
+    if strict and (report.unexpected_keys or len(report.missing_keys) > len(report.ignored_missing_keys)):
+        raise CheckpointError(
+            f"strict load failed, nothing was loaded: the checkpoint does not match the model exactly "
+            f"(load with strict=False to accept this):\n{report}"
+        )
 
     for key, shape in reshaped.items():
         # Change the shape in place so that the Parameter object, and any optimizer holding it, stays valid.
         param = getattr(trunk, key)
         param.data = param.data.new_empty(shape)
-    trunk.load_state_dict({k: v for k, v in state.items() if k in model_state}, strict=False)
-
-    report.loaded_keys = [k for k in state if k in model_state]
-    report.missing_keys = missing
-    report.ignored_missing_keys = ignorable
-    report.unexpected_keys = unexpected
+    trunk.load_state_dict({k: state[k] for k in report.loaded_keys}, strict=False)
     return report

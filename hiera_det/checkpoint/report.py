@@ -22,8 +22,9 @@ class LoadReport:
     ``resized`` maps a key to a line saying how its tensor was reshaped or resampled; ``dropped`` maps a
     reason to the checkpoint keys left out for it (a head the model does not have, an MAE decoder, the
     other parts of a detector); ``missing_keys`` are model tensors the checkpoint did not provide and
-    ``ignored_missing_keys`` the subset of them that the model never uses (the final norm of a
-    features-only trunk, which only feeds the classification head).
+    ``ignored_missing_keys`` the subset that strict loading accepts: the final norm of a features-only
+    trunk (it only feeds the classification head) and a head kept at its initialization because the
+    checkpoint's has another class count.
     """
 
     format: str
@@ -52,8 +53,8 @@ class LoadReport:
     def __str__(self) -> str:
         arch = f" ({self.checkpoint_architecture})" if self.checkpoint_architecture else ""
         lines = [
-            f"Loaded {self.format} checkpoint {self.source}{arch} into {self.model_name}: "
-            f"{len(self.loaded_keys)} tensors"
+            f"{self.format} checkpoint {self.source}{arch} into {self.model_name}: "
+            f"{len(self.loaded_keys)} tensors loaded"
         ]
         for key, how in self.resized.items():
             lines.append(f"  resized {key}: {how}")
@@ -63,9 +64,8 @@ class LoadReport:
         if used_missing:
             lines.append(f"  missing, left at initialization: {_short(used_missing)}")
         if self.ignored_missing_keys:
-            lines.append(
-                f"  not in the checkpoint but unused by this model: {_short(self.ignored_missing_keys)}"
-            )
+            ignored = _short(self.ignored_missing_keys)
+            lines.append(f"  not in the checkpoint, unused or re-initialized on purpose: {ignored}")
         if self.unexpected_keys:
             lines.append(f"  unexpected, not loaded: {_short(self.unexpected_keys)}")
         return "\n".join(lines)

@@ -141,7 +141,7 @@ def load_coco_json_checked(
 
 
 def register_coco_instances_checked(name: str, metadata: dict, json_file: str, image_root: str) -> None:
-    """``detectron2.data.datasets.register_coco_instances`` that loads through :func:`load_coco_json_checked`."""
+    """Detectron2's ``register_coco_instances``, loading through :func:`load_coco_json_checked`."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"Dataset name must be a non-empty string, got {name!r}")
     DatasetCatalog.register(name, lambda: load_coco_json_checked(json_file, image_root, name))

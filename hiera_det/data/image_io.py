@@ -57,7 +57,8 @@ _REDOWNLOAD = "re-download or re-extract it, or remove it from the dataset's ann
 
 
 class ImageReadError(OSError):
-    """An image file that cannot be turned into pixels; ``path``, ``reason`` and ``fix`` say why and what to do."""
+    """An image file that cannot be turned into pixels; ``path``, ``reason`` and ``fix`` say why and what to
+    do about it."""
 
     def __init__(self, path: str, reason: str, fix: str):
         self.path, self.reason, self.fix = str(path), reason, fix
@@ -79,7 +80,8 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
         format: "BGR" (Detectron2's default ``INPUT.FORMAT``), "RGB" (3 channels) or "L" (grayscale, HW1).
 
     Raises:
-        ImageReadError: the file is missing, empty, truncated, not an image, or in a mode with no 8-bit meaning.
+        ImageReadError: the file is missing, empty, truncated, not an image, or in a mode with no 8-bit
+            meaning.
         ValueError: ``format`` is not one of :data:`IMAGE_FORMATS`.
     """
     if format not in IMAGE_FORMATS:
@@ -149,7 +151,7 @@ def _open_upright(path: str) -> Image.Image:
         raise ImageReadError(
             path,
             f"Pillow refuses it as a possible decompression bomb ({e})",
-            "if the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS before training, or downscale the file",
+            "if the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS before training, or downscale it",
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports cut-off files as OSError ("image file is truncated", "Truncated File Read") or

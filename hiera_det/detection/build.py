@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -65,12 +66,16 @@ def _fpn_in_features(cfg, bottom_up: HieraBackbone, default: list[str]) -> list[
 def build_hiera_fpn_backbone(cfg, input_shape: ShapeSpec) -> HieraFPN:
     """Hiera + FPN with a max-pooled P6: p2..p6 at strides 4..64 from stage1..stage4 (Mask R-CNN)."""
     bottom_up = build_hiera_backbone(cfg, input_shape)
+    in_features = _fpn_in_features(cfg, bottom_up, list(cfg.MODEL.HIERA.OUT_FEATURES))
+    top_block = LastLevelMaxPool()
+    # it pools "p5" by default; pool the deepest level this FPN makes, which is p4 without stage4
+    top_block.in_feature = f"p{int(math.log2(bottom_up.output_shape()[in_features[-1]].stride))}"
     return HieraFPN(
         bottom_up=bottom_up,
-        in_features=_fpn_in_features(cfg, bottom_up, list(cfg.MODEL.HIERA.OUT_FEATURES)),
+        in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
+        top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         square_pad=_square_pad(cfg),
     )

@@ -151,3 +151,8 @@ class Trainer(DefaultTrainer):
             return _video_builders().build_evaluator(cfg, dataset_name, output_folder)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+
+    def train(self):
+        """Train; returns the results of the last evaluation (the final one), or None if none ran."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)

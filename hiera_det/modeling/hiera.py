@@ -232,7 +232,7 @@ class Hiera(nn.Module):
             if window_spec is None or len(window_spec) != len(stages):
                 raise ValueError(f"window attention needs one window size per stage, got {window_spec}")
         depth = sum(stages)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         global_blocks = set(global_blocks)
         self.blocks = nn.ModuleList()
         self.stage_dims = []

@@ -77,10 +77,10 @@ class VideoClassificationEvaluator(DatasetEvaluator):
             logger.warning("videos have differing numbers of views: %s", sorted(views))
 
         result = {
-            "top1": 100.0 * topk_hits(video_scores, video_labels, 1).mean(),
-            "top5": 100.0 * topk_hits(video_scores, video_labels, 5).mean(),
-            "clip_top1": 100.0 * topk_hits(clip_scores, clip_labels, 1).mean(),
-            "clip_top5": 100.0 * topk_hits(clip_scores, clip_labels, 5).mean(),
+            "top1": float(100.0 * topk_hits(video_scores, video_labels, 1).mean()),
+            "top5": float(100.0 * topk_hits(video_scores, video_labels, 5).mean()),
+            "clip_top1": float(100.0 * topk_hits(clip_scores, clip_labels, 1).mean()),
+            "clip_top5": float(100.0 * topk_hits(clip_scores, clip_labels, 5).mean()),
             "num_videos": float(len(video_ids)),
             "num_clips": float(len(clips)),
         }

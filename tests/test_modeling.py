@@ -1,0 +1,147 @@
+"""The Hiera core on its own: shapes, strides, layouts, input rules, position embeddings, training options."""
+
+import pytest
+import torch
+
+from hiera_det.modeling import ARCHITECTURES, build_hiera
+from hiera_det.modeling.token_layout import UnrolledLayout
+
+TINY = dict(stages=(1, 1, 1, 1), num_classes=0)  # the real tiny model's widths, one block per stage
+
+
+def test_every_official_name_builds_with_its_published_widths():
+    widths = {
+        "hiera_tiny_224": 96,
+        "hiera_small_224": 96,
+        "hiera_base_224": 96,
+        "hiera_base_plus_224": 112,
+        "hiera_large_224": 144,
+        "hiera_huge_224": 256,
+    }
+    params = {}
+    for name in ARCHITECTURES:
+        with torch.device("meta"):  # builds the full module tree without allocating weights
+            model = build_hiera(name)
+        size = name.removeprefix("hiera_").rsplit("_", 1)[0]
+        assert model.stage_dims[0] == widths[f"hiera_{size}_224"]
+        assert model.stage_dims == [model.stage_dims[0] * 2**i for i in range(4)]
+        params[name] = sum(p.numel() for p in model.parameters())
+    # published sizes (Hiera paper, Table 2): T 28M, S 35M, B 52M, B+ 70M, L 214M, H 673M
+    for name, millions in [("hiera_tiny_224", 28), ("hiera_base_224", 52), ("hiera_huge_224", 673)]:
+        assert params[name] / 1e6 == pytest.approx(millions, rel=0.03), name
+    assert sum(ARCHITECTURES["hiera_base_224"]["stages"]) == 24
+    assert sum(ARCHITECTURES["hiera_large_224"]["stages"]) == 48
+    assert ARCHITECTURES["hiera_base_16x224"]["input_size"] == (16, 224, 224)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (256, 384), (96, 352)])
+@pytest.mark.parametrize("attention", ["mask_unit", "window"])
+def test_image_stage_shapes_and_strides(size, attention):
+    model = build_hiera("hiera_tiny_224", attention=attention, **TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *size))
+    assert list(out) == ["stage1", "stage2", "stage3", "stage4"]
+    assert model.stage_strides == [4, 8, 16, 32]
+    for (name, feat), dim, stride in zip(out.items(), model.stage_dims, model.stage_strides):
+        assert feat.shape == (2, dim, size[0] // stride, size[1] // stride), name
+        assert torch.isfinite(feat).all()
+
+
+def test_video_stage_shapes():
+    model = build_hiera("hiera_base_16x224", input_size=(4, 64, 64), **TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 4, 64, 64))
+    assert [tuple(f.shape) for f in out.values()] == [
+        (1, 96, 2, 16, 16),
+        (1, 192, 2, 8, 8),
+        (1, 384, 2, 4, 4),
+        (1, 768, 2, 2, 2),
+    ]
+
+
+def test_logits_on_request_and_clear_error_without_head():
+    model = build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=7).eval()
+    out = model(torch.randn(2, 3, 64, 64), return_logits=True)
+    assert out["logits"].shape == (2, 7)
+    features_only = build_hiera("hiera_tiny_224", **TINY)
+    with pytest.raises(ValueError, match="num_classes=0"):
+        features_only(torch.randn(1, 3, 64, 64), return_logits=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 100, 224), (1, 3, 224, 33), (1, 3, 224), (1, 1, 224, 224)])
+def test_bad_input_gets_a_clear_error(shape):
+    model = build_hiera("hiera_tiny_224", **TINY)
+    with pytest.raises(ValueError, match="hiera_tiny_224"):
+        model(torch.randn(*shape))
+
+
+def test_size_error_names_the_rule_and_the_fix():
+    model = build_hiera("hiera_tiny_224", **TINY)
+    with pytest.raises(ValueError, match=r"H%32==0 x W%32==0.*pad"):
+        model(torch.randn(1, 3, 100, 224))
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ValueError, match="hiera_base_224"):
+        build_hiera("hiera_gigantic_224")
+    with pytest.raises(ValueError, match="mask_unit"):
+        build_hiera("hiera_tiny_224", attention="swin")
+    with pytest.raises(ValueError, match="image models"):
+        build_hiera("hiera_base_16x224", attention="window")
+
+
+def test_unroll_and_reroll_are_inverse_permutations():
+    layout = UnrolledLayout((2, 2), levels=3)
+    grid = torch.arange(2 * 64 * 96 * 5, dtype=torch.float32).reshape(2, 64, 96, 5)
+    tokens, coarse = layout.enter(grid)
+    assert tokens.shape == (2, 8 * 12, 64, 5) and coarse == (8, 12)
+    assert torch.equal(layout.to_grid(tokens, coarse, pooled=0), grid)
+    # each row is one 8x8 mask unit of the grid
+    unit = tokens[0, 12 + 3]  # mask unit (1, 3)
+    expected = grid[0, 8:16, 24:32].reshape(64, 5)
+    assert torch.equal(unit.sort(dim=0).values, expected.sort(dim=0).values)
+    # one pool takes the max over 2x2 neighbours, and the result is still a grid in order
+    pooled = layout.pool(tokens)
+    reference = grid.view(2, 32, 2, 48, 2, 5).amax(dim=(2, 4))
+    assert torch.equal(layout.to_grid(pooled, coarse, pooled=1), reference)
+
+
+def test_pos_embed_is_identity_at_stored_grid_and_resizes_smoothly():
+    model = build_hiera("hiera_tiny_224", **TINY)
+    stored = model.pos_embed.detach().transpose(1, 2).reshape(1, -1, 56, 56)
+    assert torch.equal(model.pos_embed_for((56, 56)).detach(), stored)
+    resized = model.pos_embed_for((64, 96))
+    assert resized.shape == (1, 96, 64, 96)
+    window = build_hiera("hiera_tiny_224", attention="window", **TINY)
+    assert window.pos_embed_for((25, 30)).shape == (1, 96, 25, 30)  # not a multiple of the 8-window
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = build_hiera("hiera_tiny_224", stages=(1, 1, 2, 1), num_classes=0)
+    ckpt = build_hiera("hiera_tiny_224", stages=(1, 1, 2, 1), num_classes=0, activation_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        loss = sum(f.square().mean() for f in model(x).values())
+        loss.backward()
+        grads.append(model.blocks[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_drop_path_is_linear_in_depth_and_off_in_eval():
+    model = build_hiera("hiera_tiny_224", stages=(1, 1, 2, 1), num_classes=0, drop_path_rate=0.3)
+    rates = [getattr(b.drop_path, "p", 0.0) for b in model.blocks]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+    assert rates == sorted(rates)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x)["stage4"], model(x)["stage4"])
+
+
+def test_outputs_are_channels_last_in_memory():
+    model = build_hiera("hiera_tiny_224", **TINY).eval()
+    out = model(torch.randn(1, 3, 64, 64))
+    assert out["stage1"].is_contiguous(memory_format=torch.channels_last)
