@@ -44,7 +44,7 @@ def add_hiera_config(cfg: CN) -> CN:
     # Blocks per stage; [] = the architecture's. Smaller trunks are for quick CPU runs: official weights
     # then load only partly (the loader reports what it skipped).
     h.STAGES = []
-    # Recompute each block in the backward pass: less memory, about 30% more training time.
+    # Recompute each block in the backward pass: less activation memory, one more forward of compute.
     h.ACTIVATION_CHECKPOINTING = False
     # 0 trains everything; 1 freezes the patch embedding and position embeddings; k >= 2 also freezes
     # stages 1..k-1 (5 freezes the whole trunk).

@@ -1,4 +1,4 @@
-"""Hiera in Detectron2: config keys and their checks, backbones, FPN variants, padding, freezing, optimizer."""
+"""Hiera in Detectron2: config keys and checks, backbones, FPN variants, padding, freezing, optimizer."""
 
 from __future__ import annotations
 
@@ -238,6 +238,7 @@ def test_build_optimizer_adamw_and_sgd():
     opt = build_optimizer(cfg, model)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
     lrs = sorted({g["lr"] for g in opt.param_groups})
-    assert lrs[-1] == pytest.approx(cfg.SOLVER.BASE_LR) and len(lrs) == len(model.backbone.bottom_up.trunk.blocks) + 2
+    assert lrs[-1] == pytest.approx(cfg.SOLVER.BASE_LR)
+    assert len(lrs) == len(model.backbone.bottom_up.trunk.blocks) + 2  # patch embed, each block, heads
     cfg.SOLVER.OPTIMIZER = "SGD"
     assert isinstance(build_optimizer(cfg, model), torch.optim.SGD)

@@ -108,8 +108,13 @@ def test_one_iteration_has_finite_losses_and_backbone_gradients(shapes, tmp_path
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
     assert all(torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()
-    for name, p in [("patch_embed", trunk.patch_embed.proj.weight), ("pos_embed", trunk.pos_embed),
-                    ("first block", trunk.blocks[0].attn.qkv.weight), ("last block", trunk.blocks[-1].mlp.fc2.weight)]:
+    checked = {
+        "patch_embed": trunk.patch_embed.proj.weight,
+        "pos_embed": trunk.pos_embed,
+        "first block": trunk.blocks[0].attn.qkv.weight,
+        "last block": trunk.blocks[-1].mlp.fc2.weight,
+    }
+    for name, p in checked.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches the trunk's {name}"
     optimizer.step()
     assert not torch.equal(before, trunk.blocks[0].attn.qkv.weight)

@@ -61,8 +61,9 @@ def build_config(args):
         cfg.SOLVER.AMP.ENABLED = False
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(os.path.expanduser(weights)):
-        raise FileNotFoundError(f"MODEL.WEIGHTS {weights!r} is not a file; give the path of a trained detector "
-                                "checkpoint (.pth/.pkl), or '' to start from MODEL.HIERA.WEIGHTS / random init")
+        raise FileNotFoundError(f"MODEL.WEIGHTS {weights!r} is not a file; give the path of a trained "
+                                "detector checkpoint (.pth/.pkl), or '' to start from MODEL.HIERA.WEIGHTS "
+                                "/ random init")
     if not is_video_config(cfg):
         validate_hiera_config(cfg)
     cfg.freeze()
@@ -92,13 +93,13 @@ def main(args):
 
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS and not args.resume:
-            raise ValueError("--eval-only evaluates trained weights: set MODEL.WEIGHTS to a checkpoint, or add "
-                             "--resume to use the last checkpoint in OUTPUT_DIR")
+            raise ValueError("--eval-only evaluates trained weights: set MODEL.WEIGHTS to a checkpoint, "
+                             "or add --resume to use the last checkpoint in OUTPUT_DIR")
         model = Trainer.build_model(cfg)
         checkpointer = checkpointer_class()(model, save_dir=cfg.OUTPUT_DIR)
         if args.resume and not checkpointer.has_checkpoint() and not cfg.MODEL.WEIGHTS:
-            raise FileNotFoundError(f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR}; train first "
-                                    "or set MODEL.WEIGHTS")
+            raise FileNotFoundError(f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR}; "
+                                    "train first or set MODEL.WEIGHTS")
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
 

@@ -48,7 +48,7 @@ def _square_pad(cfg) -> int:
 
 @BACKBONE_REGISTRY.register()
 def build_hiera_backbone(cfg, input_shape: ShapeSpec) -> HieraBackbone:
-    """``MODEL.BACKBONE.NAME: build_hiera_backbone``: the trunk alone, features ``MODEL.HIERA.OUT_FEATURES``."""
+    """``MODEL.BACKBONE.NAME: build_hiera_backbone``: the trunk alone, its OUT_FEATURES."""
     trunk = build_hiera_trunk(cfg, in_chans=input_shape.channels)
     return HieraBackbone(trunk, cfg.MODEL.HIERA.OUT_FEATURES, cfg.MODEL.HIERA.FREEZE_AT, _square_pad(cfg))
 
@@ -57,8 +57,9 @@ def _fpn_in_features(cfg, bottom_up: HieraBackbone, default: list[str]) -> list[
     in_features = list(cfg.MODEL.FPN.IN_FEATURES) or default
     missing = [f for f in in_features if f not in bottom_up.output_shape()]
     if missing:
-        raise ValueError(f"MODEL.FPN.IN_FEATURES {in_features} reads {missing}, which MODEL.HIERA.OUT_FEATURES "
-                         f"{list(cfg.MODEL.HIERA.OUT_FEATURES)} does not produce; add them there")
+        raise ValueError(f"MODEL.FPN.IN_FEATURES {in_features} reads {missing}, which "
+                         f"MODEL.HIERA.OUT_FEATURES {list(cfg.MODEL.HIERA.OUT_FEATURES)} does not produce; "
+                         "add them there")
     return in_features
 
 

@@ -11,7 +11,9 @@ def build_lsj_augmentations(cfg) -> list[T.Augmentation]:
     lsj = cfg.INPUT.LSJ
     size = lsj.IMAGE_SIZE
     return [
-        T.ResizeScale(min_scale=lsj.MIN_SCALE, max_scale=lsj.MAX_SCALE, target_height=size, target_width=size),
+        T.ResizeScale(
+            min_scale=lsj.MIN_SCALE, max_scale=lsj.MAX_SCALE, target_height=size, target_width=size
+        ),
         T.FixedSizeCrop(crop_size=(size, size)),
         T.RandomFlip(horizontal=True),
     ]

@@ -61,8 +61,8 @@ def check_dataset_available(name: str) -> None:
         close = difflib.get_close_matches(name, registered, n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise KeyError(f"dataset {name!r} is not registered.{hint} Register it with "
-                       "detectron2.data.datasets.register_coco_instances (before building the trainer), or use "
-                       "a built-in one such as coco_2017_train / coco_2017_val or the bundled "
+                       "detectron2.data.datasets.register_coco_instances (before building the trainer), "
+                       "or use a built-in one such as coco_2017_train / coco_2017_val or the bundled "
                        "hiera_shapes_train / hiera_shapes_val")
     meta = MetadataCatalog.get(name)
     json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
@@ -101,8 +101,8 @@ class Trainer(DefaultTrainer):
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
         if cfg.SOLVER.AMP.ENABLED and (on_cpu or not torch.cuda.is_available()):
-            raise ValueError(f"SOLVER.AMP.ENABLED needs a CUDA device, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r} "
-                             f"(CUDA available: {torch.cuda.is_available()}); set SOLVER.AMP.ENABLED False")
+            raise ValueError(f"SOLVER.AMP.ENABLED needs a CUDA device, but MODEL.DEVICE is "
+                             f"{cfg.MODEL.DEVICE!r} (CUDA available: {torch.cuda.is_available()}); set SOLVER.AMP.ENABLED False")
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
