@@ -57,7 +57,8 @@ def hiera_kwargs(name: str, **overrides) -> dict:
         if name.endswith("16x224"):
             raise ValueError(f"{name} is a video model; window (HieraDet) attention is for image models")
         for key, value in WINDOW_PRESETS[architecture_size(name)].items():
-            overrides.setdefault(key, value)
+            if overrides.get(key) is None:
+                overrides[key] = value
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("input_size", "q_stride", "mask_unit_size", "patch_kernel", "patch_stride", "patch_padding"):
         if key in kwargs and isinstance(kwargs[key], int):
