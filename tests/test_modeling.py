@@ -145,3 +145,26 @@ def test_outputs_are_channels_last_in_memory():
     model = build_hiera("hiera_tiny_224", **TINY).eval()
     out = model(torch.randn(1, 3, 64, 64))
     assert out["stage1"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_core_and_weight_loader_work_without_detectron2(tmp_path):
+    """``hiera_det.modeling`` imports only torch; without detectron2, importing hiera_det still works."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["detectron2"] = None  # as if it were not installed: any import of it fails
+import torch, hiera_det
+from hiera_det.modeling import build_hiera
+from hiera_det.checkpoint import load_checkpoint
+m = build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=0)
+report = load_checkpoint(m, {"model_state": m.state_dict()})
+out = m(torch.randn(1, 3, 64, 64))
+assert out["stage4"].shape == (1, 768, 2, 2), out["stage4"].shape
+assert not any(k.startswith("detectron2") and sys.modules[k] is not None for k in sys.modules)
+print("ok", report.format)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ok")
