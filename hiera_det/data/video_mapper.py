@@ -156,6 +156,17 @@ class _SkipsUnreadable:
         """Paths of the skipped videos (one entry per skip, from all processes using this mapper)."""
         return self._skips.paths()
 
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        """The mapped dict; in training, None for an unreadable video (Detectron2's MapDataset then takes
+        another index), counted and logged; in evaluation the VideoReadError propagates."""
+        try:
+            return self._map(dataset_dict)
+        except VideoReadError as e:
+            if not self.is_train:
+                raise
+            self._skip(e)
+            return None
+
     def _skip(self, error: VideoReadError) -> None:
         count = self._skips.add(error.path)
         logger.warning("skipping unreadable training video (%d skipped in this process): %s", count, error)
@@ -224,15 +235,6 @@ class VideoClassificationMapper(_SkipsUnreadable):
             decode_threads=video.DECODE_THREADS,
             image_format=cfg.INPUT.FORMAT,
         )
-
-    def __call__(self, dataset_dict: dict) -> dict | None:
-        try:
-            return self._map(dataset_dict)
-        except VideoReadError as e:
-            if not self.is_train:
-                raise
-            self._skip(e)
-            return None
 
     def _map(self, dataset_dict: dict) -> dict:
         view = tuple(dataset_dict.get("view", (0, 0)))
@@ -335,15 +337,6 @@ class KeyframeClipMapper(_SkipsUnreadable):
             decode_threads=video.DECODE_THREADS,
             keyframe_index=model.get("KEYFRAME", -1),
         )
-
-    def __call__(self, dataset_dict: dict) -> dict | None:
-        try:
-            return self._map(dataset_dict)
-        except VideoReadError as e:
-            if not self.is_train:
-                raise
-            self._skip(e)
-            return None
 
     def _map(self, dataset_dict: dict) -> dict:
         record = copy.deepcopy(dataset_dict)
