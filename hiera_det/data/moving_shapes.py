@@ -7,7 +7,7 @@ size and colour distribution at random positions and orientations. The class is 
 one, and how it moves, shows only across frames -- so a single-frame model is at chance while a video model
 can learn the task.
 
-Layout written under ``root`` (defaults: 64x64 frames, 16 frames at 10 fps, 200 train / 60 val videos):
+Layout written under ``root`` (defaults: 64x64 frames, 16 frames at 10 fps, 1200 train / 120 val videos):
 
 * ``videos/{split}_{i:04d}.mp4`` (OpenCV, ``mp4v``), ``{split}.csv`` (PySlowFast ``path label``),
   ``classes.txt``;
@@ -35,7 +35,8 @@ import numpy as np
 CLASSES = ("move_right", "move_left", "move_up", "rotate", "pulse", "bounce")
 SPLITS = ("train", "val")
 MARKER = "moving_shapes.json"
-FORMAT_VERSION = 1
+# 2: 1200 train / 120 val videos by default (200 training videos were too few to learn motion from scratch)
+FORMAT_VERSION = 2
 
 # Unit outlines (radius about 1) of the shape family. Circles are left out: a rotating circle looks static.
 _SHAPES = {
@@ -162,8 +163,8 @@ def keyframe_positions(num_frames: int, keyframes_per_video: int) -> list[int]:
 def generate_moving_shapes(
     root: str,
     *,
-    num_train: int = 200,
-    num_val: int = 60,
+    num_train: int = 1200,
+    num_val: int = 120,
     frame_size: int = 64,
     num_frames: int = 16,
     fps: float = 10.0,
@@ -251,11 +252,13 @@ def ensure_moving_shapes_dataset(root: str | None = None, **generation_kwargs) -
     if is_complete(root):
         with open(os.path.join(root, MARKER), encoding="utf-8") as f:
             existing = json.load(f)
-        differing = {k: (existing.get(k), v) for k, v in generation_kwargs.items() if existing.get(k) != v}
+        requested = dict(generation_kwargs, version=FORMAT_VERSION)
+        differing = {k: (existing.get(k), v) for k, v in requested.items() if existing.get(k) != v}
         if differing:
             raise FileExistsError(
                 f"{root!r} holds a moving-shapes dataset generated with other parameters "
-                f"(existing, requested): {differing}; delete it (or pass --force) or choose another root"
+                f"(existing, requested): {differing}; delete it (or regenerate with `python -m "
+                f"hiera_det.data.moving_shapes --root {root} --force`) or choose another root"
             )
         return root
     if os.path.isdir(root) and os.listdir(root):
@@ -336,8 +339,8 @@ def register_moving_shapes_datasets(root: str | None = None) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=default_root(), help="output folder (default: %(default)s)")
-    parser.add_argument("--num-train", type=int, default=200)
-    parser.add_argument("--num-val", type=int, default=60)
+    parser.add_argument("--num-train", type=int, default=1200)
+    parser.add_argument("--num-val", type=int, default=120)
     parser.add_argument("--frame-size", type=int, default=64)
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
