@@ -26,6 +26,9 @@ site=${SITE:-/tmp/hiera_det_site}
   echo "gpu_run.sh: installing .wheels/*.whl into $site failed (see above)" >&2; exit 2; }
 export PYTHONPATH="$site:$PWD/.wheels/d2:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# Without expandable segments ViTDet-B's training iteration (about 69 GiB at batch 8) fails to find a
+# contiguous block on an 80 GB card and stops with an out-of-memory error; with them it fits.
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,temperature.gpu,power.limit \
   --format=csv >"$out/nvidia-smi.txt" 2>&1 || echo "nvidia-smi unavailable" >"$out/nvidia-smi.txt"
