@@ -67,3 +67,25 @@ def hiera_model():
         return copy.deepcopy(built[key])
 
     return make
+
+
+def _official_video_hiera(**overrides) -> nn.Module:
+    hiera = pytest.importorskip("hiera")
+    # the arguments that hiera.hiera_base_16x224 passes on top of the image defaults
+    video = dict(
+        num_classes=400,
+        q_stride=(1, 2, 2),
+        mask_unit_size=(1, 8, 8),
+        patch_kernel=(3, 7, 7),
+        patch_stride=(2, 4, 4),
+        patch_padding=(1, 3, 3),
+        sep_pos_embed=True,
+    )
+    return hiera.Hiera(**{**video, **overrides})
+
+
+@pytest.fixture
+def official_video_hiera():
+    """``official_video_hiera(**overrides)``: the official package's video Hiera (base 16x224 arguments,
+    ``embed_dim`` / ``num_heads`` / ``stages`` / ``input_size`` overridable); skips without hiera-transformer."""
+    return _official_video_hiera

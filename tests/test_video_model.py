@@ -157,18 +157,8 @@ def test_config_validation_names_the_key():
 # ---------------------------------------------------------------- parity
 
 
-def _official_video(**overrides):
-    hiera = pytest.importorskip("hiera")
-    model = hiera.Hiera(
-        num_classes=400,
-        q_stride=(1, 2, 2),
-        mask_unit_size=(1, 8, 8),
-        patch_kernel=(3, 7, 7),
-        patch_stride=(2, 4, 4),
-        patch_padding=(1, 3, 3),
-        sep_pos_embed=True,
-        **overrides,
-    ).eval()
+def _official_video(build, **overrides):
+    model = build(**overrides).eval()
     with torch.no_grad():
         for p in model.parameters():  # nonzero everywhere, so zero-initialised embeddings hide nothing
             p.normal_(0.0, 0.02)
@@ -185,10 +175,10 @@ def _compare_with_official(reference, ours, x):
     return probs
 
 
-def test_backbone_from_config_loads_official_video_weights_exactly(tmp_path):
+def test_backbone_from_config_loads_official_video_weights_exactly(tmp_path, official_video_hiera):
     """Official hiera-transformer weights on disk -> MODEL.HIERA_VIDEO.WEIGHTS -> registry-built backbone."""
     pytest.importorskip("hiera_det.checkpoint")
-    reference = _official_video(input_size=(4, 64, 64))  # base depth, small clip: fast on CPU
+    reference = _official_video(official_video_hiera, input_size=(4, 64, 64))  # base depth, small clip: fast on CPU
     path = tmp_path / "hiera_base_16x224_random.pth"
     torch.save({"model_state": reference.state_dict()}, path)
     cfg = tiny_cfg()
