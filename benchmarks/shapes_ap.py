@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for training")
     args = parser.parse_args(argv)
 
-    import hiera_det  # noqa: F401  (registers the datasets, so their annotation files can be found)
+    import hiera_det.d2  # noqa: F401  (registers the datasets, so their annotation files can be found)
     from detectron2.data import MetadataCatalog
 
     from hiera_det.config import get_hiera_cfg, merge_config, resolve_config_file

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the video model use motion? Train the clip classifier and a single-frame baseline on moving shapes.
 
-Moving shapes (hiera_det.data.moving_shapes) has six classes that differ only in how one object moves,
+Moving shapes (hiera_det.data.datasets.moving_shapes) has six classes that differ only in how one object moves,
 among static distractors of the same look, so one frame cannot tell them apart: a single-frame model should
 stay near chance (16.7%) while the clip model should not. Both runs use the same recipe
 (configs/video/moving_shapes_cls.yaml: shallow video Hiera, same data, iterations, optimizer and seed); the
@@ -63,14 +63,13 @@ def train_and_evaluate(cfg, single_frame: bool, log_every: int) -> dict:
 
     from hiera_det.data.video_mapper import VideoClassificationMapper, expand_test_views
     from hiera_det.engine.optimizer import build_optimizer
-    from hiera_det.video.builders import prepare_dataset
+    from hiera_det.data.catalog import prepare_datasets
     from hiera_det.video.evaluation import VideoClassificationEvaluator
 
     logger = logging.getLogger("video_vs_frame")
     torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
     train_name, test_name = cfg.DATASETS.TRAIN[0], cfg.DATASETS.TEST[0]
-    prepare_dataset(cfg, train_name)
-    prepare_dataset(cfg, test_name)
+    prepare_datasets(cfg, [train_name, test_name])
 
     train_mapper = VideoClassificationMapper(cfg, is_train=True)
     test_mapper = VideoClassificationMapper(cfg, is_train=False)
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
     import torch
     from detectron2.utils.logger import setup_logger
 
-    import hiera_det  # noqa: F401  (registers the video parts and datasets)
+    import hiera_det.d2  # noqa: F401  (registers the video parts and datasets)
 
     torch.set_num_threads(args.threads)
     setup_logger(name="video_vs_frame")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,20 +14,21 @@ pytest.importorskip("detectron2")
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
 
-import hiera_det  # noqa: E402,F401
+import hiera_det.d2  # noqa: E402,F401
 from hiera_det.config import (  # noqa: E402
-    CONFIG_DIR,
+    config_dir,
     get_hiera_cfg,
-    hiera_input_size,
+    trunk_input_size,
     merge_config,
     resolve_config_file,
     validate_hiera_config,
 )
-from hiera_det.detection import HieraBackbone  # noqa: E402
+from hiera_det.detection import HieraBackbone, freeze_trunk  # noqa: E402
 from hiera_det.engine import build_optimizer, get_param_groups  # noqa: E402
 from hiera_det.modeling import build_hiera  # noqa: E402
 
-TOP_CONFIGS = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml") and not f.startswith("Base-"))
+REPO = Path(__file__).resolve().parents[1]
+TOP_CONFIGS = sorted(f for f in os.listdir(config_dir()) if f.endswith(".yaml") and not f.startswith("Base-"))
 # A trunk small enough to build and run in a second: Hiera-T widths, one block per stage.
 TINY = ["MODEL.HIERA.NAME", "hiera_tiny_224", "MODEL.HIERA.STAGES", "[1, 1, 1, 1]", "MODEL.DEVICE", "cpu"]
 
@@ -103,7 +105,7 @@ def test_hiera_backbone_shapes_strides_and_divisibility(attention):
 
 def test_lsj_pads_to_square_and_pos_embed_size():
     cfg = tiny_cfg("hiera_fpn.yaml")
-    assert hiera_input_size(cfg) == (224, 224)  # the pretraining grid, interpolated at run time
+    assert trunk_input_size(cfg) == (224, 224)  # the pretraining grid, interpolated at run time
     cfg.MODEL.HIERA.INPUT_SIZE = [256, 256]
     model = build_model(cfg)
     assert model.backbone.padding_constraints["square_size"] == 256
@@ -144,14 +146,13 @@ def test_freeze_at(freeze_at, trainable_blocks):
     assert sum(any(p.requires_grad for p in b.parameters()) for b in trunk.blocks) == trainable_blocks
     assert not any(p.requires_grad for p in trunk.norm.parameters())
     with pytest.raises(ValueError, match="freeze_at"):
-        backbone.freeze(6)
+        freeze_trunk(backbone.trunk, 6)
 
 
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("MODEL.HIERA.NAME", "hiera_bass_224", "choose one of: hiera_tiny_224"),
-        ("MODEL.HIERA.NAME", "hiera_base_16x224", "video architecture"),
+        ("MODEL.HIERA.NAME", "hiera_bass_224", "Did you mean: hiera_base_224.*Image: hiera_tiny_224"),
         ("MODEL.HIERA.ATTENTION", "swin", "choose one of: mask_unit, window"),
         ("MODEL.HIERA.POS_EMBED", "rope", "choose one of: '' \\(layout default\\), absolute, absolute_win"),
         ("MODEL.HIERA.OUT_FEATURES", "['res5']", "subset of stage1"),
@@ -172,6 +173,27 @@ def test_bad_values_name_the_valid_choices(key, value, message):
         build_backbone(cfg)
 
 
+def test_image_builder_refuses_a_video_trunk_and_names_the_video_builder():
+    cfg = get_hiera_cfg()
+    merge_config(cfg, "hiera_fpn.yaml", ["MODEL.HIERA.NAME", "hiera_base_16x224"])
+    with pytest.raises(ValueError, match="build_hiera_video_fpn_backbone"):
+        build_backbone(cfg)
+
+
+def test_moved_video_trunk_keys_say_where_they_went():
+    with pytest.raises(KeyError, match="MODEL.HIERA_VIDEO.NAME was renamed to MODEL.HIERA.NAME"):
+        merge_config(get_hiera_cfg(), "", ["MODEL.HIERA_VIDEO.NAME", "hiera_base_16x224"])
+
+
+def test_config_docs_are_current():
+    from hiera_det.config import render_config_docs
+
+    text = (REPO / "docs" / "config.md").read_text()
+    assert render_config_docs(text) == text, "run: python -m hiera_det.config --write-docs docs/config.md"
+    for section in ("MODEL.HIERA", "MODEL.HIERA_VIDEO", "INPUT.LSJ", "INPUT.VIDEO", "SOLVER"):
+        assert f"<!-- keys: {section} -->" in text
+
+
 def test_window_keys_need_window_attention():
     cfg = get_hiera_cfg()
     merge_config(cfg, "hiera_fpn.yaml", ["MODEL.HIERA.WINDOW_SPEC", "[8, 4, 14, 7]"])
@@ -185,7 +207,7 @@ def test_unknown_key_error_suggests_the_right_one():
 
 
 def test_config_names_resolve_under_configs():
-    assert resolve_config_file("hiera_fpn.yaml") == os.path.join(CONFIG_DIR, "hiera_fpn.yaml")
+    assert resolve_config_file("hiera_fpn.yaml") == os.path.join(config_dir(), "hiera_fpn.yaml")
     with pytest.raises(FileNotFoundError, match="Did you mean: hiera_fpn.yaml"):
         resolve_config_file("hiera_fnp.yaml")
 

@@ -16,7 +16,7 @@ from detectron2.data import detection_utils as d2_utils  # noqa: E402
 from detectron2.data.build import filter_images_with_only_crowd_annotations  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
-from hiera_det.data.annotations import (  # noqa: E402
+from hiera_det.data.datasets.coco import (  # noqa: E402
     AnnotationFileError,
     load_coco_json_checked,
     sanitize_coco_dicts,
@@ -212,7 +212,7 @@ def test_sanitize_clips_drops_and_logs_counts(caplog):
         _record([_ann([500, 500, 5, 5])], name="all_bad.jpg"),
     ]
     original = json.dumps(records)
-    with caplog.at_level(logging.INFO, logger="hiera_det.data.annotations"):
+    with caplog.at_level(logging.INFO, logger="hiera_det.data.datasets.coco"):
         out = sanitize_coco_dicts(records, "toy", valid_category_ids=[0, 1])
     assert json.dumps(records) == original, "the input must not be modified"
     assert len(out) == 3  # empty images are kept by default (evaluation needs them)
@@ -220,7 +220,7 @@ def test_sanitize_clips_drops_and_logs_counts(caplog):
     assert boxes == [[10, 10, 20, 20], [0, 70, 15, 10], [90, 70, 100, 80]]
     assert out[2]["annotations"] == []
 
-    lines = [r for r in caplog.records if r.name == "hiera_det.data.annotations"]
+    lines = [r for r in caplog.records if r.name == "hiera_det.data.datasets.coco"]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     message = lines[0].getMessage()
     for expected in (
@@ -242,7 +242,7 @@ def test_sanitize_clips_drops_and_logs_counts(caplog):
 def test_sanitize_filter_empty_follows_detectron2_rule(caplog):
     crowd_only = _record([_ann([1, 1, 5, 5], iscrowd=1)], name="crowd.jpg")
     records = [_record([_ann([1, 1, 5, 5])]), _record([], name="e.jpg"), crowd_only]
-    with caplog.at_level(logging.INFO, logger="hiera_det.data.annotations"):
+    with caplog.at_level(logging.INFO, logger="hiera_det.data.datasets.coco"):
         out = sanitize_coco_dicts(records, "toy", filter_empty=True)
     assert [r["file_name"] for r in out] == ["img.jpg"]
     assert [r["file_name"] for r in filter_images_with_only_crowd_annotations(records)] == ["img.jpg"]
@@ -289,7 +289,7 @@ def test_load_checked_drops_unknown_category_ids(tmp_path, request, caplog):
     ]
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(_coco(annotations)))
-    with caplog.at_level(logging.INFO, logger="hiera_det.data.annotations"):
+    with caplog.at_level(logging.INFO, logger="hiera_det.data.datasets.coco"):
         dicts = load_coco_json_checked(str(path), str(tmp_path), _fresh_name(request))
     assert [a["category_id"] for a in dicts[0]["annotations"]] == [1]
     assert "1 dropped: unknown category id" in caplog.records[-1].getMessage()
@@ -345,7 +345,7 @@ def _mapper_cfg(lsj=False):
 def test_detection_mapper_reads_through_checked_reader(tmp_path):
     from detectron2.data import DatasetMapper
 
-    from hiera_det.detection import build_detection_train_mapper
+    from hiera_det.data.image_mapper import build_detection_train_mapper
 
     cfg = _mapper_cfg()
     mapper = build_detection_train_mapper(cfg)

@@ -133,7 +133,7 @@ def _detection_setup(lsj):
         from detectron2.modeling import build_backbone
 
         from hiera_det.config import get_hiera_cfg
-        from hiera_det.detection import build_detection_train_mapper
+        from hiera_det.data.image_mapper import build_detection_train_mapper
 
         cfg = get_hiera_cfg()
         cfg.MODEL.BACKBONE.NAME = "build_hiera_fpn_backbone"
@@ -163,7 +163,7 @@ def test_image_mapper_any_size_and_aspect(tmp_path_factory, h, w, boxes, lsj, se
     from detectron2.structures import BoxMode, ImageList
     from PIL import Image
 
-    from hiera_det.data.annotations import sanitize_coco_dicts
+    from hiera_det.data.datasets.coco import sanitize_coco_dicts
 
     np.random.seed(seed)
     mapper, backbone = _detection_setup(lsj)

@@ -56,7 +56,7 @@ _OPTS = [
 def datasets_root(tmp_path_factory):
     """Two 64x64 training images with one annotation each, so that every image yields the same number of
     sampled proposals and a per-image mean (two processes) equals the pooled mean (one process)."""
-    from hiera_det.data.shapes import generate_shapes_dataset
+    from hiera_det.data.datasets.shapes import generate_shapes_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     paths = generate_shapes_dataset(root / "hiera_shapes", num_train=2, num_val=1, min_size=64, max_size=64)
@@ -172,7 +172,7 @@ def test_non_finite_loss_stops_training_and_keeps_last_good_checkpoint(datasets_
     from detectron2.utils.events import get_event_storage
 
     from hiera_det.config import get_hiera_cfg, merge_config
-    from hiera_det.data import builtin
+    from hiera_det.data import catalog
     from hiera_det.engine import Trainer
     from hiera_det.engine.checkpointer import AtomicDetectionCheckpointer
 
@@ -181,7 +181,7 @@ def test_non_finite_loss_stops_training_and_keeps_last_good_checkpoint(datasets_
     cfg.SOLVER.MAX_ITER, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.STEPS = 10, 2, ()
     bad_iteration = 3
     torch.set_num_threads(1)  # as the subprocess runs (OMP_NUM_THREADS=1); the conftest fixture resets it
-    builtin.register_all(datasets_root)
+    catalog.register_builtin_datasets(datasets_root)
     try:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=False)
@@ -197,7 +197,7 @@ def test_non_finite_loss_stops_training_and_keeps_last_good_checkpoint(datasets_
         with pytest.raises(FloatingPointError) as info:
             trainer.train()
     finally:
-        builtin.register_all()
+        catalog.register_builtin_datasets()
     message = str(info.value)
     assert f"iteration={bad_iteration}" in message and "loss_box_reg" in message and "loss_cls" in message
 

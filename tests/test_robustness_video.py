@@ -12,7 +12,8 @@ av = pytest.importorskip("av")
 pytest.importorskip("decord")
 pytest.importorskip("detectron2")
 
-from hiera_det.data.video_io import VideoClipReader, VideoReadError, open_video, read_clip  # noqa: E402
+from hiera_det.data.video_io import VideoClipReader, VideoReadError, open_video  # noqa: E402
+from hiera_det.data.video_transforms import clip_indices  # noqa: E402
 
 _SIZE = (48, 64)  # H, W; multiples of 16 keep libx264 from padding
 
@@ -83,7 +84,8 @@ def test_zero_frame_video(tmp_path):
 
 def test_video_shorter_than_clip_is_edge_padded(tmp_path):
     path = _cfr(tmp_path / "short.mp4", 3)
-    clip = read_clip(path, 0, num_frames=8, sampling_rate=2)
+    with open_video(path) as reader:
+        clip = reader.get_frames(clip_indices(0, num_frames=8, sampling_rate=2, video_length=reader.num_frames))
     assert clip.shape == (8, *_SIZE, 3) and clip.dtype == np.uint8
     grey = clip[..., 0].mean(axis=(1, 2))
     # frames 0, 2, then the last frame (2) repeated

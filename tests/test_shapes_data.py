@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from hiera_det.data import shapes
-from hiera_det.data.shapes import (
+from hiera_det.data.datasets import shapes
+from hiera_det.data.datasets.shapes import (
     MIN_VISIBLE_FRACTION,
     SHAPES_CLASSES,
     draw_shape_mask,
@@ -224,7 +224,7 @@ def test_generation_refuses_foreign_directory_and_bad_arguments(tmp_path):
 
 def test_command_line_module(tmp_path):
     root = tmp_path / "hiera_shapes"
-    args = [sys.executable, "-m", "hiera_det.data.shapes", "--root", str(root), "--num-train", "2",
+    args = [sys.executable, "-m", "hiera_det.data.datasets.shapes", "--root", str(root), "--num-train", "2",
             "--num-val", "1", "--min-size", "64", "--max-size", "72"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
@@ -250,25 +250,23 @@ def test_command_line_keeps_complete_copy_and_rejects_bad_sizes(tmp_path, capsys
 
 
 @pytest.fixture
-def builtin_module():
+def catalogs():
     from detectron2.data import DatasetCatalog
 
-    from hiera_det.data import builtin
+    from hiera_det.data import catalog
 
-    yield builtin, DatasetCatalog
-    builtin.register_all()  # back to $DETECTRON2_DATASETS for the other tests
+    yield catalog, DatasetCatalog
+    catalog.register_builtin_datasets()  # back to $DETECTRON2_DATASETS for the other tests
 
 
-def test_registration_loads_records(tiny_dataset, builtin_module):
+def test_registration_loads_records(tiny_dataset, catalogs):
     from detectron2.data import MetadataCatalog
     from detectron2.structures import BoxMode
 
-    builtin, catalog = builtin_module
-    builtin.register_all(tiny_dataset.parent)
-    builtin.register_all(tiny_dataset.parent)  # idempotent
-    importlib.reload(builtin)  # re-running the module body must not fail on existing names
-    builtin.register_all(tiny_dataset.parent)
-    for name, split in builtin.SHAPES_DATASETS.items():
+    hiera_catalog, catalog = catalogs
+    hiera_catalog.register_builtin_datasets(tiny_dataset.parent)
+    hiera_catalog.register_builtin_datasets(tiny_dataset.parent)  # registering again replaces
+    for name, split in hiera_catalog.SHAPES_DATASETS.items():
         meta = MetadataCatalog.get(name)
         assert meta.thing_classes == list(SHAPES_CLASSES) and meta.evaluator_type == "coco"
         records = catalog.get(name)
@@ -283,11 +281,11 @@ def test_registration_loads_records(tiny_dataset, builtin_module):
         assert meta.thing_dataset_id_to_contiguous_id == {i + 1: i for i in range(len(SHAPES_CLASSES))}
 
 
-def test_records_become_bitmask_instances(tiny_dataset, builtin_module):
+def test_records_become_bitmask_instances(tiny_dataset, catalogs):
     from detectron2.data import detection_utils
 
-    builtin, catalog = builtin_module
-    builtin.register_all(tiny_dataset.parent)
+    hiera_catalog, catalog = catalogs
+    hiera_catalog.register_builtin_datasets(tiny_dataset.parent)
     record = catalog.get("hiera_shapes_val")[0]
     instances = detection_utils.annotations_to_instances(
         record["annotations"], (record["height"], record["width"]), mask_format="bitmask"
@@ -320,8 +318,8 @@ def test_ground_truth_scores_perfect_coco_ap(tiny_dataset):
         assert scores["AP"] == pytest.approx(100.0 * (len(present) - 1) / len(present))
 
 
-def test_missing_dataset_names_the_fix(tmp_path, builtin_module):
-    builtin, catalog = builtin_module
-    builtin.register_all(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"python -m hiera_det.data.shapes --root .*hiera_shapes"):
+def test_missing_dataset_names_the_fix(tmp_path, catalogs):
+    hiera_catalog, catalog = catalogs
+    hiera_catalog.register_builtin_datasets(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"python -m hiera_det.data.datasets.shapes --root .*hiera_shapes"):
         catalog.get("hiera_shapes_train")

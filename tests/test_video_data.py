@@ -16,25 +16,24 @@ import torch
 pytest.importorskip("decord")
 pytest.importorskip("detectron2")
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.common import MapDataset  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
-from hiera_det.data import moving_shapes as ms  # noqa: E402
+from hiera_det.config import get_hiera_cfg  # noqa: E402
 from hiera_det.data import video_transforms as vt  # noqa: E402
-from hiera_det.data.kinetics import (  # noqa: E402
+from hiera_det.data.catalog import register_builtin_datasets, register_kinetics  # noqa: E402
+from hiera_det.data.datasets import moving_shapes as ms  # noqa: E402
+from hiera_det.data.datasets.kinetics import (  # noqa: E402
     load_class_folders,
     load_keyframe_coco_json,
     load_kinetics_csv,
-    register_kinetics,
 )
-from hiera_det.data.video_io import FrameFolderReader, VideoReadError, open_video, read_clip  # noqa: E402
+from hiera_det.data.video_io import FrameFolderReader, VideoReadError, open_video  # noqa: E402
 from hiera_det.data.video_mapper import (  # noqa: E402
     KeyframeClipMapper,
     VideoClassificationMapper,
-    add_video_input_config,
     expand_test_views,
 )
 
@@ -107,8 +106,7 @@ def shapes_root(tmp_path_factory):
 
 
 def video_cfg(**overrides):
-    cfg = get_cfg()
-    add_video_input_config(cfg)
+    cfg = get_hiera_cfg()
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.HIERA_VIDEO.NUM_FRAMES = 8
     cfg.MODEL.HIERA_VIDEO.SAMPLING_RATE = 2
@@ -172,10 +170,10 @@ def test_grayscale_sources_come_out_as_three_channels(tmp_path):
 
 def test_short_video_is_edge_padded(tmp_path):
     path = write_opencv(tmp_path / "short.mp4", gray_levels(5))
-    assert frame_ids(read_clip(path, 0, 4, 3)) == [0, 3, 4, 4]  # 0, 3, 6->4, 9->4
-    assert frame_ids(read_clip(path, 1, 5, 1, anchor="center")) == [0, 0, 1, 2, 3]
-    np.testing.assert_array_equal(vt.clip_indices(2, 4, 2, 100, "center"), [0, 0, 2, 4])
     with open_video(path) as reader:
+        assert frame_ids(reader.get_frames(vt.clip_indices(0, 4, 3, reader.num_frames))) == [0, 3, 4, 4]
+        keyframe_clip = vt.clip_indices(1, 5, 1, reader.num_frames, anchor_position=2)
+        assert frame_ids(reader.get_frames(keyframe_clip)) == [0, 0, 1, 2, 3]
         chunks = list(reader.iter_chunks(stride=2, chunk=2))
     assert [idx.tolist() for idx, _ in chunks] == [[0, 2], [4]]
     assert frame_ids(np.concatenate([f for _, f in chunks])) == [0, 2, 4]
@@ -260,7 +258,7 @@ def test_train_transform_moves_boxes_with_pixels(seed):
         )
         out = vt.apply_to_clip(geometry, clip)
         assert out.shape == (6, 48, 48, 3) and out.dtype == np.uint8
-        boxes = vt.apply_to_boxes(geometry, [blob_box(t, 90) for t in range(6)], image_size=(48, 48))
+        boxes = np.clip(geometry.apply_box(np.array([blob_box(t, 90) for t in range(6)], float)), 0, 48)
         for t in range(6):
             visible = boxes[t][2] - boxes[t][0] > 2 and boxes[t][3] - boxes[t][1] > 2
             if visible:  # the crop may cut the blob off entirely
@@ -272,7 +270,7 @@ def test_crop_and_flip_are_exact():
     geometry = T.TransformList([vt.spatial_view_crop(40, 70, 40, 0, 3), T.HFlipTransform(40)])
     out = vt.apply_to_clip(geometry, clip)
     for t in range(5):
-        expected = vt.apply_to_boxes(geometry, [blob_box(t, 70)])[0]
+        expected = geometry.apply_box(np.array([blob_box(t, 70)], float))[0]
         np.testing.assert_array_equal(measured_box(out[t]), expected)
         np.testing.assert_array_equal(out[t], clip[t, :, :40][:, ::-1])
 
@@ -303,14 +301,12 @@ def test_temporal_and_spatial_view_arithmetic():
     assert {v["video_id"] for v in views[:15]} == {"v0"} and views[0]["num_views"] == (5, 3)
 
 
-def test_normalize_and_tensor_layout():
+def test_tensor_layout():
     clip = np.random.default_rng(0).integers(0, 256, (4, 8, 10, 3), dtype=np.uint8)
     tensor = vt.clip_to_tensor(clip)
     assert tensor.shape == (3, 4, 8, 10) and tensor.dtype == torch.uint8
     assert torch.equal(tensor[:, 2, 3, 4], torch.from_numpy(clip[2, 3, 4]))
     assert torch.equal(vt.clip_to_tensor(clip, "BGR")[0], tensor[2])
-    norm = vt.normalize_clip(tensor, [10.0, 20.0, 30.0], [2.0, 4.0, 5.0])
-    assert torch.allclose(norm[1], (tensor[1].float() - 20) / 4)
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -413,16 +409,16 @@ def test_moving_shapes_is_deterministic_fast_and_consistent(tmp_path, shapes_roo
 @pytest.fixture
 def restore_moving_shapes_registration():
     yield
-    ms.register_moving_shapes_datasets()  # back to the default root, as hiera_det's import registers it
+    register_builtin_datasets()  # back to the default root, as importing hiera_det.d2 registers it
 
 
 def test_moving_shapes_registration_is_lazy(tmp_path, shapes_root, restore_moving_shapes_registration):
-    ms.register_moving_shapes_datasets(str(tmp_path / "absent"))
+    register_builtin_datasets(tmp_path / "absent")
     assert MetadataCatalog.get("moving_shapes_kf_val").evaluator_type == "coco"
-    with pytest.raises(FileNotFoundError, match="python -m hiera_det.data.moving_shapes"):
+    with pytest.raises(FileNotFoundError, match="python -m hiera_det.data.datasets.moving_shapes"):
         DatasetCatalog.get("moving_shapes_cls_train")
     assert not os.path.exists(tmp_path / "absent")
-    ms.register_moving_shapes_datasets(shapes_root)
+    register_builtin_datasets(os.path.dirname(shapes_root))
     assert len(DatasetCatalog.get("moving_shapes_cls_train")) == 12
     assert len(DatasetCatalog.get("moving_shapes_kf_val")) == 18
     assert MetadataCatalog.get("moving_shapes_cls_val").classes == list(ms.CLASSES)

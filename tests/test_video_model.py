@@ -10,21 +10,17 @@ import torch
 
 pytest.importorskip("detectron2")
 
-import hiera_det  # noqa: F401,E402  (registers the video parts)
-from detectron2.config import get_cfg  # noqa: E402
+import hiera_det.d2  # noqa: F401,E402  (registers the video parts)
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from hiera_det.config import get_hiera_cfg, validate_hiera_config  # noqa: E402
+from hiera_det.detection import HieraBackbone  # noqa: E402
 from hiera_det.modeling import build_hiera  # noqa: E402
-from hiera_det.video import (  # noqa: E402
-    ClipMixup,
-    HieraVideoBackbone,
-    TemporalPool,
-    VideoClassificationEvaluator,
-    add_video_config,
-)
-from hiera_det.video.config import validate_video_config  # noqa: E402
+from hiera_det.video.evaluation import VideoClassificationEvaluator  # noqa: E402
+from hiera_det.video.mixup import ClipMixup  # noqa: E402
+from hiera_det.video.temporal import TemporalPool, TemporallyPooledBackbone  # noqa: E402
 
 FRAMES, SIZE = 4, 64
 
@@ -36,12 +32,12 @@ def _threads():
 
 
 def tiny_cfg(meta_arch="HieraVideoClassifier"):
-    cfg = get_cfg()
-    add_video_config(cfg)
+    cfg = get_hiera_cfg()
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.HIERA.NAME = "hiera_base_16x224"
     cfg.MODEL.META_ARCHITECTURE = meta_arch
-    cfg.MODEL.HIERA_VIDEO.STAGES = [1, 1, 1, 1]
-    cfg.MODEL.HIERA_VIDEO.EMBED_DIM = 32
+    cfg.MODEL.HIERA.STAGES = [1, 1, 1, 1]
+    cfg.MODEL.HIERA.EMBED_DIM = 32
     cfg.MODEL.HIERA_VIDEO.NUM_FRAMES = FRAMES
     cfg.MODEL.HIERA_VIDEO.NUM_CLASSES = 5
     cfg.INPUT.VIDEO.TRAIN_CROP_SIZE = cfg.INPUT.VIDEO.TEST_CROP_SIZE = SIZE
@@ -73,7 +69,7 @@ def test_video_backbone_shapes_and_output_shape():
     cfg = tiny_cfg()
     cfg.MODEL.BACKBONE.NAME = "build_hiera_video_backbone"
     backbone = build_backbone(cfg)
-    assert isinstance(backbone, HieraVideoBackbone)
+    assert isinstance(backbone, HieraBackbone)
     assert backbone.size_divisibility == 32
     assert backbone.padding_constraints == {"size_divisibility": 32, "square_size": 0}
     out = backbone(torch.randn(2, 3, FRAMES, 64, 96))
@@ -83,10 +79,11 @@ def test_video_backbone_shapes_and_output_shape():
         assert tuple(out[name].shape) == (2, shapes[name].channels, FRAMES // 2, 64 // stride, 96 // stride)
 
 
-def test_video_backbone_rejects_image_trunk_and_bad_clip_length():
-    with pytest.raises(ValueError, match="image model"):
-        HieraVideoBackbone(build_hiera("hiera_tiny_224", num_classes=0, stages=(1, 1, 1, 1)))
-    backbone = HieraVideoBackbone(
+def test_temporal_pooling_rejects_image_trunk_and_bad_clip_length():
+    image = HieraBackbone(build_hiera("hiera_tiny_224", num_classes=0, stages=(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="image trunk"):
+        TemporallyPooledBackbone(image, "mean", num_frames=4, keyframe=2)
+    backbone = HieraBackbone(
         build_hiera("hiera_base_16x224", num_classes=0, input_size=(4, 64, 64), stages=(1, 1, 1, 1))
     )
     with pytest.raises(ValueError, match="T%2==0"):
@@ -96,7 +93,7 @@ def test_video_backbone_rejects_image_trunk_and_bad_clip_length():
 def test_freeze_at_freezes_embeddings_and_early_stages():
     cfg = tiny_cfg()
     cfg.MODEL.BACKBONE.NAME = "build_hiera_video_backbone"
-    cfg.MODEL.HIERA_VIDEO.FREEZE_AT = 2
+    cfg.MODEL.HIERA.FREEZE_AT = 2
     trunk = build_backbone(cfg).trunk
     assert not trunk.patch_embed.proj.weight.requires_grad
     assert not trunk.pos_embed_spatial.requires_grad and not trunk.pos_embed_temporal.requires_grad
@@ -141,17 +138,17 @@ def test_video_fpn_gives_2d_pyramid(mode):
 
 def test_config_validation_names_the_key():
     cfg = tiny_cfg()
-    cfg.MODEL.HIERA_VIDEO.NAME = "hiera_base_224"
-    with pytest.raises(ValueError, match="MODEL.HIERA_VIDEO.NAME"):
-        validate_video_config(cfg)
+    cfg.MODEL.HIERA.NAME = "hiera_base_16x24"
+    with pytest.raises(ValueError, match="MODEL.HIERA.NAME .*Did you mean: hiera_base_16x224"):
+        validate_hiera_config(cfg)
     cfg = tiny_cfg()
     cfg.MODEL.HIERA_VIDEO.TEMPORAL_POOL = "median"
     with pytest.raises(ValueError, match="mean"):
-        validate_video_config(cfg)
+        validate_hiera_config(cfg)
     cfg = tiny_cfg()
     cfg.MODEL.HIERA_VIDEO.NUM_FRAMES = 5
     with pytest.raises(ValueError, match="even"):
-        validate_video_config(cfg)
+        validate_hiera_config(cfg)
 
 
 # ---------------------------------------------------------------- parity
@@ -176,14 +173,14 @@ def _compare_with_official(reference, ours, x):
 
 
 def test_backbone_from_config_loads_official_video_weights_exactly(tmp_path, official_video_hiera):
-    """Official hiera-transformer weights on disk -> MODEL.HIERA_VIDEO.WEIGHTS -> registry-built backbone."""
+    """Official hiera-transformer weights on disk -> MODEL.HIERA.WEIGHTS -> registry-built backbone."""
     pytest.importorskip("hiera_det.checkpoint")
     reference = _official_video(official_video_hiera, input_size=(4, 64, 64))  # base depth, small clip: fast on CPU
     path = tmp_path / "hiera_base_16x224_random.pth"
     torch.save({"model_state": reference.state_dict()}, path)
     cfg = tiny_cfg()
-    cfg.MODEL.HIERA_VIDEO.STAGES, cfg.MODEL.HIERA_VIDEO.EMBED_DIM = [], 0  # the official base widths and depth
-    cfg.MODEL.HIERA_VIDEO.WEIGHTS = str(path)
+    cfg.MODEL.HIERA.STAGES, cfg.MODEL.HIERA.EMBED_DIM = [], 0  # the official base widths and depth
+    cfg.MODEL.HIERA.WEIGHTS = str(path)
     cfg.MODEL.BACKBONE.NAME = "build_hiera_video_backbone"
     backbone = build_backbone(cfg).eval()
     _compare_with_official(reference, backbone, torch.randn(1, 3, 4, 64, 64))
@@ -366,36 +363,28 @@ def test_clip_detector_rejects_mismatched_keyframe_and_frames():
         model([dict(_detector_item(64, 64), image=clip(t=8))])
 
 
-# ---------------------------------------------------------------- builders (loaders + evaluators)
+# ---------------------------------------------------------------- loaders + evaluators
 
 
 @pytest.fixture(scope="module")
 def tiny_moving_shapes(tmp_path_factory):
     """A 6-train / 3-val moving-shapes set under test-only dataset names."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from hiera_det.data.kinetics import load_keyframe_coco_json, register_kinetics
-    from hiera_det.data.moving_shapes import ensure_moving_shapes_dataset
+    from hiera_det.data.catalog import register_keyframe_coco, register_kinetics
+    from hiera_det.data.datasets.moving_shapes import ensure_moving_shapes_dataset
 
     root = ensure_moving_shapes_dataset(
         str(tmp_path_factory.mktemp("ms") / "moving_shapes"), num_train=6, num_val=3, frame_size=64, num_frames=8
     )
     for split in ("train", "val"):
         register_kinetics(f"c2_ms_cls_{split}", root, split)
-        name, json_file = f"c2_ms_kf_{split}", f"{root}/annotations/keyframes_{split}.json"
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, lambda f=json_file: load_keyframe_coco_json(f, root)[0])
-        MetadataCatalog.get(name).set(**load_keyframe_coco_json(json_file, root)[1], json_file=json_file,
-                                      evaluator_type="coco")
+        register_keyframe_coco(f"c2_ms_kf_{split}", f"{root}/annotations/keyframes_{split}.json", root)
     return root
 
 
 def test_classifier_builders_train_and_multi_view_eval(tiny_moving_shapes, tmp_path):
     from detectron2.evaluation import inference_on_dataset
 
-    from hiera_det.video import builders
+    from hiera_det.engine import loaders
 
     cfg = tiny_cfg()
     cfg.MODEL.HIERA_VIDEO.NUM_CLASSES = 6
@@ -407,14 +396,14 @@ def test_classifier_builders_train_and_multi_view_eval(tiny_moving_shapes, tmp_p
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
     model = build_model(cfg)
-    batch = next(iter(builders.build_train_loader(cfg)))
+    batch = next(iter(loaders.build_train_loader(cfg)))
     assert len(batch) == 2 and batch[0]["clip"].shape == (3, FRAMES, SIZE, SIZE)
     loss = model(batch)["loss_cls"]
     assert torch.isfinite(loss)
 
-    loader = builders.build_test_loader(cfg, "c2_ms_cls_val")
+    loader = loaders.build_test_loader(cfg, "c2_ms_cls_val")
     assert len(loader.dataset) == 3 * 2  # videos x views
-    evaluator = builders.build_evaluator(cfg, "c2_ms_cls_val", str(tmp_path))
+    evaluator = loaders.build_evaluator(cfg, "c2_ms_cls_val", str(tmp_path))
     assert isinstance(evaluator, VideoClassificationEvaluator)
     results = inference_on_dataset(model.eval(), loader, evaluator)["video_classification"]
     assert results["num_videos"] == 3 and results["num_clips"] == 6
@@ -423,13 +412,13 @@ def test_classifier_builders_train_and_multi_view_eval(tiny_moving_shapes, tmp_p
 
     cfg.MODEL.HIERA_VIDEO.NUM_CLASSES = 5
     with pytest.raises(ValueError, match="set it to 6"):
-        builders.build_train_loader(cfg)
+        loaders.build_train_loader(cfg)
 
 
 def test_clip_detector_builders_train_and_coco_eval(tiny_moving_shapes, tmp_path):
     from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 
-    from hiera_det.video import builders
+    from hiera_det.engine import loaders
 
     cfg = tiny_cfg("HieraClipDetector")
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 6
@@ -441,20 +430,20 @@ def test_clip_detector_builders_train_and_coco_eval(tiny_moving_shapes, tmp_path
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
     model = build_model(cfg)
-    batch = next(iter(builders.build_train_loader(cfg)))
+    batch = next(iter(loaders.build_train_loader(cfg)))
     assert batch[0]["image"].shape == (3, FRAMES, 64, 64) and len(batch[0]["instances"]) == 1
     with EventStorage():
         losses = model(batch)
     assert torch.isfinite(sum(losses.values()))
 
-    evaluator = builders.build_evaluator(cfg, "c2_ms_kf_val", str(tmp_path))
+    evaluator = loaders.build_evaluator(cfg, "c2_ms_kf_val", str(tmp_path))
     assert isinstance(evaluator, COCOEvaluator)
-    results = inference_on_dataset(model.eval(), builders.build_test_loader(cfg, "c2_ms_kf_val"), evaluator)
+    results = inference_on_dataset(model.eval(), loaders.build_test_loader(cfg, "c2_ms_kf_val"), evaluator)
     assert "bbox" in results and "AP" in results["bbox"]
 
 
 def test_unknown_video_dataset_names_the_choices():
-    from hiera_det.video.builders import prepare_dataset
+    from hiera_det.data.catalog import prepare_datasets
 
-    with pytest.raises(KeyError, match="moving_shapes_cls"):
-        prepare_dataset(tiny_cfg(), "my_videos_train")
+    with pytest.raises(KeyError, match="moving_shapes_"):
+        prepare_datasets(tiny_cfg(), ["my_videos_train"])

@@ -2,7 +2,8 @@
 """Train or evaluate a Hiera model with Detectron2 (image detectors and, through hiera_det.video, video).
 
 Detectron2's usual arguments (--config-file, --num-gpus, --num-machines, --machine-rank, --dist-url,
---resume, --eval-only, trailing KEY VALUE overrides) plus --config NAME, a file under configs/:
+--resume, --eval-only, trailing KEY VALUE overrides) plus --config NAME, a packaged config (hiera_det/configs,
+linked as configs/ in a checkout):
 
     python tools/train_net.py --config shapes/hiera_tiny_shapes.yaml
     python tools/train_net.py --config hiera_fpn.yaml --num-gpus 8
@@ -23,14 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-import hiera_det  # noqa: E402,F401  (registers backbones, meta-architectures and datasets)
+import hiera_det.d2  # noqa: E402,F401  (registers backbones, meta-architectures and datasets)
 from hiera_det.config import get_hiera_cfg, merge_config, validate_hiera_config  # noqa: E402
-from hiera_det.engine import Trainer, is_video_config  # noqa: E402
-from hiera_det.engine.trainer import checkpointer_class  # noqa: E402
+from hiera_det.data.catalog import prepare_datasets  # noqa: E402
+from hiera_det.engine import Trainer  # noqa: E402
+from hiera_det.engine.checkpointer import AtomicDetectionCheckpointer  # noqa: E402
 
 logger = logging.getLogger("hiera_det.train_net")
 
@@ -41,7 +42,7 @@ def argument_parser():
         "--config",
         default="",
         metavar="NAME",
-        help="a config under configs/ by name (e.g. hiera_fpn.yaml), or a path; instead of --config-file",
+        help="a packaged config by name (e.g. hiera_fpn.yaml, video/moving_shapes_cls.yaml), or a path; instead of --config-file",
     )
     return parser
 
@@ -64,22 +65,9 @@ def build_config(args):
         raise FileNotFoundError(f"MODEL.WEIGHTS {weights!r} is not a file; give the path of a trained "
                                 "detector checkpoint (.pth/.pkl), or '' to start from MODEL.HIERA.WEIGHTS "
                                 "/ random init")
-    if not is_video_config(cfg):
-        validate_hiera_config(cfg)
+    validate_hiera_config(cfg)
     cfg.freeze()
     return cfg, notes
-
-
-def prepare_bundled_datasets(cfg) -> None:
-    """Generate the bundled hiera_shapes data when a run uses it and it is not on disk yet."""
-    names = [n for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n.startswith("hiera_shapes")]
-    if not names:
-        return
-    from hiera_det.data.shapes import ensure_shapes_dataset
-
-    json_file = MetadataCatalog.get(names[0]).get("json_file", None)
-    # the registered annotation file is <root>/annotations/instances_<split>.json
-    ensure_shapes_dataset(Path(json_file).parent.parent if json_file else None)
 
 
 def main(args):
@@ -87,8 +75,8 @@ def main(args):
     default_setup(cfg, args)
     for note in notes:
         logger.warning(note)
-    if comm.get_local_rank() == 0:
-        prepare_bundled_datasets(cfg)
+    if comm.get_local_rank() == 0:  # one process per machine generates the bundled data, before the others look
+        prepare_datasets(cfg, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     comm.synchronize()
 
     if args.eval_only:
@@ -96,7 +84,7 @@ def main(args):
             raise ValueError("--eval-only evaluates trained weights: set MODEL.WEIGHTS to a checkpoint, "
                              "or add --resume to use the last checkpoint in OUTPUT_DIR")
         model = Trainer.build_model(cfg)
-        checkpointer = checkpointer_class()(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         if args.resume and not checkpointer.has_checkpoint() and not cfg.MODEL.WEIGHTS:
             raise FileNotFoundError(f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR}; "
                                     "train first or set MODEL.WEIGHTS")

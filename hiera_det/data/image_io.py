@@ -18,13 +18,9 @@ unhelpful:
 
 from __future__ import annotations
 
-import copy
 import io
 
 import numpy as np
-import detectron2.data.transforms as T
-import torch
-from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as d2_utils
 from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.utils.file_io import PathManager
@@ -32,7 +28,6 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_FORMATS",
-    "CheckedDatasetMapper",
     "ImageReadError",
     "ImageSizeMismatchError",
     "check_image_size",
@@ -209,39 +204,3 @@ def _describe_content(data: bytes) -> str:
     if head.startswith(b"PK"):
         return "it is a zip archive"
     return f"unrecognized content starting with {data[:8]!r}"
-
-
-class CheckedDatasetMapper(DatasetMapper):
-    """Detectron2's ``DatasetMapper`` reading through :func:`read_image` and :func:`check_image_size`.
-
-    Same constructor, configuration and output as ``DatasetMapper``; only the image reading differs (see the
-    module docstring). Semantic-segmentation label files are read as Detectron2 reads them: as stored, since
-    their values are class ids that must not be rescaled.
-    """
-
-    def __call__(self, dataset_dict: dict) -> dict:
-        dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image(dataset_dict["file_name"], format=self.image_format)
-        check_image_size(dataset_dict, image)
-        sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)
-        sem_seg_gt = None if sem_seg_file is None else d2_utils.read_image(sem_seg_file, "L").squeeze(2)
-
-        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
-        transforms = self.augmentations(aug_input)
-        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
-        image_shape = image.shape[:2]
-        # tensors travel between DataLoader workers through shared memory rather than pickles
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        if sem_seg_gt is not None:
-            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
-        if self.proposal_topk is not None:
-            d2_utils.transform_proposals(
-                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
-            )
-
-        if not self.is_train:
-            dataset_dict.pop("annotations", None)
-            return dataset_dict
-        if "annotations" in dataset_dict:
-            self._transform_annotations(dataset_dict, transforms, image_shape)
-        return dataset_dict

@@ -227,28 +227,6 @@ def open_video(path: str, num_threads: int = 1) -> VideoClipReader | FrameFolder
     return VideoClipReader(path, num_threads=num_threads)
 
 
-def read_clip(
-    path: str,
-    center_or_start: int,
-    num_frames: int,
-    sampling_rate: int,
-    *,
-    anchor: str = "start",
-    num_threads: int = 1,
-) -> np.ndarray:
-    """Read ``num_frames`` frames ``sampling_rate`` apart as uint8 RGB ``[T, H, W, 3]``.
-
-    ``anchor="start"``: the clip begins at frame ``center_or_start``; ``anchor="center"``: that frame sits at
-    position ``num_frames // 2`` of the clip. Indices beyond either end of the video are clamped, i.e. a
-    video shorter than the clip is padded by repeating its first/last frame (edge padding).
-    """
-    from .video_transforms import clip_indices
-
-    with open_video(path, num_threads=num_threads) as reader:
-        indices = clip_indices(center_or_start, num_frames, sampling_rate, reader.num_frames, anchor=anchor)
-        return reader.get_frames(indices)
-
-
 def _to_rgb(frames: np.ndarray, path: str) -> np.ndarray:
     if frames.ndim == 3:  # [T, H, W] grayscale
         frames = frames[..., None]

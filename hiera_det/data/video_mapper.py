@@ -8,7 +8,7 @@ Detectron2's ``MapDataset`` retries with another index; every skip is logged wit
 ``mapper.num_skipped`` / ``mapper.skipped_videos`` (gathered from all DataLoader worker processes). In
 evaluation the error propagates: silently dropping test videos would change the reported accuracy.
 
-Config keys read by ``from_config`` (``add_video_input_config`` adds any that are missing):
+Config keys read by ``from_config`` (``hiera_det.config.add_hiera_config`` adds them):
 
 * ``MODEL.HIERA_VIDEO.NUM_FRAMES`` / ``SAMPLING_RATE``: clip length and stride in source frames (16x4).
 * ``INPUT.VIDEO.DECODE_THREADS``: decord threads per reader.
@@ -32,10 +32,11 @@ import tempfile
 import weakref
 
 import torch
-from detectron2.config import CfgNode, configurable
+from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..config import resolve_keyframe
 from . import video_transforms as vt
 from .video_io import VideoReadError, open_video
 
@@ -44,50 +45,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "KeyframeClipMapper",
     "VideoClassificationMapper",
-    "add_video_input_config",
     "expand_test_views",
 ]
-
-_INPUT_VIDEO_DEFAULTS = {
-    "DECODE_THREADS": 1,
-    "TRAIN_JITTER_SCALES": (256, 320),
-    "TRAIN_JITTER_SCALES_RELATIVE": (),
-    "TRAIN_JITTER_ASPECT_RELATIVE": (0.75, 1.3333),
-    "TRAIN_CROP_SIZE": 224,
-    "TEST_CROP_SIZE": 224,
-    "NUM_TEMPORAL_VIEWS": 5,
-    "NUM_SPATIAL_VIEWS": 3,
-}
-_HIERA_VIDEO_DEFAULTS = {"NUM_FRAMES": 16, "SAMPLING_RATE": 4}
-
-
-def add_video_input_config(cfg: CfgNode) -> CfgNode:
-    """Add the keys the video mappers read, leaving keys that already exist untouched (safe to call after
-    or before ``hiera_det.video.config.add_video_config``)."""
-    for node_path, defaults in (
-        ("INPUT.VIDEO", _INPUT_VIDEO_DEFAULTS),
-        ("MODEL.HIERA_VIDEO", _HIERA_VIDEO_DEFAULTS),
-    ):
-        node = cfg
-        for part in node_path.split("."):
-            if part not in node:
-                node[part] = CfgNode()
-            node = node[part]
-        for key, value in defaults.items():
-            if key not in node:
-                node[key] = value
-    return cfg
-
-
-def _video_cfg(cfg: CfgNode):
-    if "VIDEO" not in cfg.INPUT or "HIERA_VIDEO" not in cfg.MODEL:
-        raise KeyError(
-            "config has no INPUT.VIDEO / MODEL.HIERA_VIDEO section; call "
-            "hiera_det.video.config.add_video_config(cfg) (or hiera_det.data.video_mapper.add_video_input_config) "
-            "before merging a video config file"
-        )
-    return cfg.INPUT.VIDEO, cfg.MODEL.HIERA_VIDEO
-
 
 def expand_test_views(dataset_dicts: list[dict], num_temporal: int, num_spatial: int) -> list[dict]:
     """One dict per test view: each video repeated ``num_temporal * num_spatial`` times (views of a video
@@ -216,8 +175,8 @@ class VideoClassificationMapper(_SkipsUnreadable):
             )
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
-        video, model = _video_cfg(cfg)
+    def from_config(cls, cfg, is_train: bool = True) -> dict:
+        video, model = cfg.INPUT.VIDEO, cfg.MODEL.HIERA_VIDEO
         if cfg.INPUT.RANDOM_FLIP not in ("horizontal", "none"):
             raise ValueError(
                 f"video classification supports INPUT.RANDOM_FLIP 'horizontal' or 'none', got {cfg.INPUT.RANDOM_FLIP!r}"
@@ -310,9 +269,7 @@ class KeyframeClipMapper(_SkipsUnreadable):
         self.augmentations = T.AugmentationList(augmentations)
         self.num_frames = num_frames
         self.sampling_rate = sampling_rate
-        self.keyframe_index = num_frames // 2 if keyframe_index < 0 else keyframe_index
-        if not 0 <= self.keyframe_index < num_frames:
-            raise ValueError(f"keyframe_index {keyframe_index} is outside a clip of {num_frames} frames")
+        self.keyframe_index = resolve_keyframe(num_frames, keyframe_index)
         self.image_format = image_format
         self.use_instance_mask = use_instance_mask
         self.instance_mask_format = instance_mask_format
@@ -320,8 +277,8 @@ class KeyframeClipMapper(_SkipsUnreadable):
         self.decode_threads = decode_threads
 
     @classmethod
-    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
-        video, model = _video_cfg(cfg)
+    def from_config(cls, cfg, is_train: bool = True) -> dict:
+        video, model = cfg.INPUT.VIDEO, cfg.MODEL.HIERA_VIDEO
         augmentations = utils.build_augmentation(cfg, is_train)
         if cfg.INPUT.CROP.ENABLED and is_train:  # as Detectron2's DatasetMapper
             augmentations.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
@@ -335,7 +292,7 @@ class KeyframeClipMapper(_SkipsUnreadable):
             instance_mask_format=cfg.INPUT.MASK_FORMAT,
             recompute_boxes=cfg.MODEL.MASK_ON and cfg.INPUT.CROP.ENABLED and is_train,
             decode_threads=video.DECODE_THREADS,
-            keyframe_index=model.get("KEYFRAME", -1),
+            keyframe_index=model.KEYFRAME,
         )
 
     def _map(self, dataset_dict: dict) -> dict:

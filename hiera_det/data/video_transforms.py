@@ -11,7 +11,7 @@ i.e. ``num_temporal=5, num_spatial=3``.
 
 Geometry. Every geometric op is an fvcore ``Transform`` (the classes Detectron2 re-exports in
 ``detectron2.data.transforms``), so the parameters of one sampled augmentation are kept and the same
-transform is applied to every frame (``apply_to_clip``) and to boxes (``apply_to_boxes`` or Detectron2's
+transform is applied to every frame (``apply_to_clip``) and to boxes (Detectron2's
 ``transform_instance_annotations``). Boxes are XYXY in continuous pixel coordinates: pixel ``(x, y)``
 covers ``[x, x + 1) x [y, y + 1)``.
 
@@ -46,23 +46,21 @@ def clip_span(num_frames: int, sampling_rate: int) -> int:
 
 
 def clip_indices(
-    anchor_frame: int, num_frames: int, sampling_rate: int, video_length: int, anchor: str = "start"
+    anchor_frame: int, num_frames: int, sampling_rate: int, video_length: int, anchor_position: int = 0
 ) -> np.ndarray:
     """Source frame indices of a clip, ``int64 [num_frames]``, clamped into the video (edge padding).
 
-    ``anchor="start"``: the clip starts at ``anchor_frame``. ``anchor="center"``: ``anchor_frame`` is at
-    position ``num_frames // 2`` (the keyframe position for clip-to-keyframe detection). Indices before the
-    first or after the last frame repeat that frame, so a short video still yields a full clip.
+    Source frame ``anchor_frame`` sits at clip position ``anchor_position``: 0 for a clip that starts there,
+    the keyframe position for clip-to-keyframe detection. Indices before the first or after the last frame
+    repeat that frame, so a short video still yields a full clip.
     """
     if num_frames < 1 or sampling_rate < 1:
         raise ValueError(f"need num_frames >= 1 and sampling_rate >= 1, got {num_frames} and {sampling_rate}")
     if video_length < 1:
         raise ValueError(f"the video has {video_length} frames; a clip needs at least one")
-    offsets = np.arange(num_frames, dtype=np.int64) * sampling_rate
-    if anchor == "center":
-        offsets -= (num_frames // 2) * sampling_rate
-    elif anchor != "start":
-        raise ValueError(f"anchor must be 'start' or 'center', got {anchor!r}")
+    if not 0 <= anchor_position < num_frames:
+        raise ValueError(f"anchor_position {anchor_position} is outside a clip of {num_frames} frames")
+    offsets = (np.arange(num_frames, dtype=np.int64) - anchor_position) * sampling_rate
     return np.clip(int(anchor_frame) + offsets, 0, video_length - 1)
 
 
@@ -253,18 +251,6 @@ def apply_to_clip(transform: Transform, clip: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(clip)
 
 
-def apply_to_boxes(
-    transform: Transform, boxes: np.ndarray, image_size: tuple[int, int] | None = None
-) -> np.ndarray:
-    """Map XYXY boxes ``[N, 4]`` through ``transform``; with ``image_size=(H, W)`` clip them to the frame."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    out = transform.apply_box(boxes) if len(boxes) else boxes.copy()
-    if image_size is not None:
-        h, w = image_size
-        out = np.clip(out, 0, [w, h, w, h])
-    return out
-
-
 def clip_to_tensor(clip: np.ndarray, image_format: str = "RGB") -> torch.Tensor:
     """``[T, H, W, 3]`` RGB numpy -> ``[3, T, H, W]`` tensor (same dtype), channels in ``image_format``."""
     if image_format == "BGR":
@@ -272,12 +258,3 @@ def clip_to_tensor(clip: np.ndarray, image_format: str = "RGB") -> torch.Tensor:
     elif image_format != "RGB":
         raise ValueError(f"video clips support image_format 'RGB' or 'BGR', got {image_format!r}")
     return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
-
-
-def normalize_clip(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(clip - mean) / std`` per channel for a ``[3, T, H, W]`` (or ``[B, 3, T, H, W]``) clip; mean and
-    std in the clip's value units (0-255 for uint8 clips, Detectron2's PIXEL_MEAN convention)."""
-    shape = (-1, 1, 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=clip.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=clip.device).view(shape)
-    return (clip.float() - mean_t) / std_t

@@ -1,4 +1,4 @@
-"""Hiera as a Detectron2 backbone, and the FPN that keeps Hiera's input-size rule."""
+"""Hiera as a Detectron2 backbone (image or video trunk), and the FPN that keeps Hiera's input-size rule."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ from detectron2.modeling import Backbone
 from detectron2.modeling.backbone.fpn import FPN
 
 from ..modeling import Hiera
+from .trunk import freeze_trunk, freeze_unread
 
 
 class HieraBackbone(Backbone):
     """A Hiera trunk returning the requested stage grids, named ``stage1``..``stage4``.
 
-    ``freeze_at``: 0 trains everything; 1 freezes the patch embedding and position embeddings; k >= 2
-    also freezes stages 1..k-1. ``square_pad`` > 0 pads every batch to that square (large-scale-jitter
-    training sees only such squares, so test images must be placed the same way).
+    Image trunks give ``[B, C, H/s, W/s]``; video trunks take clips ``[B, 3, T, H, W]`` and give
+    ``[B, C, T/2, H/s, W/s]`` (``output_shape`` reports the spatial strides 4..32 either way).
+    ``freeze_at`` follows ``hiera_det.detection.trunk.freeze_trunk``; the final norm and the blocks past the
+    deepest requested stage are always frozen, since nothing reads them. ``square_pad`` > 0 pads every
+    batch to that square (large-scale-jitter training sees only such squares, so test images must be
+    placed the same way).
     """
 
     def __init__(
@@ -29,8 +33,6 @@ class HieraBackbone(Backbone):
         square_pad: int = 0,
     ):
         super().__init__()
-        if trunk.ndim != 2:
-            raise ValueError(f"{trunk.name} is a video trunk; HieraBackbone takes image trunks")
         if trunk.head is not None:
             raise ValueError(f"{trunk.name} was built with a classifier; build it with num_classes=0")
         stages = trunk.out_features
@@ -41,40 +43,22 @@ class HieraBackbone(Backbone):
         self._out_features = [f for f in stages if f in out_features]
         self._out_feature_channels = dict(zip(stages, trunk.stage_dims))
         self._out_feature_strides = dict(zip(stages, trunk.stage_strides))
-        self._size_divisibility = math.lcm(*trunk.size_multiple)
+        self._size_divisibility = math.lcm(*trunk.size_multiple[-2:])
         self._square_pad = square_pad
         if square_pad % self._size_divisibility:
             raise ValueError(f"square_pad {square_pad} must be a multiple of {self._size_divisibility}, the "
                              f"input multiple of {trunk.name}")
-        self._freeze_unused(stages.index(self._out_features[-1]) + 1)
-        self.freeze(freeze_at)
+        freeze_unread(trunk, stages.index(self._out_features[-1]) + 1)
+        freeze_trunk(trunk, freeze_at)
 
-    def _stage_blocks(self, stage: int) -> range:
-        """Indices of the blocks of 1-based ``stage``."""
-        ends = self.trunk.stage_ends
-        start = ends[stage - 2] + 1 if stage > 1 else 0
-        return range(start, ends[stage - 1] + 1)
+    @property
+    def is_video(self) -> bool:
+        return self.trunk.ndim == 3
 
-    def _freeze_unused(self, last_stage: int) -> None:
-        # The final norm feeds only the classifier, and blocks past the deepest requested stage feed no
-        # output: they would get no gradient, which DistributedDataParallel rejects.
-        self.trunk.norm.requires_grad_(False)
-        for stage in range(last_stage + 1, len(self.trunk.stage_ends) + 1):
-            for i in self._stage_blocks(stage):
-                self.trunk.blocks[i].requires_grad_(False)
-
-    def freeze(self, freeze_at: int) -> "HieraBackbone":
-        if not 0 <= freeze_at <= len(self.trunk.stage_ends) + 1:
-            raise ValueError(f"freeze_at must be in 0..{len(self.trunk.stage_ends) + 1}, got {freeze_at}")
-        if freeze_at >= 1:
-            self.trunk.patch_embed.requires_grad_(False)
-            for name, p in self.trunk.named_parameters(recurse=False):
-                if name.startswith("pos_embed"):
-                    p.requires_grad_(False)
-        for stage in range(1, freeze_at):
-            for i in self._stage_blocks(stage):
-                self.trunk.blocks[i].requires_grad_(False)
-        return self
+    @property
+    def temporal_stride(self) -> int:
+        """Frames per temporal slice of the features (1 for images)."""
+        return self.trunk.patch_stride[0] if self.is_video else 1
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         stages = self.trunk(x)

@@ -1,32 +1,3 @@
-"""Video in Detectron2: the video Hiera backbone (and its temporally pooled FPN), the clip classifier and
-the clip-to-keyframe detector. Importing this package registers them:
-
-* backbones ``build_hiera_video_backbone``, ``build_hiera_video_fpn_backbone``
-* meta-architectures ``HieraVideoClassifier``, ``HieraClipDetector``
-
-Data loaders and evaluators for them come from ``hiera_det.video.builders``.
-"""
-
-from .backbone import HieraVideoBackbone, TemporallyPooledBackbone, TemporalPool
-from .build import build_hiera_video_backbone, build_hiera_video_fpn_backbone, build_video_trunk
-from .config import add_video_config
-from .evaluation import VideoClassificationEvaluator
-from .meta_arch import HieraClipDetector, HieraVideoClassifier
-from .mixup import ClipMixup
-
-VIDEO_META_ARCHITECTURES = ("HieraVideoClassifier", "HieraClipDetector")
-
-__all__ = [
-    "VIDEO_META_ARCHITECTURES",
-    "ClipMixup",
-    "HieraClipDetector",
-    "HieraVideoBackbone",
-    "HieraVideoClassifier",
-    "TemporalPool",
-    "TemporallyPooledBackbone",
-    "VideoClassificationEvaluator",
-    "add_video_config",
-    "build_hiera_video_backbone",
-    "build_hiera_video_fpn_backbone",
-    "build_video_trunk",
-]
+"""Video models in Detectron2: the clip classifier and clip-to-keyframe detector (``meta_arch``), temporal
+pooling of clip features (``temporal``), mixup (``mixup``) and classification accuracy (``evaluation``).
+The video trunk itself is ``hiera_det.detection.HieraBackbone`` on a ``*_16x224`` architecture."""

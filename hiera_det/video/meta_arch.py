@@ -8,11 +8,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList
 
-from hiera_det.modeling import Hiera
-
-from .backbone import freeze_trunk
-from .build import build_video_trunk
-from .config import keyframe_position
+from ..config import keyframe_position
+from ..detection.trunk import build_trunk, freeze_trunk
+from ..modeling import Hiera
 from .mixup import ClipMixup, smooth_one_hot, soft_target_cross_entropy
 
 
@@ -63,8 +61,8 @@ class HieraVideoClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         m = cfg.MODEL.HIERA_VIDEO
-        trunk = build_video_trunk(cfg, num_classes=m.NUM_CLASSES)
-        freeze_trunk(trunk, m.FREEZE_AT)
+        trunk = build_trunk(cfg, num_classes=m.NUM_CLASSES)
+        freeze_trunk(trunk, cfg.MODEL.HIERA.FREEZE_AT)
         return {
             "trunk": trunk,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,

@@ -1,7 +1,7 @@
 """What the bundled "hiera_shapes" dataset is called and where its files live.
 
 Kept apart from the generator (``shapes.py``) so that registering the dataset at package import does not
-import the generator: ``python -m hiera_det.data.shapes`` would otherwise find its own module already
+import the generator: ``python -m hiera_det.data.datasets.shapes`` would otherwise find its own module already
 imported.
 """
 
@@ -19,8 +19,8 @@ SHAPES_SPLITS = ("train", "val")
 SHAPES_MARKER = "GENERATED.json"
 
 
-def default_datasets_root() -> Path:
-    """Detectron2's dataset root: ``$DETECTRON2_DATASETS``, else ``./datasets``."""
+def datasets_root() -> Path:
+    """Detectron2's dataset root, the one place it is computed: ``$DETECTRON2_DATASETS``, else ``./datasets``."""
     return Path(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
 
 

@@ -24,7 +24,6 @@ from detectron2.utils.file_io import PathManager
 __all__ = [
     "AnnotationFileError",
     "load_coco_json_checked",
-    "register_coco_instances_checked",
     "sanitize_coco_dicts",
 ]
 
@@ -138,16 +137,6 @@ def load_coco_json_checked(
         raise _diagnose(json_file, e) from e
     num_classes = len(MetadataCatalog.get(dataset_name).thing_classes)
     return sanitize_coco_dicts(dicts, dataset_name, valid_category_ids=range(num_classes))
-
-
-def register_coco_instances_checked(name: str, metadata: dict, json_file: str, image_root: str) -> None:
-    """Detectron2's ``register_coco_instances``, loading through :func:`load_coco_json_checked`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"Dataset name must be a non-empty string, got {name!r}")
-    DatasetCatalog.register(name, lambda: load_coco_json_checked(json_file, image_root, name))
-    MetadataCatalog.get(name).set(
-        json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
-    )
 
 
 def _check_annotation(annotation: dict, record: dict, valid: set | None) -> tuple[str | None, dict]:

@@ -156,36 +156,7 @@ def load_kinetics_split(
     return load_class_folders(location)
 
 
-def register_kinetics(name: str, root: str, split: str, layout: str = "csv", separator: str = " ") -> None:
-    """Register ``name`` in Detectron2's DatasetCatalog (lazy: nothing is read until the dataset is used).
-
-    Metadata: ``classes`` (known at registration when ``classes.txt`` or the class folders already exist,
-    otherwise set when the list is first loaded), ``evaluator_type="video_classification"``, ``root``,
-    ``split``, ``layout``. Registering an existing name replaces it.
-    """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    split_location(root, split, layout)  # validates the layout now rather than at first use
-
-    def load() -> list[dict]:
-        records, classes = load_kinetics_split(root, split, layout, separator)
-        metadata = MetadataCatalog.get(name)
-        if not getattr(metadata, "classes", None):
-            metadata.set(classes=classes)
-        return records
-
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, load)
-    metadata = dict(evaluator_type=EVALUATOR_TYPE, root=root, split=split, layout=layout)
-    classes = _classes_if_cheap(root, split, layout)
-    if classes:
-        metadata["classes"] = classes
-    MetadataCatalog.get(name).set(**metadata)
-
-
-def _classes_if_cheap(root: str, split: str, layout: str) -> list[str] | None:
+def classes_if_cheap(root: str, split: str, layout: str) -> list[str] | None:
     if layout == "csv":
         names_file = os.path.join(root, CLASS_NAMES_FILE)
         return read_class_names(names_file) if os.path.isfile(names_file) else None
@@ -262,22 +233,3 @@ def load_keyframe_coco_json(json_file: str, video_root: str) -> tuple[list[dict]
         "thing_dataset_id_to_contiguous_id": id_map,
     }
     return records, metadata
-
-
-def register_keyframe_coco(name: str, json_file: str, video_root: str) -> None:
-    """Register a keyframe detection dataset (lazy), with ``evaluator_type="coco"`` so Detectron2's
-    COCOEvaluator scores it against ``json_file``. Registering an existing name replaces it."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    def load() -> list[dict]:
-        records, metadata = load_keyframe_coco_json(json_file, video_root)
-        MetadataCatalog.get(name).set(
-            **{k: v for k, v in metadata.items() if not hasattr(MetadataCatalog.get(name), k)}
-        )
-        return records
-
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=video_root, evaluator_type="coco")

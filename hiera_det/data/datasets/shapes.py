@@ -13,7 +13,7 @@ Everything follows from the seed: image ``i`` of a split uses ``numpy.random.def
 Writes ``root/{train,val}/NNNNNN.png`` and ``root/annotations/instances_{train,val}.json`` (categories 1..7,
 segmentations as compressed RLE, so Detectron2 needs ``INPUT.MASK_FORMAT: bitmask``).
 
-Command line: ``python -m hiera_det.data.shapes --root datasets/hiera_shapes``.
+Command line: ``python -m hiera_det.data.datasets.shapes --root datasets/hiera_shapes``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .shapes_spec import (
     SHAPES_MARKER,
     SHAPES_SPLITS,
     ShapesDatasetPaths,
-    default_datasets_root,
+    datasets_root,
 )
 
 __all__ = [
@@ -466,7 +466,7 @@ def ensure_shapes_dataset(
 
     ``root`` defaults to ``$DETECTRON2_DATASETS/hiera_shapes``.
     """
-    root = Path(root) if root is not None else default_datasets_root() / SHAPES_DIRNAME
+    root = Path(root) if root is not None else datasets_root() / SHAPES_DIRNAME
     problem = find_shapes_dataset_problem(root)
     if problem is None:
         return ShapesDatasetPaths(root)
@@ -506,13 +506,13 @@ def find_shapes_dataset_problem(root: str | Path) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hiera_det.data.shapes",
+        prog="python -m hiera_det.data.datasets.shapes",
         description="Generate the bundled hiera_shapes instance segmentation dataset (COCO json + PNG).",
     )
     parser.add_argument(
         "--root",
         type=Path,
-        default=default_datasets_root() / SHAPES_DIRNAME,
+        default=datasets_root() / SHAPES_DIRNAME,
         help="dataset directory (default: $DETECTRON2_DATASETS/hiera_shapes, else ./datasets/hiera_shapes)",
     )
     parser.add_argument("--seed", type=int, default=0)

@@ -32,9 +32,12 @@ import time
 
 import numpy as np
 
+from .shapes_spec import datasets_root
+
 CLASSES = ("move_right", "move_left", "move_up", "rotate", "pulse", "bounce")
 SPLITS = ("train", "val")
 MARKER = "moving_shapes.json"
+DIRNAME = "moving_shapes"
 # 2: 1200 train / 120 val videos by default (200 training videos were too few to learn motion from scratch)
 FORMAT_VERSION = 2
 
@@ -49,7 +52,7 @@ _SHAPES = {
 
 
 def default_root() -> str:
-    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "moving_shapes")
+    return str(datasets_root() / DIRNAME)
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -258,7 +261,7 @@ def ensure_moving_shapes_dataset(root: str | None = None, **generation_kwargs) -
             raise FileExistsError(
                 f"{root!r} holds a moving-shapes dataset generated with other parameters "
                 f"(existing, requested): {differing}; delete it (or regenerate with `python -m "
-                f"hiera_det.data.moving_shapes --root {root} --force`) or choose another root"
+                f"hiera_det.data.datasets.moving_shapes --root {root} --force`) or choose another root"
             )
         return root
     if os.path.isdir(root) and os.listdir(root):
@@ -282,58 +285,13 @@ def ensure_moving_shapes_dataset(root: str | None = None, **generation_kwargs) -
     return root
 
 
-def _require(root: str) -> None:
+def require_complete(root: str) -> None:
     if not is_complete(root):
         raise FileNotFoundError(
             f"moving-shapes dataset not found at {root!r}. Generate it (about 10 s) with "
-            f"`python -m hiera_det.data.moving_shapes --root {root}` or "
-            "hiera_det.data.moving_shapes.ensure_moving_shapes_dataset(root)"
+            f"`python -m hiera_det.data.datasets.moving_shapes --root {root}` or "
+            "hiera_det.data.datasets.moving_shapes.ensure_moving_shapes_dataset(root)"
         )
-
-
-def register_moving_shapes_datasets(root: str | None = None) -> None:
-    """Register ``moving_shapes_cls_{train,val}`` (video classification) and ``moving_shapes_kf_{train,val}``
-    (clip-to-keyframe detection, COCO evaluation). Lazy: nothing is generated or read here; loading a
-    dataset whose files are missing raises an error saying how to generate them."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from .kinetics import EVALUATOR_TYPE, load_keyframe_coco_json, load_kinetics_csv
-
-    root = os.path.abspath(root or default_root())
-    for split in SPLITS:
-        json_file = os.path.join(root, "annotations", f"keyframes_{split}.json")
-
-        def load_cls(split=split):
-            _require(root)
-            return load_kinetics_csv(os.path.join(root, f"{split}.csv"), root, class_names=list(CLASSES))[0]
-
-        def load_kf(json_file=json_file):
-            _require(root)
-            return load_keyframe_coco_json(json_file, root)[0]
-
-        datasets = {
-            f"moving_shapes_cls_{split}": (
-                load_cls,
-                dict(classes=list(CLASSES), evaluator_type=EVALUATOR_TYPE, root=root, split=split),
-            ),
-            f"moving_shapes_kf_{split}": (
-                load_kf,
-                dict(
-                    thing_classes=list(CLASSES),
-                    thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASSES))},
-                    evaluator_type="coco",
-                    json_file=json_file,
-                    image_root=root,
-                    split=split,
-                ),
-            ),
-        }
-        for name, (loader, metadata) in datasets.items():
-            if name in DatasetCatalog.list():
-                DatasetCatalog.remove(name)
-                MetadataCatalog.remove(name)
-            DatasetCatalog.register(name, loader)
-            MetadataCatalog.get(name).set(**metadata)
 
 
 def main(argv=None) -> None:
