@@ -120,3 +120,25 @@ def test_fpn_on_a_trunk_that_stops_at_stage3(name, config, overrides):
     stage4 = range(trunk.stage_ends[2] + 1, len(trunk.blocks))
     assert not any(p.requires_grad for i in stage4 for p in trunk.blocks[i].parameters())
     assert not any(p.requires_grad for p in trunk.norm.parameters())
+
+
+def test_installed_package_finds_its_configs_by_name(tmp_path):
+    """`pip install .` ships the configs: from another directory, every packaged config resolves and merges."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = dict(check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheel"), str(repo)], **run)
+    wheel = next((tmp_path / "wheel").glob("hiera_det-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], **run)
+    check = ("import hiera_det.config as c; names = c.list_configs(); assert len(names) >= 15, names; "
+             "assert 'video/moving_shapes_cls.yaml' in names and 'hiera_fpn.yaml' in names; "
+             "[c.merge_config(c.get_hiera_cfg(), n) for n in names if not n.split('/')[-1].startswith('Base-')]; "
+             "print(c.config_dir())")
+    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"),
+                                                                       "PATH": "/usr/bin:/bin"}, **run).stdout
+    assert out.strip().startswith(str(tmp_path / "site"))

@@ -1,0 +1,129 @@
+"""Reading checkpoint files and directories into memory, with errors that say which file and what to do."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .report import CheckpointError
+
+# Hugging Face ``save_pretrained`` weight files, in the order transformers itself prefers them.
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass
+class RawCheckpoint:
+    """A checkpoint as read: the object in the file, where it came from, and a Hugging Face config.json
+    when one sat beside the weights."""
+
+    obj: object
+    source: str
+    hf_config: dict | None = None
+
+
+def _corrupt(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read checkpoint {path}: the file is truncated or corrupt ({type(err).__name__}: {err}). "
+        f"Download or copy it again (compare its size or checksum with the original)."
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _corrupt(path, err) from err
+
+
+def _read_torch(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors, which torch.load(weights_only=True) refuses "
+                f"to run. If you trust the file, load it yourself with "
+                f"torch.load(path, map_location='cpu', weights_only=False) and pass the resulting dict to "
+                f"load_checkpoint."
+            ) from err
+        raise _corrupt(path, err) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise _corrupt(path, err) from err
+
+
+def _read_weight_file(path: Path) -> object:
+    if path.name.endswith(".index.json"):
+        return _read_sharded(path)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_torch(path)
+
+
+def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, OSError) as err:
+        raise _corrupt(index, err) from err
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointError(f"{index} lists shard {shard}, which is not in {index.parent}; download it")
+        part = _read_weight_file(shard_path)
+        if not isinstance(part, dict):
+            raise CheckpointError(f"shard {shard_path} does not hold a state dict")
+        state.update(part)
+    return state
+
+
+def _read_hf_config(directory: Path) -> dict | None:
+    path = directory / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError) as err:
+        raise _corrupt(path, err) from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a Hugging Face config (expected a JSON object)")
+    return config
+
+
+def read_checkpoint(path: str | Path) -> RawCheckpoint:
+    """Read a checkpoint file, a Hugging Face ``save_pretrained`` directory, or a Detectron2 output
+    directory (through its ``last_checkpoint`` file)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; check the path (a file, a Hugging Face save_pretrained "
+            f"directory, or a Detectron2 output directory)"
+        )
+    if path.is_dir():
+        for name in HF_WEIGHT_FILES:
+            if (path / name).is_file():
+                return RawCheckpoint(_read_weight_file(path / name), str(path / name), _read_hf_config(path))
+        last = path / "last_checkpoint"
+        if last.is_file():
+            target = path / last.read_text().strip()
+            if not target.is_file():
+                raise CheckpointError(f"{last} names {target.name}, which is not in {path}")
+            return RawCheckpoint(_read_weight_file(target), str(target))
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise CheckpointError(
+            f"directory {path} holds no checkpoint: looked for {', '.join(HF_WEIGHT_FILES)} (Hugging Face) "
+            f"and last_checkpoint (Detectron2), found {found or 'nothing'}. Pass the weight file itself."
+        )
+    hf_config = _read_hf_config(path.parent) if path.name in HF_WEIGHT_FILES else None
+    return RawCheckpoint(_read_weight_file(path), str(path), hf_config)

@@ -1,0 +1,399 @@
+"""Detectron2 (yacs) config keys of hiera_det, their checks, the packaged configs, and config-file loading.
+
+``add_hiera_config(cfg)`` adds every key of ``CONFIG_KEYS`` to a Detectron2 ``CfgNode``:
+
+* ``MODEL.HIERA``: the trunk, shared by image and video models. A ``*_16x224`` ``NAME`` makes it a video
+  trunk; the layout keys (``ATTENTION``, ``POS_EMBED``, ``WINDOW_SPEC``, ``GLOBAL_BLOCKS``) are image-only.
+* ``MODEL.HIERA_VIDEO``: what only video models have (clip sampling, temporal pooling, classifier head).
+* ``INPUT.LSJ`` (large-scale jitter), ``INPUT.VIDEO`` (clip decoding and views), and the optimizer keys.
+
+``docs/config.md`` lists the keys from the same table (``python -m hiera_det.config --write-docs``; a test
+checks it is current). ``validate_hiera_config(cfg)`` rejects bad values with a message naming the valid
+choices; the trunk builder and ``tools/train_net.py`` call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .modeling import ARCHITECTURES, ATTENTION_LAYOUTS
+
+STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
+IMAGE_POS_EMBEDS = ("absolute", "absolute_win")
+OPTIMIZERS = ("ADAMW", "SGD")
+AMP_PRECISIONS = ("float16", "bfloat16")
+TEMPORAL_POOLS = ("mean", "max", "keyframe", "learned")
+IMAGE_ARCHITECTURES = tuple(n for n, spec in ARCHITECTURES.items() if len(spec["input_size"]) == 2)
+VIDEO_ARCHITECTURES = tuple(n for n, spec in ARCHITECTURES.items() if len(spec["input_size"]) == 3)
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key: its full name, default and the sentence docs/config.md gives for it."""
+
+    name: str
+    default: object
+    doc: str
+
+
+def _keys(section: str, rows: list[tuple[str, object, str]]) -> list[ConfigKey]:
+    return [ConfigKey(f"{section}.{key}", default, doc) for key, default, doc in rows]
+
+
+CONFIG_KEYS: dict[str, list[ConfigKey]] = {
+    "MODEL.HIERA": _keys("MODEL.HIERA", [
+        ("NAME", "hiera_base_224", "official architecture: image `hiera_{tiny,small,base,base_plus,large,huge}_224`, "
+         "or video `hiera_{base,base_plus,large,huge}_16x224` (clips; see `MODEL.HIERA_VIDEO`)"),
+        ("STAGES", [], "blocks per stage; `[]` = the architecture's. For quick CPU runs: official weights then "
+         "load partly (the loader reports what it skipped)"),
+        ("EMBED_DIM", 0, "width of stage 1 (doubled at every stage); 0 = the architecture's. Like `STAGES`, "
+         "for small CPU models"),
+        ("NUM_HEADS", 0, "attention heads of stage 1 (doubled at every stage); 0 = the architecture's"),
+        ("OUT_FEATURES", list(STAGE_NAMES), "trunk stages handed to the neck (strides 4, 8, 16, 32; Hiera-B "
+         "channels 96, 192, 384, 768)"),
+        ("DROP_PATH_RATE", 0.0, "stochastic depth, rising linearly over the blocks to this value"),
+        ("ATTENTION", "mask_unit", "image only: `mask_unit` (the paper; official / MAE weights) or `window` "
+         "(HieraDet / SAM2 windowed attention with a few global blocks; SAM2 weights)"),
+        ("POS_EMBED", "", "image only: `\"\"` = the layout's default (`absolute` for mask_unit, `absolute_win` "
+         "for window), or `absolute`, `absolute_win`"),
+        ("WINDOW_SPEC", [], "window only: window size per stage; `[]` = the SAM2 preset of the architecture"),
+        ("GLOBAL_BLOCKS", [], "window only: indices of blocks with full attention; `[]` = the SAM2 preset"),
+        ("ACTIVATION_CHECKPOINTING", False, "recompute each block in the backward pass: less activation "
+         "memory, one more forward pass of compute"),
+        ("FREEZE_AT", 0, "0 trains everything; 1 freezes the patch embedding and position embeddings; k >= 2 "
+         "also stages 1..k-1; 5 = the whole trunk"),
+        ("WEIGHTS", "", "pretrained trunk in any format `hiera_det.checkpoint.load_checkpoint` reads "
+         "(official, MAE, Hugging Face, timm, SAM2), loaded at build time with position embeddings resampled; "
+         "`\"\"` = random init. `MODEL.WEIGHTS` (a whole model) loads afterwards and wins"),
+        ("INPUT_SIZE", [], "image only: (H, W) the position embeddings are stored for; other sizes interpolate "
+         "them at run time (as ViTDet). `[]` = the pretraining size (224, 224), so that converted checkpoints "
+         "load through `MODEL.WEIGHTS` with every shape matching. Video trunks store `NUM_FRAMES x "
+         "INPUT.VIDEO.TRAIN_CROP_SIZE^2`"),
+    ]),
+    "MODEL.HIERA_VIDEO": _keys("MODEL.HIERA_VIDEO", [
+        ("NUM_FRAMES", 16, "frames per clip (T), a positive even number (video Hiera embeds frames in pairs)"),
+        ("SAMPLING_RATE", 4, "stride between sampled frames in the source video: 16x4 covers 64 frames"),
+        ("TEMPORAL_POOL", "mean", "how the clip detector's FPN collapses time per stage: `mean`, `max`, "
+         "`keyframe` (the temporal slice holding the keyframe) or `learned` (softmax weights over the T/2 "
+         "slices, one set per stage, starting as the mean)"),
+        ("KEYFRAME", -1, "position of the annotated keyframe inside the clip; -1 = the center frame, "
+         "`NUM_FRAMES // 2`, where the keyframe mapper puts it"),
+        ("NUM_CLASSES", 400, "classifier outputs; must match the dataset's class count (checked at start)"),
+        ("HEAD_DROPOUT", 0.0, "dropout before the classifier's linear head"),
+        ("MIXUP_ALPHA", 0.0, "classifier mixup alpha (Hiera K400: 0.8); 0 = off"),
+        ("CUTMIX_ALPHA", 0.0, "classifier cutmix alpha (Hiera K400: 1.0); 0 = off"),
+        ("MIXUP_PROB", 1.0, "chance that a batch is mixed at all"),
+        ("MIXUP_SWITCH_PROB", 0.5, "with both alphas > 0, the chance of cutmix rather than mixup"),
+        ("LABEL_SMOOTHING", 0.0, "classifier label smoothing (Hiera K400: 0.1)"),
+    ]),
+    "INPUT.LSJ": _keys("INPUT.LSJ", [
+        ("ENABLED", False, "training augmentation = `ResizeScale(MIN_SCALE, MAX_SCALE)` to `IMAGE_SIZE`, "
+         "`FixedSizeCrop(IMAGE_SIZE)` (crop or pad), horizontal flip; replaces `INPUT.MIN_SIZE_TRAIN` resizing. "
+         "Boxes are recomputed from the cropped masks when `MODEL.MASK_ON`. Batches are padded to `IMAGE_SIZE` "
+         "squares, also at test time, so that position embeddings line up"),
+        ("IMAGE_SIZE", 1024, "square side of the crops"),
+        ("MIN_SCALE", 0.1, "smallest rescale factor of `IMAGE_SIZE`"),
+        ("MAX_SCALE", 2.0, "largest rescale factor"),
+    ]),
+    "INPUT.VIDEO": _keys("INPUT.VIDEO", [
+        ("DECODE_THREADS", 1, "decord threads per reader (each DataLoader worker opens its own readers)"),
+        ("TRAIN_JITTER_SCALES", [256, 320], "training: the short side is resized to a random value in this "
+         "range, then a `TRAIN_CROP_SIZE` square is cut at random (flipped per `INPUT.RANDOM_FLIP`)"),
+        ("TRAIN_JITTER_SCALES_RELATIVE", [], "when set (area fractions, e.g. [0.08, 1.0]), a random resized "
+         "crop replaces jitter + crop"),
+        ("TRAIN_JITTER_ASPECT_RELATIVE", [0.75, 1.3333], "aspect-ratio range of that random resized crop"),
+        ("TRAIN_CROP_SIZE", 224, "training crop side, a multiple of 32"),
+        ("TEST_CROP_SIZE", 224, "testing: the short side is resized to this, then `NUM_SPATIAL_VIEWS` crops "
+         "of this side; a multiple of 32"),
+        ("NUM_TEMPORAL_VIEWS", 5, "uniformly spaced test clips per video (Hiera K400: 5)"),
+        ("NUM_SPATIAL_VIEWS", 3, "test crops per clip: 1, 3 or 5 (Hiera K400: 3)"),
+        ("TEST_BATCH_SIZE", 4, "views per batch at evaluation (views of one video are consecutive)"),
+        ("DATASET_ROOT", "", "Kinetics-style datasets: root folder; `\"\"` = `$DETECTRON2_DATASETS/<name>`"),
+        ("LAYOUT", "csv", "`csv` (PySlowFast `{train,val,test}.csv` with `path label` lines, paths relative "
+         "to the root) or `folders` (one folder per class)"),
+        ("CSV_SEPARATOR", " ", "column separator of those csv files"),
+    ]),
+    "SOLVER": _keys("SOLVER", [
+        ("OPTIMIZER", "ADAMW", "`ADAMW` (betas `SOLVER.BETAS`) or `SGD` (`SOLVER.MOMENTUM`, `SOLVER.NESTEROV`)"),
+        ("BETAS", (0.9, 0.999), "AdamW betas"),
+        ("LAYER_DECAY", 1.0, "layer-wise lr decay: patch embedding and position embeddings are layer 0, block "
+         "i layer i+1, neck and heads layer n+1 (n blocks); layer l trains at `BASE_LR * LAYER_DECAY ** (n + 1 "
+         "- l)`. 1.0 = off"),
+        ("AMP.PRECISION", "float16", "autocast dtype under `SOLVER.AMP.ENABLED` (CUDA only): `float16` or "
+         "`bfloat16`"),
+    ]),
+}
+
+# Trunk keys that lived under MODEL.HIERA_VIDEO before the trunk keys got one home in MODEL.HIERA.
+_MOVED_TO_HIERA = ("NAME", "STAGES", "EMBED_DIM", "NUM_HEADS", "OUT_FEATURES", "DROP_PATH_RATE", "WEIGHTS",
+                   "ACTIVATION_CHECKPOINTING", "FREEZE_AT")
+
+
+def add_hiera_config(cfg: CN) -> CN:
+    """Add every hiera_det key (``CONFIG_KEYS``) with its default to ``cfg`` in place; returns ``cfg``."""
+    for keys in CONFIG_KEYS.values():
+        for key in keys:
+            *parents, leaf = key.name.split(".")
+            node = cfg
+            for part in parents:
+                if part not in node:
+                    node[part] = CN()
+                node = node[part]
+            node[leaf] = key.default
+    for key in _MOVED_TO_HIERA:
+        cfg.register_renamed_key(f"MODEL.HIERA_VIDEO.{key}", f"MODEL.HIERA.{key}",
+                                 message="the trunk keys of image and video models live in MODEL.HIERA")
+    return cfg
+
+
+def get_hiera_cfg() -> CN:
+    """Detectron2's default config with the hiera_det keys added."""
+    return add_hiera_config(get_cfg())
+
+
+def _choices(valid) -> str:
+    return ", ".join(map(str, valid))
+
+
+def is_video_config(cfg: CN) -> bool:
+    """Whether the configured trunk is a video Hiera (clips in)."""
+    return cfg.MODEL.HIERA.NAME in VIDEO_ARCHITECTURES
+
+
+def trunk_input_size(cfg: CN) -> tuple[int, ...]:
+    """The input size the trunk's position embeddings are stored for: (H, W) or (T, H, W)."""
+    h = cfg.MODEL.HIERA
+    if is_video_config(cfg):
+        crop = cfg.INPUT.VIDEO.TRAIN_CROP_SIZE
+        return (cfg.MODEL.HIERA_VIDEO.NUM_FRAMES, crop, crop)
+    if len(h.INPUT_SIZE):
+        return tuple(h.INPUT_SIZE)
+    return tuple(ARCHITECTURES[h.NAME]["input_size"])
+
+
+def resolve_keyframe(num_frames: int, keyframe: int = -1) -> int:
+    """Index of the keyframe in a clip of ``num_frames``: ``keyframe``, or the center frame when it is -1."""
+    position = num_frames // 2 if keyframe < 0 else keyframe
+    if not 0 <= position < num_frames:
+        raise ValueError(f"keyframe {keyframe} is outside a clip of {num_frames} frames")
+    return position
+
+
+def keyframe_position(cfg: CN) -> int:
+    """Index of the keyframe inside a clip of ``MODEL.HIERA_VIDEO.NUM_FRAMES`` frames."""
+    return resolve_keyframe(cfg.MODEL.HIERA_VIDEO.NUM_FRAMES, cfg.MODEL.HIERA_VIDEO.KEYFRAME)
+
+
+def _validate_trunk(cfg: CN) -> None:
+    h = cfg.MODEL.HIERA
+    if h.NAME not in ARCHITECTURES:
+        close = difflib.get_close_matches(h.NAME, list(ARCHITECTURES), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"MODEL.HIERA.NAME {h.NAME!r} is not a Hiera architecture.{hint} Image: "
+                         f"{_choices(IMAGE_ARCHITECTURES)}; video: {_choices(VIDEO_ARCHITECTURES)}")
+    video = h.NAME in VIDEO_ARCHITECTURES
+    if h.ATTENTION not in ATTENTION_LAYOUTS:
+        raise ValueError(f"MODEL.HIERA.ATTENTION {h.ATTENTION!r} is unknown; choose one of: "
+                         f"{_choices(ATTENTION_LAYOUTS)}")
+    if video and (h.ATTENTION != "mask_unit" or h.POS_EMBED or len(h.INPUT_SIZE)):
+        raise ValueError(f"MODEL.HIERA.NAME {h.NAME!r} is a video trunk: it takes ATTENTION mask_unit, "
+                         "POS_EMBED '' and INPUT_SIZE [] (the clip size comes from MODEL.HIERA_VIDEO.NUM_FRAMES "
+                         "and INPUT.VIDEO.TRAIN_CROP_SIZE)")
+    if h.POS_EMBED not in ("",) + IMAGE_POS_EMBEDS:
+        raise ValueError(f"MODEL.HIERA.POS_EMBED {h.POS_EMBED!r} is unknown for images; choose one of: "
+                         f"'' (layout default), {_choices(IMAGE_POS_EMBEDS)}")
+    if h.ATTENTION == "mask_unit" and h.POS_EMBED == "absolute_win":
+        raise ValueError("MODEL.HIERA.POS_EMBED 'absolute_win' needs MODEL.HIERA.ATTENTION 'window' "
+                         "(it tiles a per-window embedding)")
+    if h.ATTENTION != "window" and (len(h.WINDOW_SPEC) or len(h.GLOBAL_BLOCKS)):
+        raise ValueError("MODEL.HIERA.WINDOW_SPEC and GLOBAL_BLOCKS apply to ATTENTION 'window' only; "
+                         f"ATTENTION is {h.ATTENTION!r}: set ATTENTION window or leave them []")
+    if len(h.WINDOW_SPEC) not in (0, 4) or any(w <= 0 for w in h.WINDOW_SPEC):
+        raise ValueError(f"MODEL.HIERA.WINDOW_SPEC {list(h.WINDOW_SPEC)} must be [] or 4 positive window "
+                         "sizes, one per stage (e.g. [8, 4, 14, 7])")
+    if len(h.STAGES) not in (0, 4) or any(s <= 0 for s in h.STAGES):
+        raise ValueError(f"MODEL.HIERA.STAGES {list(h.STAGES)} must be [] or 4 positive block counts")
+    if h.EMBED_DIM < 0 or h.NUM_HEADS < 0 or (h.EMBED_DIM and h.NUM_HEADS and h.EMBED_DIM % h.NUM_HEADS):
+        raise ValueError(f"MODEL.HIERA.EMBED_DIM {h.EMBED_DIM} / NUM_HEADS {h.NUM_HEADS}: use 0 (the "
+                         "architecture's) or positive values with EMBED_DIM divisible by NUM_HEADS")
+    depth = sum(h.STAGES) if len(h.STAGES) else sum(ARCHITECTURES[h.NAME]["stages"])
+    bad_blocks = [b for b in h.GLOBAL_BLOCKS if not 0 <= b < depth]
+    if bad_blocks:
+        raise ValueError(f"MODEL.HIERA.GLOBAL_BLOCKS {bad_blocks} are not block indices of a {depth}-block "
+                         f"trunk (0..{depth - 1})")
+    if h.ATTENTION == "window" and len(h.STAGES) and not len(h.GLOBAL_BLOCKS):
+        raise ValueError("MODEL.HIERA.STAGES changes the depth, so the SAM2 preset of global blocks no "
+                         "longer fits: set MODEL.HIERA.GLOBAL_BLOCKS explicitly")
+    if not len(h.OUT_FEATURES) or any(f not in STAGE_NAMES for f in h.OUT_FEATURES):
+        raise ValueError(f"MODEL.HIERA.OUT_FEATURES {list(h.OUT_FEATURES)} must be a non-empty subset of "
+                         f"{_choices(STAGE_NAMES)}")
+    if not 0 <= h.FREEZE_AT <= 5:
+        raise ValueError(f"MODEL.HIERA.FREEZE_AT {h.FREEZE_AT} must be in 0..5 (0 = train everything, "
+                         "1 = patch embed + pos embeds, k = also stages 1..k-1)")
+    if not 0.0 <= h.DROP_PATH_RATE < 1.0:
+        raise ValueError(f"MODEL.HIERA.DROP_PATH_RATE {h.DROP_PATH_RATE} must be in [0, 1)")
+    if len(h.INPUT_SIZE) not in (0, 2) or any(s <= 0 for s in h.INPUT_SIZE):
+        raise ValueError(f"MODEL.HIERA.INPUT_SIZE {list(h.INPUT_SIZE)} must be [] or [H, W]")
+    if h.WEIGHTS and not os.path.isfile(os.path.expanduser(h.WEIGHTS)):
+        raise ValueError(f"MODEL.HIERA.WEIGHTS {h.WEIGHTS!r} is not a file; give the path of a downloaded "
+                         "Hiera checkpoint (official .pth, MAE, Hugging Face .safetensors, timm or SAM2) "
+                         "or '' for random init")
+
+
+def _validate_video(cfg: CN) -> None:
+    m, v = cfg.MODEL.HIERA_VIDEO, cfg.INPUT.VIDEO
+    if m.TEMPORAL_POOL not in TEMPORAL_POOLS:
+        raise ValueError(f"MODEL.HIERA_VIDEO.TEMPORAL_POOL {m.TEMPORAL_POOL!r}; choose one of: "
+                         f"{_choices(TEMPORAL_POOLS)}")
+    if m.NUM_FRAMES < 2 or m.NUM_FRAMES % 2:
+        raise ValueError(f"MODEL.HIERA_VIDEO.NUM_FRAMES {m.NUM_FRAMES}: video Hiera embeds frames in pairs "
+                         "(temporal patch stride 2), so the clip length must be a positive even number, e.g. 16")
+    if m.SAMPLING_RATE < 1:
+        raise ValueError(f"MODEL.HIERA_VIDEO.SAMPLING_RATE {m.SAMPLING_RATE} must be >= 1")
+    if not -1 <= m.KEYFRAME < m.NUM_FRAMES:
+        raise ValueError(f"MODEL.HIERA_VIDEO.KEYFRAME {m.KEYFRAME} must be -1 (center) or a frame index in "
+                         f"[0, {m.NUM_FRAMES - 1}]")
+    for key in ("TRAIN_CROP_SIZE", "TEST_CROP_SIZE"):
+        if v[key] <= 0 or v[key] % 32:
+            raise ValueError(f"INPUT.VIDEO.{key} {v[key]} must be a positive multiple of 32 (Hiera's mask units)")
+    if v.LAYOUT not in ("csv", "folders"):
+        raise ValueError(f"INPUT.VIDEO.LAYOUT {v.LAYOUT!r}; choose csv or folders")
+
+
+def validate_hiera_config(cfg: CN) -> None:
+    """Raise ValueError naming the key, the bad value and the valid choices for any bad hiera_det key."""
+    _validate_trunk(cfg)
+    if is_video_config(cfg):
+        _validate_video(cfg)
+    lsj = cfg.INPUT.LSJ
+    if lsj.ENABLED and not (0 < lsj.MIN_SCALE <= lsj.MAX_SCALE and lsj.IMAGE_SIZE > 0):
+        raise ValueError(f"INPUT.LSJ needs 0 < MIN_SCALE <= MAX_SCALE and IMAGE_SIZE > 0, got MIN_SCALE "
+                         f"{lsj.MIN_SCALE}, MAX_SCALE {lsj.MAX_SCALE}, IMAGE_SIZE {lsj.IMAGE_SIZE}")
+    if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
+        raise ValueError(f"SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r} is unknown; choose one of: "
+                         f"{_choices(OPTIMIZERS)}")
+    if not 0.0 < cfg.SOLVER.LAYER_DECAY <= 1.0:
+        raise ValueError(f"SOLVER.LAYER_DECAY {cfg.SOLVER.LAYER_DECAY} must be in (0, 1]; 1.0 turns it off")
+    if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
+        raise ValueError(f"SOLVER.AMP.PRECISION {cfg.SOLVER.AMP.PRECISION!r} is unknown; choose one of: "
+                         f"{_choices(AMP_PRECISIONS)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Packaged config files
+
+def config_dir() -> str:
+    """The folder of the packaged configs (``hiera_det/configs``; ``configs/`` in a checkout links to it)."""
+    return str(resources.files("hiera_det") / "configs")
+
+
+def list_configs() -> list[str]:
+    root = config_dir()
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, files in os.walk(root)
+        for f in files
+        if f.endswith(".yaml")
+    )
+
+
+def resolve_config_file(name: str) -> str:
+    """A config path as given, or else a name of a packaged config (``hiera_fpn.yaml``, ``video/...``)."""
+    if os.path.isfile(name):
+        return name
+    for candidate in (name, name[len("configs/"):] if name.startswith("configs/") else None):
+        if candidate and os.path.isfile(os.path.join(config_dir(), candidate)):
+            return os.path.join(config_dir(), candidate)
+    known = list_configs()
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise FileNotFoundError(f"config {name!r} is neither a file nor a packaged config.{hint} Packaged configs "
+                            f"({config_dir()}): {', '.join(known)}")
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        keys.append(prefix + k)
+        if isinstance(v, CN):
+            keys += _all_keys(v, prefix + k + ".")
+    return keys
+
+
+def _explain_key_error(cfg: CN, error: KeyError, source: str) -> KeyError:
+    # yacs says "Non-existent config key: MODEL.HIERA.NAMEE"; add what the key could have been.
+    message = str(error.args[0]) if error.args else str(error)
+    bad = message.rsplit(":", 1)[-1].strip()
+    close = difflib.get_close_matches(bad, _all_keys(cfg), n=3, cutoff=0.75)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return KeyError(f"{message} (in {source}).{hint} hiera_det keys are listed in docs/config.md")
+
+
+def merge_config(cfg: CN, config_file: str = "", opts: list[str] | None = None) -> CN:
+    """Merge a config file (path or packaged name) and ``KEY VALUE`` overrides into ``cfg``."""
+    if config_file:
+        path = resolve_config_file(config_file)
+        try:
+            cfg.merge_from_file(path)
+        except KeyError as e:
+            raise _explain_key_error(cfg, e, path) from None
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"config overrides come in KEY VALUE pairs; got an odd number: {opts}")
+        try:
+            cfg.merge_from_list(list(opts))
+        except (KeyError, AssertionError) as e:  # yacs reports an unknown override key with an assert
+            raise _explain_key_error(cfg, e, "command-line overrides") from None
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# docs/config.md: the key tables between "<!-- keys: SECTION -->" and "<!-- end keys -->" come from CONFIG_KEYS
+
+_DOC_BLOCK = re.compile(r"(<!-- keys: (?P<section>[\w.]+) -->\n)(.*?)(<!-- end keys -->)", re.S)
+
+
+def _format_default(value) -> str:
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{list(value) if isinstance(value, list) else value}`"
+
+
+def keys_table(section: str) -> str:
+    """The markdown table of one section of ``CONFIG_KEYS``."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for key in CONFIG_KEYS[section]:
+        rows.append(f"| `{key.name[len(section) + 1:]}` | {_format_default(key.default)} | {key.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_config_docs(text: str) -> str:
+    """``text`` (docs/config.md) with every key table regenerated from ``CONFIG_KEYS``."""
+    return _DOC_BLOCK.sub(lambda m: m.group(1) + keys_table(m.group("section")) + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="hiera_det config keys and packaged configs")
+    parser.add_argument("--write-docs", metavar="PATH", help="regenerate the key tables in this markdown file")
+    parser.add_argument("--list", action="store_true", help="list the packaged configs")
+    args = parser.parse_args(argv)
+    if args.write_docs:
+        with open(args.write_docs) as f:
+            text = f.read()
+        with open(args.write_docs, "w") as f:
+            f.write(render_config_docs(text))
+    if args.list or not args.write_docs:
+        print("\n".join(list_configs()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""Registers everything hiera_det adds to Detectron2; import it before building a model from a config.
+
+    import hiera_det.d2  # noqa: F401
+
+* backbones ``build_hiera_backbone``, ``build_hiera_fpn_backbone``, ``build_hiera_retinanet_fpn_backbone``,
+  ``build_hiera_video_backbone``, ``build_hiera_video_fpn_backbone`` (``hiera_det.detection.build``);
+* meta-architectures ``HieraVideoClassifier`` and ``HieraClipDetector`` (``hiera_det.video.meta_arch``);
+* the bundled datasets ``hiera_shapes_{train,val}`` and ``moving_shapes_{cls,kf}_{train,val}``
+  (``hiera_det.data.catalog``), registered under ``$DETECTRON2_DATASETS``.
+"""
+
+from .data.catalog import register_builtin_datasets
+from .detection import build as _backbones  # noqa: F401  (registers the backbones)
+from .video import meta_arch as _meta_architectures  # noqa: F401  (registers the meta-architectures)
+
+register_builtin_datasets()

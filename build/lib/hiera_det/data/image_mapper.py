@@ -1,0 +1,75 @@
+"""Detectron2's dataset mapper for image detectors, reading through ``image_io`` (clear errors, 16-bit
+scaling), with large-scale jitter for training when ``INPUT.LSJ.ENABLED``."""
+
+from __future__ import annotations
+
+import copy
+
+import detectron2.data.transforms as T
+import numpy as np
+import torch
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as d2_utils
+
+from .image_io import check_image_size, read_image
+
+
+class CheckedDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper`` reading through :func:`read_image` and :func:`check_image_size`.
+
+    Same constructor, configuration and output as ``DatasetMapper``; only the image reading differs (see the
+    module docstring). Semantic-segmentation label files are read as Detectron2 reads them: as stored, since
+    their values are class ids that must not be rescaled.
+    """
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
+        check_image_size(dataset_dict, image)
+        sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)
+        sem_seg_gt = None if sem_seg_file is None else d2_utils.read_image(sem_seg_file, "L").squeeze(2)
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
+        transforms = self.augmentations(aug_input)
+        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
+        image_shape = image.shape[:2]
+        # tensors travel between DataLoader workers through shared memory rather than pickles
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg_gt is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
+        if self.proposal_topk is not None:
+            d2_utils.transform_proposals(
+                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
+
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
+
+
+
+def build_lsj_augmentations(cfg) -> list[T.Augmentation]:
+    """Large-scale jitter (``INPUT.LSJ``): random rescale, crop or pad to a square, horizontal flip."""
+    lsj = cfg.INPUT.LSJ
+    size = lsj.IMAGE_SIZE
+    return [
+        T.ResizeScale(
+            min_scale=lsj.MIN_SCALE, max_scale=lsj.MAX_SCALE, target_height=size, target_width=size
+        ),
+        T.FixedSizeCrop(crop_size=(size, size)),
+        T.RandomFlip(horizontal=True),
+    ]
+
+
+def build_detection_train_mapper(cfg) -> CheckedDatasetMapper:
+    """Detectron2's ``DatasetMapper`` for training, reading images through ``hiera_det.data.image_io`` (clear
+    errors for unreadable files, 16-bit scaling); with ``INPUT.LSJ.ENABLED`` its augmentations are LSJ."""
+    if not cfg.INPUT.LSJ.ENABLED:
+        return CheckedDatasetMapper(cfg, is_train=True)
+    # Cropping cuts instances, so boxes are recomputed from the cropped masks when there are masks.
+    return CheckedDatasetMapper(
+        cfg, is_train=True, augmentations=build_lsj_augmentations(cfg), recompute_boxes=cfg.MODEL.MASK_ON
+    )

@@ -1,0 +1,16 @@
+"""The Hiera model core. It imports torch only."""
+
+from .hiera import ATTENTION_LAYOUTS, POS_EMBED_MODES, Hiera, HieraBlock
+from .specs import ARCHITECTURES, WINDOW_PRESETS, architecture_size, build_hiera, hiera_kwargs
+
+__all__ = [
+    "ARCHITECTURES",
+    "ATTENTION_LAYOUTS",
+    "POS_EMBED_MODES",
+    "WINDOW_PRESETS",
+    "Hiera",
+    "HieraBlock",
+    "architecture_size",
+    "build_hiera",
+    "hiera_kwargs",
+]

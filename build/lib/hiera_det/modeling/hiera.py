@@ -1,0 +1,354 @@
+"""Hiera (Ryali et al., ICML 2023) for dense prediction, images and video, in plain PyTorch.
+
+``Hiera(...)`` returns the four stage outputs as grids (``[B, C, H, W]`` or ``[B, C, T, H, W]``) and,
+on request, classification logits. Two attention schemes share every module:
+
+* ``attention="mask_unit"``: the paper's mask-unit attention in the early stages and global attention
+  after; loads the official, Hugging Face and timm weights exactly.
+* ``attention="window"``: HieraDet (SAM2's image encoder), windowed attention with a per-stage window and
+  full attention at chosen blocks, with "absolute-win" position embeddings (Bolya et al., ICLR 2024).
+
+Attention always reaches ``scaled_dot_product_attention`` as 4-D tensors so that the fused kernels apply.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .token_layout import GLOBAL, MASK_UNIT, SpatialLayout, UnrolledLayout
+
+POS_EMBED_MODES = ("absolute", "separate", "absolute_win")
+ATTENTION_LAYOUTS = ("mask_unit", "window")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MaskUnitAttention(nn.Module):
+    """Multi-head attention over the sequences a token layout hands it, with optional q-pooling."""
+
+    def __init__(self, dim: int, dim_out: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim_out // heads
+        self.dim_out = dim_out
+        self.qkv = nn.Linear(dim, 3 * dim_out)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def forward(self, x: torch.Tensor, layout, info, pool: bool) -> torch.Tensor:
+        N, L, _ = x.shape
+        q, k, v = self.qkv(x).view(N, L, 3, self.heads, self.head_dim).unbind(2)
+        if pool:
+            q = layout.pool_q(q, info)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(out.transpose(1, 2).reshape(N, -1, self.dim_out))
+
+
+class HieraBlock(nn.Module):
+    """Pre-norm transformer block; a stage's first block also widens channels and pools queries."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        heads: int,
+        window: int,
+        q_pool: bool,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.dim, self.dim_out = dim, dim_out
+        self.window = window
+        self.q_pool = q_pool
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = MaskUnitAttention(dim, dim_out, heads)
+        self.norm2 = nn.LayerNorm(dim_out, eps=norm_eps)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: torch.Tensor, layout) -> torch.Tensor:
+        x_norm = self.norm1(x)
+        if self.dim != self.dim_out:
+            x = self.proj(x_norm)
+        if self.q_pool:
+            x = layout.pool(x)
+        seqs, info = layout.partition(x_norm, self.window)
+        attn = self.attn(seqs, layout, info, self.q_pool)
+        x = x + self.drop_path(layout.merge(attn, info, self.q_pool))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def extra_repr(self) -> str:
+        kind = {GLOBAL: "global", MASK_UNIT: "mask_unit"}.get(self.window, f"window={self.window}")
+        return f"attention={kind}, q_pool={self.q_pool}"
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.projection = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.dropout(x))
+
+
+def _tuple(v, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+class Hiera(nn.Module):
+    """Hierarchical ViT trunk returning ``{"stage1": ..., "stage4": ...}`` grids (strides 4/8/16/32)."""
+
+    def __init__(
+        self,
+        input_size: Sequence[int] = (224, 224),
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        num_heads: int = 1,
+        stages: Sequence[int] = (2, 3, 16, 3),
+        q_pool: int = 3,
+        q_stride: Sequence[int] = (2, 2),
+        mask_unit_size: Sequence[int] = (8, 8),
+        mask_unit_attn: Sequence[bool] = (True, True, False, False),
+        dim_mul: float = 2.0,
+        head_mul: float = 2.0,
+        patch_kernel: Sequence[int] = (7, 7),
+        patch_stride: Sequence[int] = (4, 4),
+        patch_padding: Sequence[int] = (3, 3),
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        num_classes: int = 1000,
+        head_dropout: float = 0.0,
+        attention: str = "mask_unit",
+        window_spec: Sequence[int] | None = None,
+        global_blocks: Sequence[int] = (),
+        pos_embed: str | None = None,
+        pos_embed_bkg_size: Sequence[int] | None = None,
+        activation_checkpointing: bool = False,
+        norm_eps: float = 1e-6,
+        name: str = "hiera",
+    ):
+        super().__init__()
+        ndim = len(input_size)
+        if ndim not in (2, 3):
+            raise ValueError(f"input_size must be (H, W) or (T, H, W), got {tuple(input_size)}")
+        if attention not in ATTENTION_LAYOUTS:
+            raise ValueError(f"unknown attention layout {attention!r}; choose one of {ATTENTION_LAYOUTS}")
+        if pos_embed is None:
+            pos_embed = {"window": "absolute_win"}.get(attention, "separate" if ndim == 3 else "absolute")
+        if pos_embed not in POS_EMBED_MODES:
+            raise ValueError(f"unknown position embedding {pos_embed!r}; choose one of {POS_EMBED_MODES}")
+        if pos_embed == "separate" and ndim != 3:
+            raise ValueError("separate (spatial + temporal) position embeddings are for video models")
+        if pos_embed == "absolute_win" and ndim != 2:
+            raise ValueError("absolute-win position embeddings are for image models")
+        if not 0 <= q_pool < len(stages):
+            raise ValueError(f"q_pool must be in [0, {len(stages) - 1}], got {q_pool}")
+
+        self.name = name
+        self.input_size = tuple(input_size)
+        self.ndim = ndim
+        self.in_chans = in_chans
+        self.patch_stride = _tuple(patch_stride, ndim)
+        self.q_stride = _tuple(q_stride, ndim)
+        self.attention = attention
+        self.pos_embed_mode = pos_embed
+        self.activation_checkpointing = activation_checkpointing
+        self.num_classes = num_classes
+        levels = len(stages) - 1
+        self.pool_levels = q_pool
+
+        mask_unit_size = _tuple(mask_unit_size, ndim)
+        if attention == "mask_unit":
+            self.layout = UnrolledLayout(self.q_stride, levels)
+            if tuple(mask_unit_size) != self.layout.unit_size():
+                raise ValueError(
+                    f"mask_unit_size {mask_unit_size} must equal q_stride ** {levels} = "
+                    f"{self.layout.unit_size()}: mask units are what the stages pool"
+                )
+            self.size_multiple = tuple(p * u for p, u in zip(self.patch_stride, mask_unit_size))
+        else:
+            self.layout = SpatialLayout(self.q_stride)
+            self.size_multiple = tuple(p * s**q_pool for p, s in zip(self.patch_stride, self.q_stride))
+
+        self.token_grid = tuple(i // s for i, s in zip(self.input_size, self.patch_stride))
+        self.patch_embed = nn.Module()
+        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        self.patch_embed.proj = conv(
+            in_chans, embed_dim, _tuple(patch_kernel, ndim), self.patch_stride, _tuple(patch_padding, ndim)
+        )
+        if pos_embed == "absolute":
+            self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.token_grid), embed_dim))
+        elif pos_embed == "separate":
+            t, h, w = self.token_grid
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, h * w, embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, t, embed_dim))
+        else:
+            if window_spec is None:
+                raise ValueError("absolute-win position embeddings need window_spec (the stage-1 window)")
+            bkg = tuple(pos_embed_bkg_size or (14, 14))
+            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *bkg))
+            self.pos_embed_window = nn.Parameter(torch.zeros(1, embed_dim, window_spec[0], window_spec[0]))
+
+        self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
+        q_pool_blocks = {end + 1 for end in self.stage_ends[:q_pool]}
+        if attention == "window":
+            if window_spec is None or len(window_spec) != len(stages):
+                raise ValueError(f"window attention needs one window size per stage, got {window_spec}")
+        depth = sum(stages)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        global_blocks = set(global_blocks)
+        self.blocks = nn.ModuleList()
+        self.stage_dims = []
+        stage = 0
+        for i in range(depth):
+            dim_out = embed_dim
+            # A stage's first block still attends in the previous stage's pattern: it runs at the
+            # pre-pooling resolution, where the new stage's (coarser) pattern would not fit.
+            if attention == "mask_unit":
+                window = MASK_UNIT if mask_unit_attn[stage] else GLOBAL
+            else:
+                window = GLOBAL if i in global_blocks else window_spec[stage]
+            if (i - 1) in self.stage_ends:
+                dim_out = int(embed_dim * dim_mul)
+                num_heads = int(num_heads * head_mul)
+                stage += 1
+            self.blocks.append(
+                HieraBlock(embed_dim, dim_out, num_heads, window, i in q_pool_blocks, mlp_ratio, dpr[i], norm_eps)
+            )
+            embed_dim = dim_out
+            if i in self.stage_ends:
+                self.stage_dims.append(dim_out)
+
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head = ClassificationHead(embed_dim, num_classes, head_dropout) if num_classes > 0 else None
+        self.stage_strides = [
+            self.patch_stride[-1] * self.q_stride[-1] ** min(k, q_pool) for k in range(len(stages))
+        ]
+        self._init_weights()
+
+    def _init_weights(self):
+        for name, p in self.named_parameters():
+            if name.startswith("pos_embed"):
+                nn.init.trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.head is not None:
+            self.head.projection.weight.data.mul_(0.001)
+
+    @property
+    def out_features(self) -> list[str]:
+        return [f"stage{i + 1}" for i in range(len(self.stage_ends))]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        expected = 2 + self.ndim
+        kind = "image batch [B, C, H, W]" if self.ndim == 2 else "clip batch [B, C, T, H, W]"
+        if x.dim() != expected:
+            raise ValueError(f"{self.name} expects a {kind}, got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{self.name} expects {self.in_chans} input channels, got {x.shape[1]}")
+        sizes = tuple(x.shape[2:])
+        bad = [(s, m) for s, m in zip(sizes, self.size_multiple) if s % m or s == 0]
+        if bad:
+            names = ("T", "H", "W")[-self.ndim :]
+            rule = " x ".join(f"{n}%{m}==0" for n, m in zip(names, self.size_multiple))
+            raise ValueError(
+                f"{self.name} got input of size {'x'.join(map(str, sizes))}, but needs {rule} "
+                f"(patch stride {self.patch_stride} times the {self.attention} pooling); pad the input "
+                f"(Detectron2 does this through size_divisibility) or resize it"
+            )
+
+    def pos_embed_for(self, grid: Sequence[int]) -> torch.Tensor:
+        """Position embedding for a token grid, as ``[1, C, *grid]``, resized from the stored one."""
+        grid = tuple(grid)
+        if self.pos_embed_mode == "absolute":
+            C = self.pos_embed.shape[-1]
+            pe = self.pos_embed.transpose(1, 2).reshape(1, C, *self.token_grid)
+            if grid != self.token_grid:
+                pe = F.interpolate(pe, size=grid, mode="bicubic" if self.ndim == 2 else "trilinear")
+            return pe
+        if self.pos_embed_mode == "separate":
+            t0, h0, w0 = self.token_grid
+            C = self.pos_embed_spatial.shape[-1]
+            spatial = self.pos_embed_spatial.transpose(1, 2).reshape(1, C, h0, w0)
+            temporal = self.pos_embed_temporal.transpose(1, 2)
+            if grid[1:] != (h0, w0):
+                spatial = F.interpolate(spatial, size=grid[1:], mode="bicubic")
+            if grid[0] != t0:
+                temporal = F.interpolate(temporal, size=grid[0], mode="linear")
+            return spatial.unsqueeze(2) + temporal[..., None, None]
+        window = self.pos_embed_window
+        pe = F.interpolate(self.pos_embed, size=grid, mode="bicubic")
+        reps = [g // w for g, w in zip(grid, window.shape[2:])]
+        if any(g % w for g, w in zip(grid, window.shape[2:])):
+            reps = [math.ceil(g / w) for g, w in zip(grid, window.shape[2:])]
+            return pe + window.tile([1, 1, *reps])[..., : grid[0], : grid[1]]
+        return pe + window.tile([1, 1, *reps])
+
+    def forward(self, x: torch.Tensor, return_logits: bool = False) -> dict[str, torch.Tensor]:
+        """Stage outputs as ``[B, C, *grid]`` tensors in channels-last memory (the layout convolutions
+        downstream prefer), plus ``"logits"`` on request."""
+        self.check_input(x)
+        memory_format = torch.channels_last if self.ndim == 2 else torch.channels_last_3d
+        x = self.patch_embed.proj(x.contiguous(memory_format=memory_format)).movedim(1, -1)
+        x = x + self.pos_embed_for(x.shape[1:-1]).movedim(1, -1).to(x.dtype)
+        x, coarse = self.layout.enter(x)
+        outputs = {}
+        pooled = 0
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            if checkpointing:
+                x = checkpoint(block, x, self.layout, use_reentrant=False)
+            else:
+                x = block(x, self.layout)
+            pooled += int(block.q_pool)
+            if i in self.stage_ends:
+                stage = self.stage_ends.index(i) + 1
+                outputs[f"stage{stage}"] = self.layout.to_grid(x, coarse, pooled).movedim(-1, 1)
+        if return_logits:
+            if self.head is None:
+                raise ValueError(f"{self.name} was built with num_classes=0 (features only): no logits")
+            pooled_tokens = x.flatten(1, -2).mean(dim=1)
+            outputs["logits"] = self.head(self.norm(pooled_tokens))
+        return outputs

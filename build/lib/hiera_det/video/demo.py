@@ -1,0 +1,363 @@
+"""Running a trained model over whole videos: per-frame image detection, clip-to-keyframe detection or
+clip classification, streamed in bounded memory, written as JSON Lines plus an annotated mp4.
+
+``tools/video_demo.py`` is the command line; ``run_video_demo(cfg, model, video, out_dir, ...)`` is the
+entry point for Python.
+
+Conventions:
+
+* Frames are decoded as RGB (grayscale sources come out as 3 channels) and handed to the model in
+  ``cfg.INPUT.FORMAT`` after Detectron2's test resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``);
+  classifier clips get the evaluation transform of ``VideoClassificationMapper`` (short side to
+  ``INPUT.VIDEO.TEST_CROP_SIZE``, one center crop of that size).
+* Clips near either end of the video, and clips of videos shorter than a clip, repeat the edge frame.
+* Timestamps are the container's per-frame presentation times, so variable frame rates are reported
+  correctly; the annotated mp4 plays at the average rate divided by the frame stride (an mp4 written by
+  OpenCV has one constant rate). Frames with odd sizes are padded by one black row/column in the mp4
+  (the encoder needs even sizes); JSON coordinates always refer to the source frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from tqdm import tqdm
+
+from hiera_det.data import video_transforms as vt
+from hiera_det.data.video_io import VideoReadError, open_video
+
+logger = logging.getLogger(__name__)
+
+MODES = ("frame", "clip", "classify")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def mode_for(meta_architecture: str) -> str:
+    """The demo mode that fits a meta-architecture (image detectors run per frame)."""
+    return {"HieraVideoClassifier": "classify", "HieraClipDetector": "clip"}.get(meta_architecture, "frame")
+
+
+def list_videos(path: str) -> list[str]:
+    """A video file, a folder of video files, or a folder of frames (read as one video)."""
+    if not os.path.exists(path):
+        raise VideoReadError(path, "the path does not exist", "give a video file or a folder of videos/frames")
+    if os.path.isdir(path):
+        videos = sorted(
+            os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(VIDEO_EXTENSIONS)
+        )
+        return videos or [path]
+    return [path]
+
+
+class FrameWindow:
+    """Frames of a reader fetched by index with a sliding cache: requests must move forward, and frames
+    below ``release_below`` are dropped, so memory holds about one clip span plus one read chunk."""
+
+    def __init__(self, reader, chunk: int = 32):
+        self.reader = reader
+        self.chunk = chunk
+        self._frames: dict[int, np.ndarray] = {}
+        self.peak = 0  # most frames held at once
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        missing = sorted({int(i) for i in indices} - self._frames.keys())
+        if missing:
+            # read ahead: the next requests will want the frames after these
+            last = min(max(missing[-1], missing[0] + self.chunk - 1), self.reader.num_frames - 1)
+            wanted = sorted(set(range(missing[0], last + 1)) - self._frames.keys())
+            for i, frame in zip(wanted, self.reader.get_frames(wanted)):
+                self._frames[i] = frame
+            self.peak = max(self.peak, len(self._frames))
+        return np.stack([self._frames[int(i)] for i in indices])
+
+    def release_below(self, index: int) -> None:
+        for i in [i for i in self._frames if i < index]:
+            del self._frames[i]
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+def clip_positions(keyframe: int, num_frames: int, sampling_rate: int, anchor: int, video_length: int) -> np.ndarray:
+    """Frame indices of a clip with ``keyframe`` at position ``anchor``, clamped to the video (edge padding)."""
+    offsets = (np.arange(num_frames) - anchor) * sampling_rate
+    return np.clip(keyframe + offsets, 0, video_length - 1)
+
+
+@dataclass
+class DemoSettings:
+    mode: str
+    frame_stride: int = 1
+    batch_size: int = 4
+    score_threshold: float = 0.5
+    top_k: int = 5
+    clip_stride: int = 0  # classify: frames between clip starts; 0 = one clip span (no overlap)
+    chunk: int = 32
+    write_video: bool = True
+    progress: bool = True
+
+
+class _Writer:
+    """JSON Lines + optional mp4, opened lazily at the first frame (when its size is known)."""
+
+    def __init__(self, jsonl_path: str, mp4_path: str | None, fps: float):
+        self.jsonl = open(jsonl_path, "w")
+        self.mp4_path = mp4_path
+        self.fps = fps if fps > 0 else 30.0
+        self.video = None
+        self.frames_written = 0
+
+    def record(self, item: dict) -> None:
+        self.jsonl.write(json.dumps(item) + "\n")
+
+    def frame(self, rgb: np.ndarray) -> None:
+        if self.mp4_path is None:
+            return
+        h, w = rgb.shape[:2]
+        bgr = cv2.copyMakeBorder(np.ascontiguousarray(rgb[..., ::-1]), 0, h % 2, 0, w % 2, cv2.BORDER_CONSTANT)
+        if self.video is None:
+            self.video = cv2.VideoWriter(
+                self.mp4_path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (bgr.shape[1], bgr.shape[0])
+            )
+            if not self.video.isOpened():
+                raise RuntimeError(
+                    f"OpenCV cannot write {self.mp4_path!r} with the mp4v codec; install an OpenCV build with "
+                    f"FFmpeg (opencv-python-headless has it) or pass --no-video"
+                )
+        self.video.write(bgr)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.video is not None:
+            self.video.release()
+
+
+def _draw(rgb: np.ndarray, boxes, scores, classes, class_names) -> np.ndarray:
+    try:
+        from hiera_det.visualization import draw_instances
+    except ImportError:
+        draw_instances = None
+    if draw_instances is not None:
+        return draw_instances(rgb, boxes, scores, classes, class_names)
+    out = np.ascontiguousarray(rgb.copy())
+    for box, score, cls in zip(boxes, scores, classes):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        color = tuple(int(c) for c in np.random.default_rng(int(cls)).integers(64, 256, 3))
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, 1)
+        name = class_names[cls] if 0 <= cls < len(class_names) else str(cls)
+        cv2.putText(out, f"{name} {score:.2f}", (x0, max(y0 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1)
+    return out
+
+
+def _draw_text(rgb: np.ndarray, lines: Iterable[str]) -> np.ndarray:
+    out = np.ascontiguousarray(rgb.copy())
+    scale = max(out.shape[0] / 480.0, 0.3)
+    for i, line in enumerate(lines):
+        y = int((i + 1) * 18 * scale) + 2
+        cv2.putText(out, line, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 0), 3)
+        cv2.putText(out, line, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1)
+    return out
+
+
+class VideoDemo:
+    """Runs one model over videos. ``model`` is a built Detectron2 model in eval mode with weights loaded."""
+
+    def __init__(self, cfg, model: torch.nn.Module, settings: DemoSettings, class_names: Sequence[str] = ()):
+        if settings.mode not in MODES:
+            raise ValueError(f"unknown demo mode {settings.mode!r}; choose one of {MODES}")
+        expected = mode_for(cfg.MODEL.META_ARCHITECTURE)
+        if settings.mode != expected:
+            raise ValueError(
+                f"mode {settings.mode!r} does not fit MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r}, "
+                f"which runs in mode {expected!r}"
+            )
+        if settings.frame_stride < 1 or settings.batch_size < 1:
+            raise ValueError("frame stride and batch size must be >= 1")
+        self.cfg = cfg
+        self.model = model.eval()
+        self.settings = settings
+        self.class_names = list(class_names)
+        self.input_format = cfg.INPUT.FORMAT
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        if settings.mode in ("clip", "classify"):
+            from .config import keyframe_position
+
+            self.num_frames = cfg.MODEL.HIERA_VIDEO.NUM_FRAMES
+            self.sampling_rate = cfg.MODEL.HIERA_VIDEO.SAMPLING_RATE
+            self.keyframe = keyframe_position(cfg)
+
+    # ----- preprocessing -----
+    def _frames_to_tensor(self, frames: np.ndarray) -> torch.Tensor:
+        """RGB ``[T, H, W, 3]`` -> ``[3, T, H', W']`` after the test resize of Detectron2's mappers, in the
+        model's channel order (what DatasetMapper / KeyframeClipMapper give at evaluation)."""
+        transform = self.resize.get_transform(frames[0])
+        return vt.clip_to_tensor(vt.apply_to_clip(transform, frames), self.input_format).float()
+
+    def _classifier_clip(self, frames: np.ndarray) -> torch.Tensor:
+        """The evaluation transform of ``VideoClassificationMapper`` for a single (center) view."""
+        h, w = frames.shape[1:3]
+        crop = self.cfg.INPUT.VIDEO.TEST_CROP_SIZE
+        clip = vt.apply_to_clip(vt.test_transform(h, w, crop_size=crop, spatial_idx=0, num_spatial=1), frames)
+        return vt.clip_to_tensor(clip, self.input_format)
+
+    # ----- running -----
+    def run(self, video_path: str, out_dir: str) -> dict:
+        """Process one video; returns a summary with the output paths."""
+        os.makedirs(out_dir, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(os.path.normpath(video_path)))[0]
+        jsonl_path = os.path.join(out_dir, stem + ".jsonl")
+        mp4_path = os.path.join(out_dir, stem + ".mp4") if self.settings.write_video else None
+        reader = open_video(video_path, num_threads=self.cfg.INPUT.VIDEO.DECODE_THREADS)
+        timestamps = reader.timestamps()
+        stride = self.settings.frame_stride
+        writer = _Writer(jsonl_path, mp4_path, reader.fps / (1 if self.settings.mode == "classify" else stride))
+        try:
+            with torch.no_grad():
+                if self.settings.mode == "classify":
+                    summary = self._classify(reader, timestamps, writer)
+                else:
+                    summary = self._detect(reader, timestamps, writer)
+        finally:
+            writer.close()
+            reader.close()
+        summary.update(video=video_path, jsonl=jsonl_path, mp4=mp4_path, frames_written=writer.frames_written)
+        return summary
+
+    def _progress(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, unit="frame", disable=not self.settings.progress, leave=False)
+
+    def _detect(self, reader, timestamps: np.ndarray, writer: _Writer) -> dict:
+        s = self.settings
+        n = reader.num_frames
+        targets = list(range(0, n, s.frame_stride))
+        window = FrameWindow(reader, chunk=s.chunk)
+        detections = 0
+        with self._progress(len(targets), os.path.basename(reader.path)) as bar:
+            for begin in range(0, len(targets), s.batch_size):
+                batch = targets[begin : begin + s.batch_size]
+                if s.mode == "frame":
+                    frames = reader.get_frames(batch)
+                    inputs = [self._frames_to_tensor(f[None])[:, 0] for f in frames]
+                else:
+                    clips = [clip_positions(f, self.num_frames, self.sampling_rate, self.keyframe, n) for f in batch]
+                    frames = window.get(batch)
+                    inputs = [self._frames_to_tensor(window.get(c)) for c in clips]
+                    window.release_below(int(clip_positions(batch[-1] + s.frame_stride, self.num_frames,
+                                                            self.sampling_rate, self.keyframe, n)[0]))
+                h, w = frames.shape[1:3]
+                outputs = self.model([{"image": x, "height": h, "width": w} for x in inputs])
+                for index, frame, out in zip(batch, frames, outputs):
+                    inst = out["instances"].to("cpu")
+                    keep = inst.scores >= s.score_threshold
+                    boxes = inst.pred_boxes.tensor[keep].numpy()
+                    scores = inst.scores[keep].numpy()
+                    classes = inst.pred_classes[keep].numpy()
+                    detections += len(scores)
+                    writer.record({
+                        "frame_index": int(index),
+                        "timestamp": round(float(timestamps[index]), 6),
+                        "boxes": boxes.round(2).tolist(),
+                        "scores": scores.round(4).tolist(),
+                        "classes": classes.tolist(),
+                        "class_names": [self._name(c) for c in classes],
+                    })
+                    writer.frame(_draw(frame, boxes, scores, classes, self.class_names))
+                bar.update(len(batch))
+        return {"mode": s.mode, "frames": len(targets), "detections": detections, "peak_cached_frames": window.peak}
+
+    def _classify(self, reader, timestamps: np.ndarray, writer: _Writer) -> dict:
+        s = self.settings
+        n = reader.num_frames
+        span = (self.num_frames - 1) * self.sampling_rate + 1
+        clip_stride = s.clip_stride or span
+        starts = list(range(0, max(n - span, 0) + 1, clip_stride))
+        if starts[-1] + span < n:  # cover the tail too
+            starts.append(n - span)
+        window = FrameWindow(reader, chunk=s.chunk)
+        clip_scores = []
+        with self._progress(len(starts), os.path.basename(reader.path) + " clips") as bar:
+            for begin in range(0, len(starts), s.batch_size):
+                batch = starts[begin : begin + s.batch_size]
+                indices = [clip_positions(st, self.num_frames, self.sampling_rate, 0, n) for st in batch]
+                outputs = self.model([{"clip": self._classifier_clip(window.get(i))} for i in indices])
+                next_start = starts[begin + s.batch_size] if begin + s.batch_size < len(starts) else n
+                window.release_below(next_start)
+                for st, idx, out in zip(batch, indices, outputs):
+                    scores = out["scores"].float().cpu().numpy()
+                    clip_scores.append(scores)
+                    writer.record({
+                        "clip_start": int(st),
+                        "clip_end": int(idx[-1]),
+                        "frame_indices": idx.tolist(),
+                        "timestamp": round(float(timestamps[st]), 6),
+                        "end_timestamp": round(float(timestamps[idx[-1]]), 6),
+                        "top_k": self._top_k(scores),
+                    })
+                bar.update(len(batch))
+        video_scores = np.mean(clip_scores, axis=0)
+        video_top = self._top_k(video_scores)
+        writer.record({"video": os.path.basename(reader.path), "num_clips": len(starts), "top_k": video_top})
+        if writer.mp4_path is not None:
+            self._annotate_classes(reader, starts, clip_scores, video_top, writer)
+        return {"mode": "classify", "clips": len(starts), "top_k": video_top, "peak_cached_frames": window.peak}
+
+    def _annotate_classes(self, reader, starts, clip_scores, video_top, writer: _Writer) -> None:
+        stride = self.settings.frame_stride
+        video_line = "video: " + ", ".join(f"{t['name']} {t['score']:.2f}" for t in video_top[:2])
+        clip = 0
+        for indices, frames in reader.iter_chunks(stride=stride, chunk=self.settings.chunk):
+            for index, frame in zip(indices, frames):
+                while clip + 1 < len(starts) and starts[clip + 1] <= index:
+                    clip += 1
+                top = self._top_k(clip_scores[clip])[:3]
+                lines = [f"{t['name']} {t['score']:.2f}" for t in top] + [video_line]
+                writer.frame(_draw_text(frame, lines))
+
+    def _name(self, c: int) -> str:
+        return self.class_names[c] if 0 <= c < len(self.class_names) else f"class {c}"
+
+    def _top_k(self, scores: np.ndarray) -> list[dict]:
+        order = np.argsort(-scores, kind="stable")[: self.settings.top_k]
+        return [{"class": int(c), "name": self._name(int(c)), "score": round(float(scores[c]), 5)} for c in order]
+
+
+def class_names_for(cfg) -> list[str]:
+    """Class names from the metadata of the config's test (else train) datasets, when registered."""
+    from detectron2.data import MetadataCatalog
+
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        meta = MetadataCatalog.get(name)
+        for key in ("classes", "thing_classes"):
+            names = meta.get(key, None)
+            if names:
+                return list(names)
+    return []
+
+
+def run_video_demo(
+    cfg,
+    model: torch.nn.Module,
+    inputs: str,
+    out_dir: str,
+    settings: DemoSettings,
+    class_names: Sequence[str] | None = None,
+    on_video: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Run the demo on a video file, a folder of videos or a frame folder; one summary per video."""
+    demo = VideoDemo(cfg, model, settings, class_names_for(cfg) if class_names is None else class_names)
+    summaries = []
+    for video in list_videos(inputs):
+        summary = demo.run(video, out_dir)
+        if on_video is not None:
+            on_video(summary)
+        summaries.append(summary)
+    return summaries

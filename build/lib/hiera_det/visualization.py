@@ -1,0 +1,97 @@
+"""Drawing detections on images and video frames, on top of Detectron2's ``Visualizer``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from detectron2.utils.colormap import colormap
+from detectron2.utils.visualizer import Visualizer
+
+__all__ = ["class_color", "draw_instances", "instance_labels"]
+
+_PALETTE = colormap(rgb=True, maximum=1)
+
+
+def class_color(class_index: int) -> np.ndarray:
+    """RGB colour in [0, 1] of a class; the same class gets the same colour in every image and frame."""
+    return _PALETTE[int(class_index) % len(_PALETTE)]
+
+
+def instance_labels(
+    classes: Sequence[int], scores: Sequence[float] | None, class_names: Sequence[str] | None
+) -> list[str]:
+    """ "name 87%" per instance ("class 3" when the index has no name; no percentage without scores)."""
+    names = [
+        class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
+        for c in classes
+    ]
+    if scores is None:
+        return names
+    return [f"{name} {score * 100:.0f}%" for name, score in zip(names, scores)]
+
+
+def _as_numpy(value) -> np.ndarray | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def draw_instances(
+    image_rgb: np.ndarray,
+    boxes,
+    scores,
+    classes,
+    class_names: Sequence[str] | None,
+    masks=None,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Returns a copy of ``image_rgb`` with boxes, masks and "name score%" labels drawn on it.
+
+    Args:
+        image_rgb: ``[H, W, 3]`` uint8, RGB.
+        boxes: ``[N, 4]`` absolute XYXY pixel boxes (numpy array or tensor).
+        scores: ``[N]`` in [0, 1], or None to label with class names only.
+        classes: ``[N]`` class indices (0-based, into ``class_names``).
+        class_names: names by class index, e.g. ``MetadataCatalog.get(name).thing_classes``; may be None.
+        masks: ``[N, H, W]`` boolean masks, or None.
+        alpha: mask opacity.
+
+    Returns:
+        ``[H, W, 3]`` uint8 RGB picture.
+    """
+    image_rgb = np.asarray(image_rgb)
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(
+            f"draw_instances needs an [H, W, 3] uint8 RGB image, got shape {image_rgb.shape} "
+            f"dtype {image_rgb.dtype};"
+            " convert with image.astype(np.uint8) / image[:, :, ::-1] for BGR."
+        )
+    boxes = _as_numpy(boxes).reshape(-1, 4) if boxes is not None else np.zeros((0, 4))
+    classes = _as_numpy(classes).astype(np.int64).reshape(-1)
+    scores = _as_numpy(scores)
+    masks = _as_numpy(masks)
+    count = len(boxes)
+    if len(classes) != count or (scores is not None and len(scores) != count):
+        raise ValueError(
+            f"draw_instances: {count} boxes but {len(classes)} classes and "
+            f"{'no' if scores is None else len(scores)} scores; pass one of each per instance."
+        )
+    if masks is not None and masks.shape != (count, *image_rgb.shape[:2]):
+        raise ValueError(
+            f"draw_instances: masks must be [N, H, W] = {(count, *image_rgb.shape[:2])}, got {masks.shape}."
+        )
+    visualizer = Visualizer(image_rgb)
+    if count == 0:
+        return visualizer.output.get_image()
+    picture = visualizer.overlay_instances(
+        boxes=boxes,
+        labels=instance_labels(classes.tolist(), None if scores is None else scores.tolist(), class_names),
+        masks=None if masks is None else masks.astype(np.uint8),
+        assigned_colors=[class_color(c) for c in classes],
+        alpha=alpha,
+    )
+    return picture.get_image()
