@@ -121,6 +121,11 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
          "to the root) or `folders` (one folder per class)"),
         ("CSV_SEPARATOR", " ", "column separator of those csv files"),
     ]),
+    "DATASETS": _keys("DATASETS", [
+        ("CUSTOM", [], "your own datasets, registered without code: `NAME=ANNOTATIONS.json:IMAGE_ROOT` (COCO "
+         "instances), `NAME=keyframes:ANNOTATIONS.json:VIDEO_ROOT`, `NAME=LIST.csv` or `NAME=CLASS_FOLDERS` "
+         "(video classification); `tools/train_net.py --dataset` adds to it, and the saved config keeps it"),
+    ]),
     "SOLVER": _keys("SOLVER", [
         ("OPTIMIZER", "ADAMW", "`ADAMW` (betas `SOLVER.BETAS`) or `SGD` (`SOLVER.MOMENTUM`, `SOLVER.NESTEROV`)"),
         ("BETAS", (0.9, 0.999), "AdamW betas"),

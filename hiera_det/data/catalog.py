@@ -175,7 +175,11 @@ def _register_by_name(cfg, name: str) -> None:
 def prepare_datasets(cfg, names, generate: bool = True) -> None:
     """Make every dataset in ``names`` usable or fail with the fix: register the ones known by name pattern
     (Kinetics), generate the bundled ones when ``generate`` (do that in one process per machine, before the
-    others look), then check that each is registered and its files exist."""
+    others look), then check that each is registered and its files exist. The specs of
+    ``DATASETS.CUSTOM`` are registered first."""
+    from .custom import register_custom_datasets
+
+    register_custom_datasets(cfg)
     for name in names:
         _register_by_name(cfg, name)
         if generate:

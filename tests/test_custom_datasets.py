@@ -1,0 +1,159 @@
+"""Own data without code: --dataset specs, the checks before training, the config fitted to the data."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import hiera_det.d2  # noqa: E402,F401
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+from hiera_det.config import get_hiera_cfg, merge_config  # noqa: E402
+from hiera_det.data.catalog import prepare_datasets  # noqa: E402
+from hiera_det.data.custom import (  # noqa: E402
+    DatasetSpec,
+    DatasetSpecError,
+    check_datasets,
+    fit_config_to_data,
+)
+from hiera_det.data.datasets.photos import CATEGORIES, write_photos_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    files = write_photos_dataset(str(root))
+    return root, files
+
+
+def _cfg(specs, train, test=(), opts=()):
+    cfg = merge_config(get_hiera_cfg(), "hiera_fpn.yaml", list(opts))
+    cfg.DATASETS.CUSTOM = list(specs)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = tuple(train), tuple(test)
+    return cfg
+
+
+def _photo_specs(photos, train_json=None):
+    root, files = photos
+    return [f"mine_train={train_json or files['train']}:{root / 'train'}", f"mine_val={files['val']}:{root / 'val'}"]
+
+
+def _edited(photos, tmp_path, edit):
+    content = json.loads(open(photos[1]["train"]).read())
+    edit(content)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(content))
+    return str(path)
+
+
+def test_spec_forms(tmp_path):
+    assert DatasetSpec.parse("a=/x/ann.json:/x/images") == DatasetSpec("a", "coco", "/x/ann.json", "/x/images")
+    assert DatasetSpec.parse("k=keyframes:/v/kf.json:/v").kind == "keyframes"
+    assert DatasetSpec.parse("c=/v/train.csv") == DatasetSpec("c", "videos", "/v/train.csv")
+    (tmp_path / "train" / "class_a").mkdir(parents=True)
+    assert DatasetSpec.parse(f"f={tmp_path / 'train'}").kind == "videos"
+    for bad in ("no_equals_sign", "a=/x/ann.txt:/x", "a="):
+        with pytest.raises(DatasetSpecError, match="NAME=ANNOTATIONS.json:IMAGE_ROOT"):
+            DatasetSpec.parse(bad)
+
+
+def test_photos_register_check_and_fit_the_config(photos):
+    cfg = _cfg(_photo_specs(photos), ["mine_train"], ["mine_val"])
+    prepare_datasets(cfg, ["mine_train", "mine_val"])
+    check_datasets(cfg)
+    assert MetadataCatalog.get("mine_val").thing_classes == list(CATEGORIES)
+    assert len(DatasetCatalog.get("mine_train")) == 4
+    notes = fit_config_to_data(cfg, explicit_keys=set())
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(CATEGORIES)
+    assert any("MODEL.ROI_HEADS.NUM_CLASSES 80 -> 7" in n for n in notes)
+    assert cfg.INPUT.MASK_FORMAT == "polygon"
+
+
+def test_user_class_count_that_disagrees_names_both(photos):
+    cfg = _cfg(_photo_specs(photos), ["mine_train"], opts=["MODEL.ROI_HEADS.NUM_CLASSES", "5"])
+    prepare_datasets(cfg, ["mine_train"])
+    with pytest.raises(DatasetSpecError, match="NUM_CLASSES is 5 on the command line, but mine_train has 7"):
+        fit_config_to_data(cfg, explicit_keys={"MODEL.ROI_HEADS.NUM_CLASSES"})
+
+
+def test_rle_masks_switch_the_mask_format(photos, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    def to_rle(content):
+        sizes = {im["id"]: (im["height"], im["width"]) for im in content["images"]}
+        for a in content["annotations"]:
+            rle = mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], *sizes[a["image_id"]]))
+            a["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+
+    cfg = _cfg(_photo_specs(photos, _edited(photos, tmp_path, to_rle)), ["mine_train"])
+    prepare_datasets(cfg, ["mine_train"])
+    notes = fit_config_to_data(cfg, explicit_keys=set())
+    assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("RLE" in n for n in notes)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["images"][0].update(width=999), r"chelsea.jpg is 451x300 but .* says 999x300"),
+        (lambda c: c["images"][1].update(file_name="missing.jpg"), r"missing.jpg does not exist"),
+        (lambda c: c["annotations"][0].update(category_id=42), r"annotation id 1 .* category_id 42"),
+        (lambda c: c["annotations"][0].update(bbox=[400, 250, 200, 100]), r"annotation id 1 .* lies outside"),
+        (lambda c: c["annotations"][1].update(bbox=[10, 10, 0, 5]), r"annotation id 2 .* empty box"),
+        (lambda c: c.update(images=[], annotations=[]), r"lists no images \(an empty split\)"),
+        (lambda c: c["categories"][0].update(name="dog"), r"mine_val has categories .* but mine_train has"),
+    ],
+)
+def test_every_problem_is_named_before_training(photos, tmp_path, edit, message):
+    cfg = _cfg(_photo_specs(photos, _edited(photos, tmp_path, edit)), ["mine_train"], ["mine_val"])
+    with pytest.raises(DatasetSpecError, match=message):
+        check_datasets(cfg)
+
+
+def test_several_problems_are_all_listed(photos, tmp_path):
+    def two_problems(content):
+        content["images"][0]["width"] = 10
+        content["annotations"][2]["category_id"] = 99
+
+    cfg = _cfg(_photo_specs(photos, _edited(photos, tmp_path, two_problems)), ["mine_train"])
+    with pytest.raises(DatasetSpecError, match="3 problem") as info:  # the width also puts a box outside
+        check_datasets(cfg)
+    assert "chelsea.jpg" in str(info.value) and "category_id 99" in str(info.value)
+
+
+def test_missing_annotation_file_and_image_folder(photos, tmp_path):
+    root, files = photos
+    cfg = _cfg([f"a={tmp_path / 'nope.json'}:{root / 'train'}", f"b={files['train']}:{tmp_path / 'no_images'}"],
+               ["a", "b"])
+    with pytest.raises(DatasetSpecError) as info:
+        check_datasets(cfg)
+    assert "nope.json: the annotation file does not exist" in str(info.value)
+    assert "no_images does not exist" in str(info.value)
+
+
+def test_video_classification_folders_set_the_class_count(tmp_path):
+    for cls in ("walk", "run", "jump"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        (tmp_path / "train" / cls / "a.mp4").write_bytes(b"")
+    cfg = merge_config(get_hiera_cfg(), "video/moving_shapes_cls.yaml")
+    cfg.DATASETS.CUSTOM = [f"clips_train={tmp_path / 'train'}"]
+    cfg.DATASETS.TRAIN = ("clips_train",)
+    prepare_datasets(cfg, ["clips_train"])
+    fit_config_to_data(cfg, explicit_keys=set())
+    assert cfg.MODEL.HIERA_VIDEO.NUM_CLASSES == 3
+
+
+def test_saved_config_keeps_the_specs(photos, tmp_path):
+    cfg = _cfg(_photo_specs(photos), ["mine_train"], ["mine_val"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(cfg.dump())
+    reloaded = merge_config(get_hiera_cfg(), str(saved))
+    assert list(reloaded.DATASETS.CUSTOM) == list(cfg.DATASETS.CUSTOM)
+    for name in ("mine_train", "mine_val"):
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    prepare_datasets(copy.deepcopy(reloaded), ["mine_val"])
+    assert len(DatasetCatalog.get("mine_val")) == 4
