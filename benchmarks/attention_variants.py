@@ -4,7 +4,8 @@
 The H100 profile (benchmarks/results/SUMMARY.md) puts 2.3 ms of the 13.7 ms compiled Hiera-B 224 forward in
 attention, most of it in the tiny mask-unit windows (16 queries over 16-64 keys: the fused kernels' 64x128
 tiles are mostly padding), and 1.85 ms in the exact GELU after fc1, which inductor leaves as its own kernel.
-This script measures, in one process, on one input, interleaved, after warm-up, with CUDA events:
+This script measures, in one process, on one input, with the benchmark harness (warm-up, then interleaved
+repeats timed with CUDA events):
 
 * ``sdpa``: the shipped model (every window through ``scaled_dot_product_attention``);
 * ``math<=N``: windows whose key count is at most N go through an explicit matmul / softmax / matmul,
@@ -15,7 +16,7 @@ This script measures, in one process, on one input, interleaved, after warm-up, 
 Cases: Hiera-B 224 batch 128 (stage features) and video Hiera-B 16x224 batch 16, bf16 autocast.
 Writes a JSON record with the GPU name and versions.
 
-    python benchmarks/attention_variants.py --out benchmarks/results/attention_variants.json [--max-autotune]
+    python -m benchmarks.attention_variants --out benchmarks/results/attention_variants.json [--max-autotune]
 """
 
 from __future__ import annotations
@@ -24,26 +25,34 @@ import argparse
 import copy
 import json
 import platform
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+if __package__ in (None, ""):  # run as a file, python benchmarks/attention_variants.py: find the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from hiera_det.modeling import build_hiera  # noqa: E402
-from hiera_det.modeling import hiera as hiera_module  # noqa: E402
+from benchmarks import harness  # noqa: E402
+
+CASES = {  # name: (model, input shape, batch, throughput unit)
+    "hiera_b_224_b128": ("hiera_base_224", (3, 224, 224), 128, "im/s"),
+    "hiera_b_16x224_video_b16": ("hiera_base_16x224", (3, 16, 224, 224), 16, "clips/s"),
+}
+DTYPE = "bf16"
+WARMUP = 4  # calls before timing; the first one compiles
+
 
 def with_math_attention(model, max_keys: int):
-    """A copy of ``model`` (same weights) whose attention modules take the math path for short windows."""
+    """A copy of ``model`` (same weights) whose attention modules take the math path for short windows.
+    Reaches into the model's attention class and its forward signature: the one place that does."""
+    from hiera_det.modeling.hiera import MaskUnitAttention
+
     model = copy.deepcopy(model)
     for module in model.modules():
-        if isinstance(module, hiera_module.MaskUnitAttention):
+        if isinstance(module, MaskUnitAttention):
             module.forward = types.MethodType(math_forward(max_keys), module)
     return model
 
@@ -65,97 +74,89 @@ def math_forward(max_keys: int):
     return forward
 
 
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+def variants(model, thresholds: list[int], max_autotune: bool) -> list[tuple[str, torch.nn.Module, str]]:
+    """(label, model, torch.compile mode): the shipped model first, the reference of the others."""
+    found = [("sdpa", model, "default")]
+    found += [(f"math<={n}", with_math_attention(model, n), "default") for n in thresholds]
+    if max_autotune:
+        found += [("sdpa+max-autotune", copy.deepcopy(model), "max-autotune-no-cudagraphs")]
+    return found
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def measure_case(case: str, device: torch.device, thresholds: list[int], max_autotune: bool, repeats: int):
+    """One case's record: per variant, latency statistics, throughput, compile time and the largest
+    difference of its last stage from the shipped model's, relative to the largest value."""
+    from hiera_det.modeling import build_hiera
+
+    name, shape, batch, unit = CASES[case]
+    torch.manual_seed(0)
+    model = build_hiera(name, num_classes=0, input_size=shape[1:]).to(device).eval()
+    x = torch.randn(batch, *shape, device=device)
+    calls, facts, reference = {}, {}, None
+    for label, variant, mode in variants(model, thresholds, max_autotune):
+        workload = harness.ForwardWorkload(variant, x)
+        calls[label], facts[label] = harness.warm_up(workload, DTYPE, mode, device, WARMUP, with_flops=False)
+        with torch.no_grad(), harness.autocast(DTYPE, device):
+            final = workload.module_for(mode)(x)["stage4"].float()
+        reference = final if reference is None else reference
+        facts[label]["rel_max_diff_vs_sdpa"] = float((final - reference).abs().max() / reference.abs().max())
+        if "compile_s" in facts[label]:
+            facts[label]["compile_s"] = round(facts[label]["compile_s"], 1)
+        print(f"{case} {label}: compiled in {facts[label].get('compile_s')} s, "
+              f"rel. max diff {facts[label]['rel_max_diff_vs_sdpa']:.2e}", flush=True)  # fmt: skip
+    timed = harness.time_interleaved(calls, device, repeats)
+    results = {}
+    for label, times in timed.times_ms.items():
+        if label in timed.errors:
+            results[label] = {"error": timed.errors[label]}
+            continue
+        stats = harness.summarize(times)
+        ms = stats["median_ms"]
+        results[label] = {
+            **{k: round(stats[k], 3) for k in ("median_ms", "p10_ms", "p90_ms")},
+            unit: round(batch * 1000 / ms, 1),
+            "compile_s": facts[label].get("compile_s"),
+            "rel_max_diff_vs_sdpa": facts[label]["rel_max_diff_vs_sdpa"],
+        }
+        print(f"{case:28s} {label:22s} {ms:8.3f} ms  {batch * 1000 / ms:9.1f} {unit}", flush=True)
+    return {"batch": batch, "input": list(shape), "dtype": DTYPE, "results": results}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-autotune", action="store_true")
     parser.add_argument("--thresholds", default="16,64", help="math path for windows with at most N keys")
-    parser.add_argument("--cases", default="hiera_b_224_b128,hiera_b_16x224_video_b16")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}"
+    )
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per variant, interleaved")
+    args = parser.parse_args(argv)
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {', '.join(unknown)}; choose from {', '.join(CASES)}")
     if not torch.cuda.is_available():
-        sys.exit("attention_variants.py measures GPU kernels; run it on a CUDA machine")
+        sys.exit("attention_variants measures GPU kernels; run it on a CUDA machine")
     torch.backends.cuda.matmul.allow_tf32 = True
-    dev = torch.device("cuda")
+    device = torch.device("cuda")
     record = {
         "benchmark": "attention_variants",
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "command": sys.argv,
+        "command": sys.argv if argv is None else ["benchmarks/attention_variants.py", *argv],
         "cases": {},
-    }
-
-    cases = {
-        "hiera_b_224_b128": ("hiera_base_224", (3, 224, 224), 128, "im/s"),
-        "hiera_b_16x224_video_b16": ("hiera_base_16x224", (3, 16, 224, 224), 16, "clips/s"),
     }
     torch._dynamo.config.cache_size_limit = 64
     thresholds = [int(n) for n in args.thresholds.split(",") if n]
-
-    for case in args.cases.split(","):
-        name, shape, batch, unit = cases[case]
-        torch.manual_seed(0)
-        model = build_hiera(name, num_classes=0).to(dev).eval()
-        x = torch.randn(batch, *shape, device=dev)
-        compiled, compile_s = {}, {}
-        reference = None
-        errors = {}
-        variants = [("sdpa", model, "default")]
-        variants += [(f"math<={n}", with_math_attention(model, n), "default") for n in thresholds]
-        if args.max_autotune:
-            variants += [("sdpa+max-autotune", copy.deepcopy(model), "max-autotune-no-cudagraphs")]
-        for label, variant, mode in variants:
-            fn = torch.compile(variant, mode=mode, dynamic=False)
-            t0 = time.perf_counter()
-            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
-                out = fn(x)
-                torch.cuda.synchronize()
-                for _ in range(3):
-                    fn(x)
-                torch.cuda.synchronize()
-            compile_s[label] = round(time.perf_counter() - t0, 1)
-            final = out["stage4"].float()
-            if reference is None:
-                reference = final
-            errors[label] = float((final - reference).abs().max() / reference.abs().max())
-            compiled[label] = fn
-            print(f"{case} {label}: compiled in {compile_s[label]} s, rel. max diff {errors[label]:.2e}", flush=True)
-        times = {label: [] for label in compiled}
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
-            for _ in range(args.rounds):
-                for label, fn in compiled.items():  # interleaved rounds
-                    times[label] += timed(lambda: fn(x), args.repeats)
-        result = {}
-        for label, t in times.items():
-            ms = statistics.median(t)
-            result[label] = {
-                "median_ms": round(ms, 3),
-                "p10_ms": round(sorted(t)[len(t) // 10], 3),
-                "p90_ms": round(sorted(t)[len(t) * 9 // 10], 3),
-                unit: round(batch * 1000 / ms, 1),
-                "compile_s": compile_s[label],
-                "rel_max_diff_vs_sdpa": errors[label],
-            }
-            print(f"{case:28s} {label:22s} {ms:8.3f} ms  {batch * 1000 / ms:9.1f} {unit}", flush=True)
-        record["cases"][case] = {"batch": batch, "input": list(shape), "dtype": "bf16", "results": result}
+    for case in cases:
+        record["cases"][case] = measure_case(case, device, thresholds, args.max_autotune, args.repeats)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=2))
-        del compiled, variants, model, x
-        torch.cuda.empty_cache()
+        harness.release_memory(device)
     return 0
 
 

@@ -2,7 +2,8 @@
 # The GPU benchmark in one command, for a machine with one CUDA GPU, PyTorch, timm and transformers, Python
 # 3.12 and no network (the project's device machine). Installs the pure-Python wheels that
 # ../shared/tools/offline-wheels.sh put in .wheels/ (detectron2 under .wheels/d2, fvcore, iopath, yacs,
-# omegaconf, hydra-core, pycocotools, the official hiera-transformer), then runs tools/benchmark.py.
+# omegaconf, hydra-core, pycocotools, the official hiera-transformer), then runs tools/benchmark.py (the
+# benchmarks package of this checkout, benchmarks/run.py).
 #
 #   bash benchmarks/gpu_run.sh [extra tools/benchmark.py arguments]
 #

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # run as a file, python benchmarks/video_vs_frame.py: find the checkout
+    sys.path.insert(0, str(ROOT))
 
 
 class SingleFrame:

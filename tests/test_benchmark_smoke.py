@@ -1,7 +1,8 @@
-"""tools/benchmark.py keeps working: every case runs at smoke size on the CPU, failures of a peer are
-recorded rather than fatal, and the report's verdicts follow the targets."""
+"""The benchmarks package keeps working: every case runs at smoke size on the CPU through
+tools/benchmark.py, failures of a peer are recorded rather than fatal, the report's verdicts follow the
+targets, and the experiment scripts import as package modules."""
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -12,20 +13,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from hiera_det import benchmarking as bm
+from benchmarks import harness, run
+from benchmarks.cases import Case, Comparison, Point, default_cases
+from benchmarks.peers import OURS, Subject
+from benchmarks.report import comparison_rows
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def smoke(tmp_path_factory):
 
 def test_smoke_measures_every_case_and_subject(smoke):
     out, report = smoke
-    cases = tool.default_cases()
+    cases = default_cases()
     assert [c["name"] for c in report["cases"]] == [c.name for c in cases]
     for case in cases:
         items = [r for r in report["results"] if r["case"] == case.name]
@@ -73,22 +66,22 @@ def test_smoke_writes_report_table_and_plot(smoke):
         assert case["title"] in md
     assert "## Targets" in md and "Smoke run" in md
     # every comparison of every case got a row with a speedup
-    rows = bm.comparison_rows(report)
-    expected = sum(len(c.comparisons) * len(c.smoke_points) for c in tool.default_cases())
+    rows = comparison_rows(report)
+    expected = sum(len(c.comparisons) * len(c.smoke_points) for c in default_cases())
     assert len(rows) == expected and all("speedup" in r for r in rows)
     assert report["plot"] == "smoke.png"
     assert (out / "smoke.png").stat().st_size > 10_000
 
 
 def _tiny_case(*subjects, comparisons=()):
-    return tool.Case(
+    return Case(
         "tiny",
         "tiny case",
         "forward",
         "images/s",
         list(subjects),
-        points=[tool.Point(1, (64, 64))],
-        smoke_points=[tool.Point(1, (64, 64))],
+        points=[Point(1, (64, 64))],
+        smoke_points=[Point(1, (64, 64))],
         comparisons=list(comparisons),
     )
 
@@ -108,15 +101,15 @@ def _missing_package(size, smoke):
 
 def test_failing_peers_are_recorded_and_the_run_goes_on(tmp_path):
     case = _tiny_case(
-        tool.OURS,
-        tool.Subject("missing", "peer", "a peer whose package is absent", _missing_package),
-        tool.Subject("oom", "peer", "a peer that runs out of memory", lambda size, smoke: _FailsToRun()),
+        OURS,
+        Subject("missing", "peer", "a peer whose package is absent", _missing_package),
+        Subject("oom", "peer", "a peer that runs out of memory", lambda size, smoke: _FailsToRun()),
         comparisons=[
-            tool.Comparison("ours", "missing", min_speedup=1.0),
-            tool.Comparison("ours", "oom", min_speedup=1.0),
+            Comparison("ours", "missing", min_speedup=1.0),
+            Comparison("ours", "oom", min_speedup=1.0),
         ],
     )
-    report = tool.main(["--smoke", "--out", str(tmp_path), "--tag", "t", "--cases", "tiny"], cases=[case])
+    report = run.main(["--smoke", "--out", str(tmp_path), "--tag", "t", "--cases", "tiny"], cases=[case])
     (item,) = report["results"]
     subjects = item["subjects"]
     assert subjects["ours"]["status"] == "ok" and subjects["ours"]["median_ms"] > 0
@@ -130,19 +123,8 @@ def test_failing_peers_are_recorded_and_the_run_goes_on(tmp_path):
 
 
 def test_spent_time_budget_records_every_item_as_skipped(tmp_path):
-    report = tool.main(
-        [
-            "--smoke",
-            "--out",
-            str(tmp_path),
-            "--tag",
-            "t",
-            "--time-budget",
-            "0",
-            "--cases",
-            "hiera_b_224,maskrcnn_train_1024",
-        ]
-    )
+    args = "--smoke --tag t --time-budget 0 --cases hiera_b_224,maskrcnn_train_1024"
+    report = run.main(["--out", str(tmp_path), *args.split()])
     assert len(report["results"]) == 2
     for item in report["results"]:
         assert item["status"] == "skipped" and "--time-budget" in item["reason"]
@@ -151,38 +133,13 @@ def test_spent_time_budget_records_every_item_as_skipped(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is visible")
 def test_full_size_without_gpu_is_skipped_with_the_fix(tmp_path):
-    report = tool.main(
-        [
-            "--out",
-            str(tmp_path),
-            "--tag",
-            "t",
-            "--cases",
-            "hiera_b_224,cpu_hiera_t_fpn_512",
-            "--dtypes",
-            "bf16",
-            "--compile",
-            "off",
-            "--time-budget",
-            "0",
-        ]
-    )
+    args = "--tag t --cases hiera_b_224,cpu_hiera_t_fpn_512 --dtypes bf16 --compile off --time-budget 0"
+    report = run.main(["--out", str(tmp_path), *args.split()])
     reasons = {r["case"]: r["reason"] for r in report["results"]}
     # the CPU case only measures fp32: the bf16 request is recorded as not part of it
     assert "measures fp32 only" in reasons["cpu_hiera_t_fpn_512"]
-    report = tool.main(
-        [
-            "--out",
-            str(tmp_path),
-            "--tag",
-            "t",
-            "--cases",
-            "hiera_b_224",
-            "--dtypes",
-            "fp32",
-            "--compile",
-            "off",
-        ]
+    report = run.main(
+        ["--out", str(tmp_path), *"--tag t --cases hiera_b_224 --dtypes fp32 --compile off".split()]
     )
     (item,) = report["results"]
     assert (
@@ -192,7 +149,7 @@ def test_full_size_without_gpu_is_skipped_with_the_fix(tmp_path):
 
 def test_bad_case_name_is_rejected_with_the_choices():
     with pytest.raises(SystemExit):
-        tool.parse_args(["--cases", "hiera_b_2244"])
+        run.parse_args(["--cases", "hiera_b_2244"])
 
 
 def test_interleaved_timing_rotates_order_and_keeps_going_after_a_failure():
@@ -207,7 +164,7 @@ def test_interleaved_timing_rotates_order_and_keeps_going_after_a_failure():
         if calls["fails"] == 2:
             raise RuntimeError("out of memory")
 
-    result = bm.time_interleaved(
+    result = harness.time_interleaved(
         {"a": good("a"), "b": good("b"), "flaky": flaky}, torch.device("cpu"), repeats=4
     )
     assert order[:3] == ["a", "b", "flaky"] and order[3:6] == ["b", "flaky", "a"]
@@ -216,7 +173,7 @@ def test_interleaved_timing_rotates_order_and_keeps_going_after_a_failure():
 
 
 def test_summary_statistics():
-    stats = bm.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    stats = harness.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
     assert stats["median_ms"] == 3.0 and stats["p10_ms"] == pytest.approx(1.4)
     assert stats["p90_ms"] == pytest.approx(4.6) and stats["repeats"] == 5
 
@@ -256,10 +213,75 @@ def test_verdicts_follow_the_targets():
             }
         ],
     }
-    rows = {r["peer"]: r for r in bm.comparison_rows(report)}
+    rows = {r["peer"]: r for r in comparison_rows(report)}
     assert rows["fast"]["speedup"] == 0.5 and rows["fast"]["verdict"] == "missed"
     assert rows["slow"]["speedup"] == 2.0 and rows["slow"]["memory_ratio"] == 0.5
     assert rows["slow"]["verdict"] == "met"
     assert rows["lean"]["verdict"] == "missed"  # 2x the memory of the peer
     assert rows["free"]["verdict"] == "no target"
     assert rows["broken"]["verdict"] == "not measured"
+
+
+class _Scaled(nn.Module):
+    def __init__(self, log: list):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(4))
+        self.log = log
+
+    def forward(self, x):
+        self.log.append(self)
+        return x * self.weight
+
+
+def test_isolated_subjects_are_built_measured_and_released_one_at_a_time():
+    events, calls = [], []
+    x = torch.randn(2, 4)
+
+    def build(name):
+        events.append(("build", name))
+        return "no such model" if name == "broken" else harness.ForwardWorkload(_Scaled(calls), x)
+
+    entries, stopped = harness.measure_subjects(
+        ["a", "broken", "b"],
+        build,
+        "fp32",
+        None,
+        torch.device("cpu"),
+        warmup=2,
+        repeats=3,
+        isolate=True,
+        release=lambda names: events.append(("release", *names)),
+    )
+    assert events == [
+        ("build", "a"), ("release", "a"), ("build", "broken"), ("release", "broken"),
+        ("build", "b"), ("release", "b"),
+    ]  # fmt: skip
+    assert not stopped and entries["broken"] == {"status": "error", "error": "no such model"}
+    for name in ("a", "b"):
+        assert entries[name]["status"] == "ok" and entries[name]["repeats"] == 3
+        assert entries[name]["flops"] == 0  # an elementwise product: no matmul FLOPs
+    assert len(calls) == 2 * (2 + 3)  # warm-up (the FLOP count is the first of it) and timed calls
+
+
+def test_experiment_scripts_are_package_modules():
+    for name in ("attention_variants", "shapes_ap", "video_vs_frame"):
+        module = importlib.import_module(f"benchmarks.{name}")
+        assert callable(module.main), name
+
+
+def test_attention_variants_measure_the_math_path_against_sdpa(monkeypatch):
+    """The experiment on a tiny Hiera, eager on the CPU: the math path replaces the attention of every block
+    and stays within bf16 rounding of the shipped model."""
+    av = importlib.import_module("benchmarks.attention_variants")
+    monkeypatch.setitem(av.CASES, "tiny", ("hiera_tiny_224", (3, 64, 64), 1, "im/s"))
+    compiled_variants = av.variants
+    monkeypatch.setattr(
+        av, "variants", lambda *a: [(label, m, None) for label, m, _ in compiled_variants(*a)]
+    )
+    record = av.measure_case("tiny", torch.device("cpu"), [16, 10_000], max_autotune=False, repeats=2)
+    results = record["results"]
+    assert list(results) == ["sdpa", "math<=16", "math<=10000"]
+    for r in results.values():
+        assert r["median_ms"] > 0 and r["im/s"] > 0 and r["compile_s"] is None
+    assert results["sdpa"]["rel_max_diff_vs_sdpa"] == 0.0
+    assert 0 < results["math<=10000"]["rel_max_diff_vs_sdpa"] < 0.05

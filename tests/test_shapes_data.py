@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -300,9 +299,8 @@ def test_records_become_bitmask_instances(tiny_dataset, catalogs):
 def test_ground_truth_scores_perfect_coco_ap(tiny_dataset):
     """The json is valid COCO-eval input: its annotations, submitted as detections, score AP 100 with the
     benchmark's scorer (benchmarks/shapes_ap.py), and a class left out scores 0."""
-    spec = importlib.util.spec_from_file_location("shapes_ap", REPO / "benchmarks" / "shapes_ap.py")
-    shapes_ap = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes_ap)
+    from benchmarks.shapes_ap import coco_ap
+
     gt_json = tiny_dataset / "annotations" / "instances_train.json"
     annotations = json.loads(gt_json.read_text())["annotations"]
     detections = [{k: a[k] for k in ("image_id", "category_id", "bbox", "segmentation")} | {"score": 1.0}
@@ -310,7 +308,7 @@ def test_ground_truth_scores_perfect_coco_ap(tiny_dataset):
     present = {SHAPES_CLASSES[a["category_id"] - 1] for a in annotations}
     assert "circle" in present and len(present) >= 5
     for iou_type, drop in (("bbox", "segmentation"), ("segm", "bbox")):
-        scores = shapes_ap.coco_ap(gt_json, [{k: v for k, v in d.items() if k != drop} for d in detections],
+        scores = coco_ap(gt_json, [{k: v for k, v in d.items() if k != drop} for d in detections],
                                    iou_type)  # fmt: skip
         assert scores["per_class"]["circle"] == 0.0
         for name in present - {"circle"}:

@@ -1,213 +1,17 @@
-"""Measurement helpers for tools/benchmark.py: timing, peak memory, FLOPs, the matmul ceiling, the
-environment. Torch only; nothing here knows about Hiera or Detectron2.
-
-Protocol (why each piece is there):
-
-* Every subject of a comparison is timed in the same process on the same inputs, and the repeats are
-  interleaved (round r runs the subjects in an order rotated by r), so that clock boosts, thermal drift
-  and allocator state hit ours and the peers alike.
-* GPU calls are bracketed by CUDA events and synchronized after each call; CPU calls by ``perf_counter``.
-* Latency is summarized by the median with p10 / p90, never the mean alone: one page-fault or recompile
-  must not move the headline number.
-* Peak memory is what a subject would need on its own although all subjects stay resident: the bytes it
-  holds between calls (weights, buffers, optimizer state) plus the peak growth of
-  ``torch.cuda.max_memory_allocated`` during one call (activations, gradients, workspaces).
-"""
+"""The benchmark report: comparisons with their target verdicts, the environment, Markdown, JSON and plots."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import platform
-import statistics
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn as nn
 
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(dtype: str, device: torch.device):
-    """The autocast context of a benchmark dtype name ("fp32" runs without autocast)."""
-    if dtype not in AUTOCAST_DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(AUTOCAST_DTYPES)}")
-    if AUTOCAST_DTYPES[dtype] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[dtype])
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Milliseconds one call of ``fn`` takes on ``device`` (CUDA events on GPU, wall clock on CPU)."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        synchronize(device)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (q in [0, 100]) of a non-empty sequence."""
-    xs = sorted(values)
-    if not xs:
-        raise ValueError("percentile of an empty sequence")
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def summarize(times_ms: Sequence[float]) -> dict:
-    return {
-        "median_ms": statistics.median(times_ms),
-        "p10_ms": percentile(times_ms, 10),
-        "p90_ms": percentile(times_ms, 90),
-        "min_ms": min(times_ms),
-        "repeats": len(times_ms),
-    }
-
-
-def describe_error(e: BaseException) -> str:
-    """One line naming an exception, short enough for a table cell."""
-    text = " ".join(str(e).split())
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def release_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-@dataclass
-class InterleavedResult:
-    times_ms: dict[str, list[float]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    stopped_early: bool = False
-
-
-def time_interleaved(
-    calls: dict[str, Callable[[], object]],
-    device: torch.device,
-    repeats: int,
-    deadline: float | None = None,
-    min_repeats: int = 1,
-) -> InterleavedResult:
-    """Time every call ``repeats`` times in rotating order. A call that raises is dropped (its error is
-    kept); once ``deadline`` (a ``time.monotonic()`` value) has passed, rounds stop after ``min_repeats``."""
-    result = InterleavedResult(times_ms={name: [] for name in calls})
-    live = list(calls)
-    for r in range(repeats):
-        if r >= min_repeats and deadline is not None and time.monotonic() > deadline:
-            result.stopped_early = True
-            break
-        shift = r % max(len(live), 1)
-        for name in live[shift:] + live[:shift]:
-            if name in result.errors:
-                continue
-            try:
-                result.times_ms[name].append(time_call(calls[name], device))
-            except Exception as e:  # a peer failing mid-run (e.g. OOM) must not end the comparison
-                result.errors[name] = describe_error(e)
-                release_memory(device)
-        live = [n for n in live if n not in result.errors]
-        if not live:
-            break
-    return result
-
-
-def tensor_bytes(tensors: Iterable[torch.Tensor], device: torch.device | None = None) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (on ``device`` if given)."""
-    seen, total = set(), 0
-    for t in tensors:
-        if t is None or not isinstance(t, torch.Tensor):
-            continue
-        if device is not None and t.device.type != device.type:
-            continue
-        storage = t.untyped_storage()
-        key = (storage.data_ptr(), t.device)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += storage.nbytes()
-    return total
-
-
-def resident_bytes(module: nn.Module, optimizer: torch.optim.Optimizer | None = None, device=None) -> int:
-    """Bytes a model keeps between calls: parameters, buffers, gradients, optimizer state."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    tensors += [p.grad for p in module.parameters() if p.grad is not None]
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-    return tensor_bytes(tensors, device)
-
-
-def peak_call_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Peak allocated bytes above the level before the call, during one call of ``fn``; None on CPU
-    (PyTorch keeps no allocation high-water mark there)."""
-    if device.type != "cuda":
-        fn()
-        return None
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs (2 per multiply-add) of one call of ``fn``, as ``torch.utils.flop_counter`` counts them:
-    matmuls, convolutions and attention, forward and (if the call runs it) backward."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def matmul_ceiling(
-    device: torch.device, size: int, dtype: torch.dtype, warmup: int = 3, repeats: int = 10
-) -> dict:
-    """Achieved TFLOP/s of a ``size``^3 matmul on random data: the practical roof for the dense work."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
-    for _ in range(warmup):
-        torch.mm(a, b)
-    times = [time_call(lambda: torch.mm(a, b), device) for _ in range(repeats)]
-    stats = summarize(times)
-    flops = 2 * size**3
-    del a, b
-    release_memory(device)
-    return {
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "size": size,
-        "median_ms": stats["median_ms"],
-        "tflops": flops / (stats["median_ms"] * 1e-3) / 1e12,
-        "tflops_p10_time": flops / (stats["p90_ms"] * 1e-3) / 1e12,
-        "tflops_p90_time": flops / (stats["p10_ms"] * 1e-3) / 1e12,
-        "repeats": stats["repeats"],
-    }
+from benchmarks.harness import describe_error
 
 
 def _version(distribution: str) -> str:
@@ -266,10 +70,6 @@ def _driver_version() -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except Exception:
         return None
-
-
-# ------------------------------------------------------------------------------------------------------
-# Reports: the results dict of tools/benchmark.py as JSON, a Markdown table and a throughput plot
 
 
 def comparison_rows(report: dict) -> list[dict]:
@@ -526,3 +326,16 @@ def write_report(report: dict, out_dir, tag: str) -> None:
         tmp = out / f".{tag}{suffix}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / f"{tag}{suffix}")
+
+
+def summary_line(result: dict) -> str:
+    """One console line for one measured item."""
+    if result["status"] != "ok":
+        return f"skipped: {result['reason']}"
+    parts = []
+    for name, s in result["subjects"].items():
+        if s.get("status") == "ok":
+            parts.append(f"{name} {s['median_ms']:.2f} ms")
+        else:
+            parts.append(f"{name} ERROR {s.get('error', '')[:120]}")
+    return "; ".join(parts)
