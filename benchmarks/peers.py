@@ -135,7 +135,7 @@ def _ours_cfg(attention: str, input_size, smoke: bool, device: torch.device, nam
     """Our Mask R-CNN config (configs/hiera_fpn.yaml) at ``input_size``, with random weights."""
     from hiera_det.config import get_hiera_cfg, merge_config
 
-    import hiera_det.detection  # noqa: F401  (registers the backbone builders)
+    import hiera_det.d2  # noqa: F401  (registers the backbone builders)
 
     side = int(input_size[0])
     overrides = {

@@ -70,18 +70,10 @@ def hiera_model():
 
 
 def _official_video_hiera(**overrides) -> nn.Module:
-    hiera = pytest.importorskip("hiera")
-    # the arguments that hiera.hiera_base_16x224 passes on top of the image defaults
-    video = dict(
-        num_classes=400,
-        q_stride=(1, 2, 2),
-        mask_unit_size=(1, 8, 8),
-        patch_kernel=(3, 7, 7),
-        patch_stride=(2, 4, 4),
-        patch_padding=(1, 3, 3),
-        sep_pos_embed=True,
-    )
-    return hiera.Hiera(**{**video, **overrides})
+    pytest.importorskip("hiera")
+    from benchmarks.peers import official_video_hiera
+
+    return official_video_hiera(**overrides)
 
 
 @pytest.fixture
