@@ -544,6 +544,25 @@ def test_hub_file_that_does_not_match_its_sha256_is_deleted(sources, server):
     assert not cached.exists()
 
 
+def test_hub_repository_with_pytorch_model_bin_or_without_weights(sources, server):
+    from safetensors.torch import load_file
+
+    local = sources["transformers"].local
+    bin_file = Path(os.environ[download.CACHE_ENV]).parent / "pytorch_model.bin"
+    torch.save(load_file(str(local / "model.safetensors")), bin_file)
+    server.hub["someone/hiera-bin"] = {"pytorch_model.bin": bin_file.read_bytes(),
+                                       "config.json": (local / "config.json").read_bytes()}
+    path = Path(resolve_weights("someone/hiera-bin"))  # a hub id outside the catalog
+    assert path.name == "pytorch_model.bin" and (path.parent / "config.json").is_file()
+    report = load_checkpoint(sources["transformers"].model(), "someone/hiera-bin", strict=True)
+    assert report.format == "Hugging Face transformers Hiera"
+    assert report.source.startswith("someone/hiera-bin [")
+
+    server.hub["someone/notes"] = {"README.md": b"no weights here"}
+    with pytest.raises(CheckpointError, match="holds no model.safetensors or pytorch_model.bin"):
+        resolve_weights("someone/notes")
+
+
 def _resolve_in_child(name: str, waiting, results) -> None:
     class SignalWaiting(logging.Handler):
         def emit(self, record):

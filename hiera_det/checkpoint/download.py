@@ -21,7 +21,6 @@ ranks of a multi-GPU launch) download once: the others wait and use the result.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import http.client
 import json
@@ -227,9 +226,16 @@ def _delete(path: Path, problem: str) -> None:
 def _download_lock(lock_path: Path, label: str, problem: str) -> Iterator[None]:
     """Hold an exclusive lock for downloading into ``lock_path``'s directory, waiting for another process
     that holds it; a cache directory that cannot be written is an error naming the variable to set."""
+    from filelock import FileLock, Timeout  # a dependency of torch
+
+    lock = FileLock(str(lock_path), mode=0o666)
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("another process is downloading %s; waiting for it to finish", label)
+            lock.acquire()
     except OSError as err:
         cached = f" (the cached copy is unusable: {problem})" if problem != "missing" else ""
         raise CheckpointError(
@@ -237,14 +243,9 @@ def _download_lock(lock_path: Path, label: str, problem: str) -> Iterator[None]:
             f"({err.strerror}){cached}. Set {CACHE_ENV} to a writable directory, or make this one writable"
         ) from err
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("another process is downloading %s; waiting for it to finish", label)
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        lock.release()
 
 
 def _fetch_once(
@@ -504,7 +505,7 @@ def _download_hub(repo_id: str, directory: Path) -> Path:
         raise CheckpointError(
             f"the Hugging Face hub ({hub}) has no repository {repo_id} that this machine may read (it does "
             f"not exist, or it is private or gated: log in with `hf auth login`); check the id with "
-            f"`python -m hiera_det.checkpoint --list`"
+            f"`python -m hiera_det.checkpoint --list`. Meant as a local path? It does not exist."
         ) from err
     except OfflineModeIsEnabled as err:
         raise CheckpointError(f"cannot download {repo_id}: HF_HUB_OFFLINE is set. {manual}") from err
