@@ -37,6 +37,7 @@ def catalog_table() -> str:
         "SIZE: estimated from the parameters in the file, 4 bytes each (the download shows the exact size).",
         *(f"{licence}: {note}." for licence, note in LICENCE_NOTES.items()),
         f"*: in the cache, {cache_root()} (set {CACHE_ENV} to move it).",
+        f"{MIRROR_ENV} replaces {OFFICIAL_HOST} with a mirror; HF_ENDPOINT does so for the hub ids.",
     ]
     return "\n".join(lines + notes)
 
