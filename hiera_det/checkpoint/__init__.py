@@ -24,14 +24,34 @@ changes shape in place), and ``pos_embed_window`` becomes zeros, which reproduce
 exactly at the checkpoint's input size and interpolates it, as SAM2 does, at other sizes. A SAM2 background
 embedding is kept at the checkpoint's size for the same reason.
 
+Weights can also be named (``python -m hiera_det.checkpoint --list`` prints the catalog): the official
+image and video checkpoints (``hiera_base_224.mae_in1k_ft_in1k``, ``hiera_base_16x224.mae_k400``), the SAM 2 /
+SAM 2.1 trunks (``sam2_hiera_large.sam2_1``) and Hugging Face hub ids (``facebook/hiera-base-224-hf``).
+``load_checkpoint`` downloads a name into the cache the first time (``hiera_det.checkpoint.download`` says
+where, and how to use a mirror or work offline) and reports as for a file; ``resolve_weights`` gives the
+local path and ``check_weights`` checks a name without network access. ``hiera_det.checkpoint.path_handler``
+makes ``hiera://NAME`` work in Detectron2's ``PathManager``.
+
 The classification head is loaded when the model has one with the same number of classes, and otherwise
 dropped and reported (``num_classes=0``, or a new class count for fine-tuning). A checkpoint of another
 architecture, video weights for an image model (or the reverse), an unknown format, a corrupt file or a
 missing path raise ``CheckpointError`` naming what was expected and what was found.
 """
 
+from .download import check_weights, resolve_weights
 from .formats import FORMATS
 from .loading import load_checkpoint
 from .report import CheckpointError, LoadReport
+from .zoo import CATALOG, WeightsEntry, is_weights_name
 
-__all__ = ["FORMATS", "CheckpointError", "LoadReport", "load_checkpoint"]
+__all__ = [
+    "CATALOG",
+    "FORMATS",
+    "CheckpointError",
+    "LoadReport",
+    "WeightsEntry",
+    "check_weights",
+    "is_weights_name",
+    "load_checkpoint",
+    "resolve_weights",
+]

@@ -9,10 +9,18 @@ import torch
 import torch.nn as nn
 
 from ..modeling import Hiera
-from .fitting import check_architecture, checkpoint_architecture, fit_head, fit_position_embedding
+from .download import resolve_weights
+from .fitting import (
+    check_architecture,
+    checkpoint_architecture,
+    fit_head,
+    fit_position_embedding,
+    model_architecture,
+)
 from .formats import FORMATS, to_canonical
 from .reading import RawCheckpoint, read_checkpoint
 from .report import CheckpointError, LoadReport
+from .zoo import check_entry_fits, find_entry
 
 # Used only to turn pooled tokens into logits, so a features-only trunk (num_classes=0) never reads it.
 _HEAD_ONLY_KEYS = ("norm.weight", "norm.bias")
@@ -45,20 +53,35 @@ def _check_shapes(state: dict, model_state: dict, reshaped: dict) -> None:
         )
 
 
+def _read_named(path_or_name: str | os.PathLike, trunk: Hiera) -> RawCheckpoint:
+    """Read a file, or the weights a name refers to, refusing before any download a model they cannot fit."""
+    entry = find_entry(path_or_name)
+    if entry is not None:
+        found = model_architecture(trunk)
+        check_entry_fits(entry, architecture=found.name, attention=trunk.attention, video=found.video)
+    path = resolve_weights(path_or_name)
+    raw = read_checkpoint(path)
+    if path != os.fspath(path_or_name):
+        raw.source = f"{os.fspath(path_or_name)} [{raw.source}]"
+    return raw
+
+
 def load_checkpoint(
     model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping, *, strict: bool = False
 ) -> LoadReport:
     """Load Hiera weights in any supported format into ``model`` and report what happened.
 
     ``path_or_state_dict`` is a file, a directory (Hugging Face ``save_pretrained`` or a Detectron2 output
-    directory), or an in-memory state dict or checkpoint dict. ``model`` is a ``Hiera`` or a module whose
-    ``trunk`` is one. With ``strict=True`` any missing tensor the model uses, or any unexpected one,
-    raises ``CheckpointError``; keys dropped on purpose (see ``LoadReport.dropped``) never do, nor does a
-    head left at its initialization because the checkpoint's has another class count.
+    directory), a weights name (``python -m hiera_det.checkpoint --list``; downloaded into the cache the
+    first time, see ``hiera_det.checkpoint.download``), or an in-memory state dict or checkpoint dict.
+    ``model`` is a ``Hiera`` or a module whose ``trunk`` is one. With ``strict=True`` any missing tensor the
+    model uses, or any unexpected one, raises ``CheckpointError``; keys dropped on purpose (see
+    ``LoadReport.dropped``) never do, nor does a head left at its initialization because the checkpoint's
+    has another class count.
     """
     trunk = _trunk_of(model)
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        raw = read_checkpoint(path_or_state_dict)
+        raw = _read_named(path_or_state_dict, trunk)
     elif isinstance(path_or_state_dict, Mapping):
         raw = RawCheckpoint(dict(path_or_state_dict), "<in-memory state dict>")
     else:
