@@ -24,6 +24,8 @@ from importlib import resources
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .checkpoint import CheckpointError
+from .checkpoint.download import check_weights
 from .modeling import ARCHITECTURES, ATTENTION_LAYOUTS
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
@@ -70,8 +72,10 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
          "memory, one more forward pass of compute"),
         ("FREEZE_AT", 0, "0 trains everything; 1 freezes the patch embedding and position embeddings; k >= 2 "
          "also stages 1..k-1; 5 = the whole trunk"),
-        ("WEIGHTS", "", "pretrained trunk in any format `hiera_det.checkpoint.load_checkpoint` reads "
-         "(official, MAE, Hugging Face, timm, SAM2), loaded at build time with position embeddings resampled; "
+        ("WEIGHTS", "", "pretrained trunk: a file in any format `hiera_det.checkpoint.load_checkpoint` reads "
+         "(official, MAE, Hugging Face, timm, SAM2) or a weights name (`python -m hiera_det.checkpoint --list`: "
+         "e.g. `hiera_base_224.mae_in1k`, downloaded once into `$HIERA_DET_CACHE`), loaded at build time with "
+         "position embeddings resampled; "
          "`\"\"` = random init. `MODEL.WEIGHTS` (a whole model) loads afterwards and wins"),
         ("INPUT_SIZE", [], "image only: (H, W) the position embeddings are stored for; other sizes interpolate "
          "them at run time (as ViTDet). `[]` = the pretraining size (224, 224), so that converted checkpoints "
@@ -247,10 +251,11 @@ def _validate_trunk(cfg: CN) -> None:
         raise ValueError(f"MODEL.HIERA.DROP_PATH_RATE {h.DROP_PATH_RATE} must be in [0, 1)")
     if len(h.INPUT_SIZE) not in (0, 2) or any(s <= 0 for s in h.INPUT_SIZE):
         raise ValueError(f"MODEL.HIERA.INPUT_SIZE {list(h.INPUT_SIZE)} must be [] or [H, W]")
-    if h.WEIGHTS and not os.path.isfile(os.path.expanduser(h.WEIGHTS)):
-        raise ValueError(f"MODEL.HIERA.WEIGHTS {h.WEIGHTS!r} is not a file; give the path of a downloaded "
-                         "Hiera checkpoint (official .pth, MAE, Hugging Face .safetensors, timm or SAM2) "
-                         "or '' for random init")
+    if h.WEIGHTS:
+        try:
+            check_weights(h.WEIGHTS, architecture=h.NAME, attention=h.ATTENTION)
+        except CheckpointError as e:
+            raise ValueError(f"MODEL.HIERA.WEIGHTS {h.WEIGHTS!r}: {e}") from None
 
 
 def _validate_video(cfg: CN) -> None:

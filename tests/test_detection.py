@@ -158,7 +158,7 @@ def test_freeze_at(freeze_at, trainable_blocks):
         ("MODEL.HIERA.OUT_FEATURES", "['res5']", "subset of stage1"),
         ("MODEL.HIERA.WINDOW_SPEC", "[8, 4, 14]", "WINDOW_SPEC"),
         ("MODEL.HIERA.FREEZE_AT", "7", "FREEZE_AT"),
-        ("MODEL.HIERA.WEIGHTS", "/no/such/hiera.pth", "is not a file"),
+        ("MODEL.HIERA.WEIGHTS", "/no/such/hiera.pth", "does not exist; give an existing checkpoint file .* or a weights name"),
         ("SOLVER.OPTIMIZER", "LAMB", "choose one of: ADAMW, SGD"),
         ("SOLVER.LAYER_DECAY", "1.5", "LAYER_DECAY"),
         ("SOLVER.AMP.PRECISION", "int8", "choose one of: float16, bfloat16"),

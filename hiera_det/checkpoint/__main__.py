@@ -11,9 +11,8 @@ from .report import CheckpointError
 from .zoo import CATALOG, LICENCE_NOTES, OFFICIAL_HOST, PREFIX, classify
 
 EPILOG = f"""\
-A name works wherever a weights path does: load_checkpoint(model, NAME), MODEL.HIERA.WEIGHTS NAME,
-MODEL.HIERA_VIDEO.WEIGHTS NAME, tools/convert_checkpoint.py --input NAME, and {PREFIX}NAME for Detectron2's
-PathManager. Any Hugging Face hub id (OWNER/NAME) works too.
+A name works wherever a weights path does: load_checkpoint(model, NAME), MODEL.HIERA.WEIGHTS NAME (image
+and video trunks), tools/convert_checkpoint.py --input NAME, and {PREFIX}NAME for Detectron2's PathManager. Any Hugging Face hub id (OWNER/NAME) works too.
 
 environment:
   {CACHE_ENV:<25} the cache directory (default ~/.cache/hiera_det/checkpoints)

@@ -70,7 +70,7 @@ class WeightsEntry:
     def config(self) -> str:
         """The Detectron2 config keys that build that model."""
         if self.modality == "video":
-            return f"MODEL.HIERA_VIDEO.NAME {self.architecture}"
+            return f"MODEL.HIERA.NAME {self.architecture}"
         return f"MODEL.HIERA.NAME {self.architecture} MODEL.HIERA.ATTENTION {self.attention}"
 
     @property
@@ -236,8 +236,8 @@ def check_entry_fits(
     if video is not None and video != (entry.modality == "video"):
         kind = "video" if video else "image"
         raise CheckpointError(
-            f"{entry.name} holds {entry.modality} weights ({entry.architecture}) but the model is a {kind} "
-            f"model; build {entry.build} ({entry.config}) or pick {kind} weights from "
+            f"{entry.name} holds {entry.modality} weights ({entry.architecture}) but the model takes {kind}s; "
+            f"build {entry.build} ({entry.config}) or pick {kind} weights from "
             f"`python -m hiera_det.checkpoint --list`"
         )
     if architecture is not None and architecture != entry.architecture:
