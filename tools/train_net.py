@@ -10,6 +10,9 @@ Detectron2's usual arguments (--config-file, --num-gpus, --num-machines, --machi
 
 Without CUDA it runs on the CPU (MODEL.DEVICE cpu, AMP off) and --num-gpus N starts N CPU processes that
 talk through gloo. The bundled hiera_shapes data is generated on first use.
+
+Checkpoints are read with torch.load(weights_only=True): a file holding Python objects is refused with a
+message saying how to re-save its weights, and a Detectron2 model-zoo .pkl loads only with --allow-pickle.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import hiera_det  # noqa: E402,F401  (registers backbones, meta-architectures and datasets)
+from hiera_det.checkpoint import CheckpointError  # noqa: E402
 from hiera_det.config import get_hiera_cfg, merge_config, validate_hiera_config  # noqa: E402
 from hiera_det.engine import Trainer, is_video_config  # noqa: E402
-from hiera_det.engine.trainer import checkpointer_class  # noqa: E402
+from hiera_det.engine.checkpointer import AtomicDetectionCheckpointer, load_model_weights  # noqa: E402
 
 logger = logging.getLogger("hiera_det.train_net")
 
@@ -42,6 +47,12 @@ def argument_parser():
         default="",
         metavar="NAME",
         help="a config under configs/ by name (e.g. hiera_fpn.yaml), or a path; instead of --config-file",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept a Detectron2 model-zoo .pkl as MODEL.WEIGHTS (unpickling runs the file's code: only for "
+        "files from a source you trust)",
     )
     return parser
 
@@ -85,6 +96,9 @@ def prepare_bundled_datasets(cfg) -> None:
 def main(args):
     cfg, notes = build_config(args)
     default_setup(cfg, args)
+    # default_setup logs detectron2 and fvcore to OUTPUT_DIR/log.txt; hiera_det's reports (weights loaded,
+    # machine adjustments) belong there too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hiera_det")
     for note in notes:
         logger.warning(note)
     if comm.get_local_rank() == 0:
@@ -96,14 +110,19 @@ def main(args):
             raise ValueError("--eval-only evaluates trained weights: set MODEL.WEIGHTS to a checkpoint, "
                              "or add --resume to use the last checkpoint in OUTPUT_DIR")
         model = Trainer.build_model(cfg)
-        checkpointer = checkpointer_class()(model, save_dir=cfg.OUTPUT_DIR)
-        if args.resume and not checkpointer.has_checkpoint() and not cfg.MODEL.WEIGHTS:
-            raise FileNotFoundError(f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR}; "
-                                    "train first or set MODEL.WEIGHTS")
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        weights = cfg.MODEL.WEIGHTS
+        if args.resume:
+            checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+            if checkpointer.has_checkpoint():
+                weights = checkpointer.get_checkpoint_file()
+            elif not weights:
+                raise FileNotFoundError(f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR}; "
+                                        "train first or set MODEL.WEIGHTS")
+        load_model_weights(model, weights, allow_pickle=args.allow_pickle)
         return Trainer.test(cfg, model)
 
     trainer = Trainer(cfg)
+    trainer.checkpointer.allow_pickle = args.allow_pickle  # read by AtomicDetectionCheckpointer's loader
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
@@ -111,14 +130,18 @@ def main(args):
 def invoke_main() -> None:
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except CheckpointError as e:  # a file the user named: the message says what to do, a traceback would not
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
