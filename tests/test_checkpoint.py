@@ -6,8 +6,10 @@ Parity with the reference implementations is in test_parity.py; these tests use 
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +19,6 @@ import torch.nn as nn
 from hiera_det.checkpoint import FORMATS, CheckpointError, LoadReport, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_tool():
-    path = ROOT / "tools" / "convert_checkpoint.py"
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -332,16 +326,17 @@ def test_report_is_readable(tiny_state, hiera_model):
 # -------------------------------------------------------------------------------------------- converter
 
 
-def test_converter_output_loads_in_detectron2_and_back(tiny_state, tmp_path, capsys, hiera_model):
+def test_converter_output_loads_in_detectron2_and_back(tiny_state, tmp_path, hiera_model):
     pytest.importorskip("detectron2")
     from detectron2.checkpoint import DetectionCheckpointer
 
-    tool = _load_tool()
+    from hiera_det.engine.checkpointer import convert_for_detectron2
+
     src, out = tmp_path / "official.pth", tmp_path / "d2" / "hiera_tiny_d2.pth"
     torch.save({"model_state": tiny_state}, src)
-    assert tool.main(["--input", str(src), "--output", str(out), "--model", "hiera_tiny_224"]) == 0
-    printed = capsys.readouterr().out
-    assert "official Hiera (hiera-transformer) checkpoint" in printed and "num_classes=0" in printed
+    text = convert_for_detectron2(str(src), str(out), "hiera_tiny_224")
+    assert "official Hiera (hiera-transformer) checkpoint" in text and "num_classes=0" in text
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # written in place, no temporary left
 
     saved = torch.load(out, weights_only=True)
     assert saved["__author__"] == "hiera_det" and saved["matching_heuristics"] is False
@@ -368,26 +363,44 @@ def test_converter_output_loads_in_detectron2_and_back(tiny_state, tmp_path, cap
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_converter_window_layout_prefix_and_errors(tiny_state, tmp_path, capsys):
-    tool = _load_tool()
+def test_converter_window_layout_prefix_and_errors(tiny_state, tmp_path):
+    pytest.importorskip("detectron2")
+    from hiera_det.engine.checkpointer import convert_for_detectron2
+
     src, out = tmp_path / "official.pth", tmp_path / "win.pth"
     torch.save({"model_state": tiny_state}, src)
-    code = tool.main(["--input", str(src), "--output", str(out), "--model", "hiera_tiny_224",
-                      "--attention", "window", "--prefix", "trunk."])
-    assert code == 0
-    assert "pos_embed_bkg_size=(56, 56)" in capsys.readouterr().out
+    text = convert_for_detectron2(str(src), str(out), "hiera_tiny_224", attention="window", prefix="trunk.")
+    assert "pos_embed_bkg_size=(56, 56)" in text
     saved = torch.load(out, weights_only=True)["model"]
     assert saved["trunk.pos_embed"].shape == (1, 96, 56, 56)
     assert torch.count_nonzero(saved["trunk.pos_embed_window"]) == 0
 
-    # wrong architecture: a clear message on stderr, exit status 1, no output file
+    # wrong architecture: an error naming both, and no output file
     bad = tmp_path / "bad.pth"
-    assert tool.main(["--input", str(src), "--output", str(bad), "--model", "hiera_small_224"]) == 1
-    assert "hiera_tiny_224" in capsys.readouterr().err and not bad.exists()
+    with pytest.raises(CheckpointError, match="hiera_tiny_224"):
+        convert_for_detectron2(str(src), str(bad), "hiera_small_224")
+    assert not bad.exists()
 
-    with pytest.raises(SystemExit) as done:
-        tool.main(["--help"])
-    assert done.value.code == 0
-    help_text = capsys.readouterr().out
-    assert "absolute-win" in help_text and "zero window embedding" in help_text
-    assert "backbone.bottom_up.trunk." in help_text
+
+def _convert_checkpoint(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    command = [sys.executable, "-W", "ignore", str(ROOT / "tools" / "convert_checkpoint.py"), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_convert_checkpoint_command_line(tiny_state, tmp_path, hiera_model):
+    pytest.importorskip("detectron2")
+    src, out = tmp_path / "official.pth", tmp_path / "hiera_tiny_d2.pth"
+    torch.save({"model_state": tiny_state}, src)
+    done = _convert_checkpoint("--input", src, "--output", out, "--model", "hiera_tiny_224")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "official Hiera (hiera-transformer) checkpoint" in done.stdout
+    prefix = "backbone.bottom_up.trunk."
+    assert f"wrote {out} (hiera_tiny_224, attention=mask_unit, keys prefixed {prefix!r})" in done.stdout
+    trunk = hiera_model("hiera_tiny_224", num_classes=0).state_dict()
+    assert set(torch.load(out, weights_only=True)["model"]) == {prefix + k for k in trunk}
+
+    shown = _convert_checkpoint("--help")
+    assert shown.returncode == 0
+    assert "absolute-win" in shown.stdout and "zero window embedding" in shown.stdout
+    assert "backbone.bottom_up.trunk." in shown.stdout

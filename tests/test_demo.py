@@ -1,8 +1,8 @@
-"""tools/demo.py and hiera_det.visualization, with a tiny Hiera Mask R-CNN of random weights on the CPU."""
+"""hiera_det.demo.image (the library behind tools/demo.py) and hiera_det.demo.draw, with a tiny Hiera
+Mask R-CNN of random weights on the CPU. The command line itself runs in test_tools_cli.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,26 +10,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
+from detectron2.data import transforms as T
 
-from hiera_det.data.shapes import SHAPES_CLASSES, render_scene
-from hiera_det.visualization import class_color, draw_instances
+from hiera_det.checkpoint import CheckpointError
+from hiera_det.data.datasets.shapes import SHAPES_CLASSES, render_scene
+from hiera_det.demo import image as demo
+from hiera_det.demo.draw import class_color, draw_instances, draw_text_lines
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = "shapes/hiera_tiny_shapes.yaml"
 # One block per stage and small test images keep a forward pass well under a second on two cores.
 TINY_OPTS = ["MODEL.HIERA.STAGES", "[1,1,1,1]", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128",
              "INPUT.MAX_SIZE_TEST", "192"]  # fmt: skip
-
-
-def _load_demo():
-    spec = importlib.util.spec_from_file_location("hiera_demo", REPO / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = _load_demo()
 
 
 @pytest.fixture(scope="module")
@@ -59,78 +50,86 @@ def images(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def test_demo_writes_pictures_and_detections(tmp_path, weights, images):
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    out = tmp_path / "out"
-    # Trailing KEY VALUE overrides after the open-ended --input; threshold 0 so random weights still detect.
-    code = demo.main(["--config", CONFIG, "--input", *map(str, images), str(broken), "--output", str(out),
-                      "--confidence-threshold", "0", *TINY_OPTS, "MODEL.WEIGHTS", str(weights),
-                      "TEST.DETECTIONS_PER_IMAGE", "3"])  # fmt: skip
-    assert code == 0
-    report = json.loads((out / "detections.json").read_text())
-    assert [f["file"] for f in report["failed"]] == [str(broken)]
-    assert "not an image" in report["failed"][0]["error"]
-    assert [c["name"] for c in report["categories"]] == list(SHAPES_CLASSES)
-    assert [im["file"] for im in report["images"]] == [str(p) for p in images]
-    for entry, path in zip(report["images"], images):
-        source = cv2.imread(str(path))
-        picture = cv2.imread(str(out / entry["output"]))
-        assert picture.shape == source.shape == (entry["height"], entry["width"], 3)
-        assert not np.array_equal(picture, source), "nothing was drawn"
-        assert 1 <= len(entry["instances"]) <= 3
-        for det in entry["instances"]:
-            x, y, w, h = det["bbox"]
-            assert w >= 0 and h >= 0 and -1 <= x <= entry["width"] and -1 <= y <= entry["height"]
-            assert 0.0 <= det["score"] <= 1.0
-            assert SHAPES_CLASSES[det["category_id"] - 1] == det["category"]
-            rle = {"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode()}
-            assert mask_utils.decode(rle).shape == (entry["height"], entry["width"])
+def tiny_config(weights, threshold=0.0, *opts):
+    return demo.demo_config(CONFIG, [*TINY_OPTS, "MODEL.WEIGHTS", str(weights), *opts], threshold)
 
 
-def test_demo_fails_when_no_image_is_readable(tmp_path, weights):
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"")
-    code = demo.main(["--config", CONFIG, "--input", str(broken), "--output", str(tmp_path / "out"),
-                      "--opts", *TINY_OPTS, "MODEL.WEIGHTS", str(weights)])  # fmt: skip
-    assert code == 1
-    assert json.loads((tmp_path / "out" / "detections.json").read_text())["images"] == []
+def test_an_image_that_fails_to_run_is_named_and_the_others_go_on(tmp_path, weights, images, monkeypatch):
+    thin = tmp_path / "thin.png"
+    cv2.imwrite(str(thin), np.full((4000, 4, 3), 90, np.uint8))  # resizes to 1 pixel wide, not 0
+    real_call = demo.ImagePredictor.__call__
+
+    def fails_on_the_first(self, image_bgr):
+        if image_bgr.shape[:2] == (150, 210):
+            raise RuntimeError("out of memory (simulated)")
+        return real_call(self, image_bgr)
+
+    monkeypatch.setattr(demo.ImagePredictor, "__call__", fails_on_the_first)
+    paths = [str(images[0]), str(thin), str(images[1])]
+    summary = demo.run_image_demo(tiny_config(weights, 0.0, "TEST.DETECTIONS_PER_IMAGE", "2"), paths,
+                                  tmp_path / "out", config_name=CONFIG, with_masks=False, progress=False)
+    assert summary["failed"] == [{"file": str(images[0]), "error": "RuntimeError: out of memory (simulated)"}]
+    assert [im["file"] for im in summary["images"]] == paths[1:]
+    assert all("segmentation" not in det for im in summary["images"] for det in im["instances"])
+    assert json.loads((tmp_path / "out" / "detections.json").read_text()) == summary
+    assert summary["config"] == CONFIG and summary["confidence_threshold"] == 0.0
+    assert cv2.imread(str(tmp_path / "out" / "thin.png")).shape == (4000, 4, 3)
+
+
+def test_an_interrupted_run_keeps_what_it_did(tmp_path, weights, images, monkeypatch):
+    real_call = demo.ImagePredictor.__call__
+    seen = []
+
+    def interrupted_at_the_second(self, image_bgr):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real_call(self, image_bgr)
+
+    monkeypatch.setattr(demo.ImagePredictor, "__call__", interrupted_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_image_demo(tiny_config(weights), [str(p) for p in images], tmp_path, progress=False)
+    written = json.loads((tmp_path / "detections.json").read_text())
+    assert [im["file"] for im in written["images"]] == [str(images[0])]
+    assert written["unprocessed"] == [str(images[1])]
+
+
+@pytest.mark.parametrize("height, width", [(4, 4000), (4000, 4), (1, 1), (150, 210), (800, 600)])
+def test_inference_resize_keeps_a_pixel_per_side(height, width):
+    resize = demo.inference_resize(height, width, 128, 192)
+    assert resize.new_h >= 1 and resize.new_w >= 1
+    expected = T.ResizeShortestEdge.get_output_shape(height, width, 128, 192)
+    assert (resize.new_h, resize.new_w) == tuple(max(s, 1) for s in expected)  # Detectron2's size otherwise
+    out = resize.apply_image(np.zeros((height, width, 3), np.uint8))
+    assert out.shape[:2] == (resize.new_h, resize.new_w)
+    assert isinstance(demo.inference_resize(height, width, 0, 192), T.NoOpTransform)
 
 
 @pytest.mark.parametrize(
     "weights_arg, message",
     [("", "MODEL.WEIGHTS is empty"), ("nowhere/model_final.pth", "is not a file")],
 )
-def test_demo_names_missing_weights(tmp_path, images, capsys, weights_arg, message):
-    code = demo.main(["--config", CONFIG, "--input", str(images[0]), "--output", str(tmp_path),
-                      *TINY_OPTS, "MODEL.WEIGHTS", weights_arg])  # fmt: skip
-    assert code == 2
-    assert message in capsys.readouterr().err
+def test_demo_config_names_missing_weights(weights_arg, message):
+    with pytest.raises(demo.DemoError, match=message):
+        demo.demo_config(CONFIG, [*TINY_OPTS, "MODEL.WEIGHTS", weights_arg], 0.5)
 
 
-def test_demo_refuses_checkpoint_of_another_model(tmp_path, images, capsys):
+def test_demo_config_rejects_bad_config_and_threshold(weights):
+    opts = ["MODEL.WEIGHTS", str(weights)]
+    with pytest.raises(demo.DemoError, match="hiera_tiny_shapes.yaml"):  # suggests the close match
+        demo.demo_config("shapes/no_such.yaml", opts, 0.5)
+    with pytest.raises(demo.DemoError, match="--confidence-threshold"):
+        demo.demo_config(CONFIG, opts, 1.5)
+    cfg = tiny_config(weights, 0.25)
+    assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.MODEL.RETINANET.SCORE_THRESH_TEST == 0.25
+    assert cfg.MODEL.HIERA.WEIGHTS == "" and cfg.is_frozen()
+
+
+def test_predictor_refuses_a_checkpoint_of_another_model(tmp_path):
     foreign = tmp_path / "backbone_only.pth"
     torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(64, 3, 7, 7)}}, foreign)
-    code = demo.main(["--config", CONFIG, "--input", str(images[0]), "--output", str(tmp_path / "out"),
-                      *TINY_OPTS, "MODEL.WEIGHTS", str(foreign)])  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err
-    assert (
-        "does not fit the model" in err
-        and "parameters missing" in err
-        and "config it was trained with" in err
-    )
-
-
-def test_demo_rejects_bad_config_and_threshold(tmp_path, images, weights, capsys):
-    base = ["--input", str(images[0]), "--output", str(tmp_path), "MODEL.WEIGHTS", str(weights)]
-    assert demo.main(["--config", "shapes/no_such.yaml", *base]) == 2
-    assert "hiera_tiny_shapes.yaml" in capsys.readouterr().err  # suggests the close match
-    assert demo.main(["--config", CONFIG, "--confidence-threshold", "1.5", *base]) == 2
-    assert "--confidence-threshold" in capsys.readouterr().err
-    assert demo.main(["--config", CONFIG, "--input", str(tmp_path / "*.nothing"), "--output", str(tmp_path),
-                      "MODEL.WEIGHTS", str(weights), *TINY_OPTS]) == 2  # fmt: skip
-    assert "no input images" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="does not fit the model.*config it was trained with"):
+        demo.ImagePredictor(tiny_config(foreign))
 
 
 def test_split_trailing_opts_and_input_expansion(tmp_path, monkeypatch):
@@ -149,10 +148,12 @@ def test_split_trailing_opts_and_input_expansion(tmp_path, monkeypatch):
     found, notes = demo.expand_inputs([str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "sub")])
     assert found == [str(tmp_path / "MODEL.png"), str(tmp_path / "a.JPG"), str(tmp_path / "b.png")]
     assert len(notes) == 1 and "has no images" in notes[0]
+    nothing = str(tmp_path / "*.nothing")
+    assert demo.expand_inputs([nothing]) == ([], [f"pattern {nothing!r} matches no file"])
 
 
 # ---------------------------------------------------------------------------------------------------------
-# hiera_det.visualization
+# hiera_det.demo.draw
 
 
 def test_draw_instances_draws_boxes_masks_and_class_colours():
@@ -188,3 +189,10 @@ def test_draw_instances_rejects_mismatched_inputs():
         draw_instances(image, np.zeros((1, 4)), None, np.zeros(2), None)
     with pytest.raises(ValueError, match="masks must be"):
         draw_instances(image, np.zeros((1, 4)), None, np.zeros(1), None, masks=np.zeros((1, 16, 16), bool))
+
+
+def test_draw_text_lines_writes_on_a_copy():
+    image = np.zeros((64, 96, 3), dtype=np.uint8)
+    drawn = draw_text_lines(image, ["cube 0.91", "video: cube 0.88"])
+    assert drawn.shape == image.shape and not image.any()
+    assert drawn[:40].any() and not drawn[50:].any()  # two lines at the top, nothing below

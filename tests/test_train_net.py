@@ -1,12 +1,12 @@
-"""Training with tools/train_net.py and hiera_det.engine.Trainer on a tiny generated shapes dataset (CPU)."""
+"""Training with tools/train_net.py (run as a subprocess, as users run it) and hiera_det.engine.Trainer on a
+tiny generated shapes dataset (CPU)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
-import math
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -20,22 +20,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.datasets import register_coco_instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-import hiera_det  # noqa: E402,F401
+import hiera_det.d2  # noqa: E402,F401
 from hiera_det.config import get_hiera_cfg, merge_config  # noqa: E402
 from hiera_det.engine import Trainer, check_dataset_available  # noqa: E402
+from hiera_det.engine.checkpointer import convert_for_detectron2  # noqa: E402
 from hiera_det.modeling import build_hiera  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_tool("train_net")
+CONFIG = "shapes/hiera_tiny_shapes.yaml"
 
 # The shapes config, shrunk to seconds per run: one block per stage, 64-96 px images, few proposals.
 TINY = [
@@ -59,12 +51,21 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """A 4 + 2 image hiera_shapes copy, registered under fresh names; returns (train, val) names."""
-    from hiera_det.data.shapes import generate_shapes_dataset
+def datasets_root(tmp_path_factory) -> Path:
+    """A $DETECTRON2_DATASETS folder holding a 4 + 2 image hiera_shapes copy."""
+    from hiera_det.data.datasets.shapes import generate_shapes_dataset
 
-    root = tmp_path_factory.mktemp("data") / "hiera_shapes"
-    paths = generate_shapes_dataset(root, seed=0, num_train=4, num_val=2, min_size=64, max_size=96)
+    root = tmp_path_factory.mktemp("data")
+    generate_shapes_dataset(root / "hiera_shapes", seed=0, num_train=4, num_val=2, min_size=64, max_size=96)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shapes(datasets_root):
+    """The hiera_shapes copy of ``datasets_root`` registered under fresh names; returns (train, val) names."""
+    from hiera_det.data.shapes_spec import ShapesDatasetPaths
+
+    paths = ShapesDatasetPaths(datasets_root / "hiera_shapes")
     tag = uuid.uuid4().hex[:8]
     names = []
     for split in ("train", "val"):
@@ -86,13 +87,13 @@ def tiny_cfg(shapes, output_dir, *opts):
     return cfg
 
 
-def run_args(config_opts, **flags):
-    args = argparse.Namespace(config="shapes/hiera_tiny_shapes.yaml", config_file="", resume=False,
-                              eval_only=False, num_gpus=1, num_machines=1, machine_rank=0,
-                              dist_url="auto", opts=list(config_opts))  # fmt: skip
-    for k, v in flags.items():
-        setattr(args, k, v)
-    return args
+def train_net(*args, datasets_root=None) -> subprocess.CompletedProcess:
+    """tools/train_net.py with ``args``; the bundled hiera_shapes data is read from ``datasets_root``."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    if datasets_root is not None:
+        env["DETECTRON2_DATASETS"] = str(datasets_root)
+    command = [sys.executable, "-W", "ignore", str(REPO / "tools" / "train_net.py"), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
 
 
 def test_one_iteration_has_finite_losses_and_backbone_gradients(shapes, tmp_path):
@@ -120,54 +121,57 @@ def test_one_iteration_has_finite_losses_and_backbone_gradients(shapes, tmp_path
     assert not torch.equal(before, trunk.blocks[0].attn.qkv.weight)
 
 
-def test_train_checkpoint_resume_and_eval_only(shapes, tmp_path):
+def test_train_checkpoint_resume_and_eval_only(datasets_root, tmp_path):
     out = tmp_path / "run"
-    opts = TINY + ["DATASETS.TRAIN", f"('{shapes[0]}',)", "DATASETS.TEST", f"('{shapes[1]}',)",
-                   "OUTPUT_DIR", str(out), "SOLVER.CHECKPOINT_PERIOD", "1"]  # fmt: skip
+    opts = [*TINY, "OUTPUT_DIR", out, "SOLVER.CHECKPOINT_PERIOD", "1"]
 
-    results = train_net.main(run_args(opts + ["SOLVER.MAX_ITER", "2"]))
+    done = train_net("--config", CONFIG, *opts, "SOLVER.MAX_ITER", "2", datasets_root=datasets_root)
+    assert done.returncode == 0, done.stderr[-3000:]
     # the final evaluation ran through COCOEvaluator on the val split: boxes and masks
-    assert set(results) == {"bbox", "segm"}
-    assert all(math.isfinite(results[t]["AP"]) or math.isnan(results[t]["AP"]) for t in results)
+    log = (out / "log.txt").read_text()
+    assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
     assert (out / "model_final.pth").is_file() and (out / "model_0000000.pth").is_file()
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
-    assert (out / "inference" / shapes[1] / "coco_instances_results.json").is_file()
+    assert (out / "inference" / "hiera_shapes_val" / "coco_instances_results.json").is_file()
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))  # TensorBoard writer
 
     # resuming with a longer schedule continues at iteration 2, not from scratch
-    train_net.main(run_args(opts + ["SOLVER.MAX_ITER", "3"], resume=True))
+    done = train_net("--config", CONFIG, "--resume", *opts, "SOLVER.MAX_ITER", "3",
+                     datasets_root=datasets_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "Starting training from iteration 0" in log and "Starting training from iteration 2" in log
     trained = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()
                if '"total_loss"' in line]
     assert trained == [1, 2]  # the last iteration of each run; the resumed run did only iteration 2
-    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)  # no Python objects
     assert state["iteration"] == 2
 
-    # evaluation alone, from the saved weights
-    results = train_net.main(run_args(opts + ["MODEL.WEIGHTS", str(out / "model_final.pth")], eval_only=True))
-    assert set(results) == {"bbox", "segm"} and {"AP", "AP50", "AP75"} <= set(results["bbox"])
+    # evaluation alone, from the saved weights; on a machine without CUDA, a CUDA config falls back to the CPU
+    done = train_net("--config", CONFIG, "--eval-only", *opts, "MODEL.WEIGHTS", out / "model_final.pth",
+                     "OUTPUT_DIR", tmp_path / "eval", "MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True",
+                     datasets_root=datasets_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "eval" / "log.txt").read_text()
+    assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
+    assert f"{out / 'model_final.pth'}: " in log and "model tensors loaded" in log  # load_model_weights
+    if not torch.cuda.is_available():
+        assert "CUDA is not available: MODEL.DEVICE cuda -> cpu" in log
+        assert "SOLVER.AMP.ENABLED needs CUDA" in log
 
 
-def test_eval_only_without_weights_says_what_to_set(shapes, tmp_path):
-    opts = TINY + ["DATASETS.TEST", f"('{shapes[1]}',)", "OUTPUT_DIR", str(tmp_path)]
-    with pytest.raises(ValueError, match="MODEL.WEIGHTS to a checkpoint, or add --resume"):
-        train_net.main(run_args(opts, eval_only=True))
-
-
-def test_missing_weights_file_is_named(shapes, tmp_path):
-    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS '/no/such/model.pth' is not a file"):
-        train_net.build_config(run_args(["MODEL.WEIGHTS", "/no/such/model.pth"]))
-
-
-def test_config_adjusts_to_a_machine_without_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = run_args(["MODEL.DEVICE", "cuda"], config="hiera_fpn.yaml")
-    cfg, notes = train_net.build_config(args)
-    assert cfg.MODEL.DEVICE == "cpu" and not cfg.SOLVER.AMP.ENABLED
-    assert any("CUDA is not available" in n for n in notes) and any("AMP" in n for n in notes)
-    with pytest.raises(ValueError, match="either --config NAME or --config-file PATH"):
-        train_net.build_config(run_args([], config="hiera_fpn.yaml", config_file="configs/hiera_fpn.yaml"))
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eval-only"], "MODEL.WEIGHTS to a checkpoint, or add --resume"),
+        (["MODEL.WEIGHTS", "/no/such/model.pth"], "MODEL.WEIGHTS '/no/such/model.pth' is not a file"),
+        (["--config-file", "configs/hiera_fpn.yaml"], "either --config NAME or --config-file PATH"),
+    ],
+)
+def test_command_line_mistakes_are_named(tmp_path, args, message):
+    done = train_net("--config", CONFIG, *args, *TINY, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+                     "OUTPUT_DIR", tmp_path)  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr
 
 
 def test_amp_on_cpu_is_rejected_by_the_trainer(shapes, tmp_path):
@@ -184,19 +188,17 @@ def test_missing_datasets_say_where_to_put_them(tmp_path):
 
 
 def test_converted_checkpoint_loads_into_the_detector(tmp_path, randomize):
-    convert_checkpoint = _load_tool("convert_checkpoint")
     official = randomize(build_hiera("hiera_tiny_224"))  # the official layout, with a classifier head
     source = tmp_path / "hiera_tiny_224.pth"
     torch.save({"model_state": official.state_dict()}, source)
     output = tmp_path / "hiera_tiny_d2.pth"
-    assert convert_checkpoint.main(["--input", str(source), "--output", str(output),
-                                    "--model", "hiera_tiny_224"]) == 0  # fmt: skip
+    convert_for_detectron2(str(source), str(output), "hiera_tiny_224")  # tools/convert_checkpoint.py's work
 
     cfg = get_hiera_cfg()
     merge_config(cfg, "hiera_fpn.yaml", ["MODEL.HIERA.NAME", "hiera_tiny_224", "MODEL.DEVICE", "cpu"])
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(str(output), checkpointables=[])
-    written = torch.load(output, map_location="cpu", weights_only=False)["model"]
+    written = torch.load(output, map_location="cpu", weights_only=True)["model"]
     model_keys = set(model.state_dict())
     assert set(written) <= model_keys, f"unexpected keys: {sorted(set(written) - model_keys)[:5]}"
     trunk_keys = {k for k in model_keys if k.startswith("backbone.bottom_up.trunk.")}
@@ -210,22 +212,8 @@ def test_converted_checkpoint_loads_into_the_detector(tmp_path, randomize):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_with_gloo(shapes, tmp_path):
-    from detectron2.engine import launch
-
-    opts = TINY + ["DATASETS.TRAIN", f"('{shapes[0]}',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path),
-                   "SOLVER.MAX_ITER", "2"]  # fmt: skip
-    # spawned workers start from a fresh interpreter: they register the test's dataset names again
-    launch(_gloo_worker, 2, dist_url="auto", args=(opts, shapes, _registration(shapes)))
+def test_two_cpu_processes_train_with_gloo(datasets_root, tmp_path):
+    done = train_net("--config", CONFIG, "--num-gpus", "2", *TINY, "DATASETS.TEST", "()",
+                     "OUTPUT_DIR", tmp_path, "SOLVER.MAX_ITER", "2", datasets_root=datasets_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "model_final.pth").is_file()
-
-
-def _registration(shapes):
-    return {n: (MetadataCatalog.get(n).json_file, MetadataCatalog.get(n).image_root) for n in shapes}
-
-
-def _gloo_worker(opts, shapes, registration):
-    for name, (json_file, image_root) in registration.items():
-        if name not in DatasetCatalog.list():
-            register_coco_instances(name, {}, json_file, image_root)
-    train_net.main(run_args(opts, num_gpus=2))

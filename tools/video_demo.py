@@ -13,6 +13,8 @@ Each video gives ``OUTPUT/<name>.jsonl``: detection modes one line per processed
 ``boxes`` (x0, y0, x1, y1 in source pixels), ``scores``, ``classes``, ``class_names``; classify one line per
 clip and a last line with the video's top-k. ``OUTPUT/<name>.mp4`` is the annotated video (``--no-video``
 skips it). Frames are streamed in chunks, so memory does not grow with the video's length.
+``OUTPUT/summary.json`` lists the videos processed and those that failed, with the reason. A video that
+fails does not stop the others; the exit status is then 1 (2 for a problem with the config or checkpoint).
 
 Example:
   python tools/video_demo.py --config-file configs/video/moving_shapes_cls.yaml \\
@@ -23,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -32,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="config path, or a name under configs/")
+    p.add_argument("--config-file", "--config", dest="config_file", required=True,
+                   help="config path, or a name under configs/")
     p.add_argument("--input", required=True, help="a video file, a folder of videos, or a folder of frames")
     p.add_argument("--output", required=True, help="folder for <video>.jsonl and <video>.mp4")
     p.add_argument("--weights", default="", help="model checkpoint (.pth); default: MODEL.WEIGHTS of the config")
@@ -47,54 +49,26 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="write JSON Lines only")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="run without a checkpoint (for smoke tests; predictions are meaningless)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept a Detectron2 model-zoo .pkl checkpoint (unpickling runs the file's code: "
+                        "only for files from a source you trust)")
     p.add_argument("--device", default="", help="cpu / cuda (default: cuda when available)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p
 
 
-def check_checkpoint(model, path: str) -> None:
-    """Fail early, naming the problem, when a checkpoint does not belong to the configured model."""
-    import torch
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist; pass --weights with a trained model "
-                                f"(e.g. output/<run>/model_final.pth)")
-    if not path.endswith((".pth", ".pt")):
-        return  # Detectron2's pickled formats are converted by its checkpointer
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path!r} cannot be read ({e}); it is truncated or not a PyTorch file: "
-                         f"re-download or re-train it") from e
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path!r} holds no state dict (expected {{'model': state_dict}})")
-    expected = model.state_dict().keys()
-    matched = len(expected & state.keys())
-    if matched == 0:
-        sample = ", ".join(sorted(state)[:3])
-        raise ValueError(
-            f"checkpoint {path!r} has no parameter of this model (its keys look like: {sample}); it was trained "
-            f"with another config. Pass the config the checkpoint was trained with, or convert trunk weights "
-            f"with tools/convert_checkpoint.py and set MODEL.HIERA_VIDEO.WEIGHTS / MODEL.HIERA.WEIGHTS"
-        )
-    if matched < len(expected):
-        logging.getLogger("video_demo").warning(
-            "checkpoint %s covers %d of %d model tensors; the rest keep their initial values", path, matched,
-            len(expected))
-
-
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
     from detectron2.utils.logger import setup_logger
 
-    import hiera_det  # noqa: F401  (registers the backbones and meta-architectures)
+    import hiera_det.d2  # noqa: F401  (registers the backbones and meta-architectures)
+    from hiera_det.checkpoint import CheckpointError
     from hiera_det.config import get_hiera_cfg, merge_config
     from hiera_det.data.video_io import VideoReadError
-    from hiera_det.video.demo import DemoSettings, mode_for, run_video_demo
+    from hiera_det.demo.video import DemoSettings, mode_for, run_video_demo
+    from hiera_det.engine.checkpointer import load_model_weights
 
     setup_logger(name="hiera_det")
     logger = setup_logger(name="video_demo")
@@ -107,8 +81,12 @@ def main(argv=None) -> int:
 
     model = build_model(cfg).eval()
     if weights:
-        check_checkpoint(model, weights)
-        DetectionCheckpointer(model).load(weights)
+        try:
+            load_model_weights(model, weights, allow_pickle=args.allow_pickle)
+        except (CheckpointError, FileNotFoundError) as e:
+            print(f"error: {e}\n(pass --weights with the checkpoint of this config's model, e.g. "
+                  "output/<run>/model_final.pth)", file=sys.stderr)  # fmt: skip
+            return 2
     elif not args.allow_random_weights:
         print("error: no checkpoint: pass --weights (or set MODEL.WEIGHTS); --allow-random-weights runs an "
               "untrained model for smoke tests", file=sys.stderr)
@@ -129,9 +107,15 @@ def main(argv=None) -> int:
                     f", {summary['mp4']}" if summary["mp4"] else "")
 
     try:
-        run_video_demo(cfg, model, args.input, args.output, settings, on_video=report)
+        result = run_video_demo(cfg, model, args.input, args.output, settings, on_video=report)
     except VideoReadError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.failed:
+        total = len(result.failed) + len(result.videos)
+        print(f"{len(result.failed)} of {total} videos could not be processed (the others' outputs are in "
+              f"{args.output}):", *(f"  {f['video']}: {f['error']}" for f in result.failed),
+              sep="\n", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

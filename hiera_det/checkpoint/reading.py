@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,17 +48,39 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise _corrupt(path, err) from err
 
 
+def refuses_python_objects(err: Exception) -> bool:
+    """Whether ``err`` is torch.load(weights_only=True) refusing a file that holds Python objects (other
+    failures of its unpickler, such as an unknown opcode in a damaged file, are corruption)."""
+    refusal = r"GLOBAL \S+ was not an allowed global|whose module \S+ is blocked"
+    return re.search(refusal, str(err)) is not None
+
+
+def python_objects_message(path: str | Path, err: Exception | None = None) -> str:
+    """Why a checkpoint holding Python objects is not loaded, and how to re-save its weights safely."""
+    path = Path(path)
+    try:  # names the objects by reading the pickle's opcodes; nothing in the file runs
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file: fall back to the one global torch's error names
+        found = re.findall(r"GLOBAL (\S+) was not an allowed global", str(err or ""))
+    what = f" ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''})" if found else ""
+    resaved = path.with_name(f"{path.stem}_weights{path.suffix or '.pth'}")
+    return (
+        f"checkpoint {path} holds Python objects besides tensors{what}. Unpickling them can run code "
+        f"stored in the file, so it is not loaded (torch.load(weights_only=True) only). If you trust where "
+        f"the file came from, re-save its weights alone and use the new file:\n"
+        f"  python -c \"import torch; c = torch.load({str(path)!r}, map_location='cpu', weights_only=False); "
+        f"torch.save({{'model': c.get('model', c.get('model_state', c.get('state_dict', c)))}}, "
+        f"{str(resaved)!r})\"\n"
+        f"(weights_only=False there runs the file's code: do it only for a file from a source you trust.)"
+    )
+
+
 def _read_torch(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors, which torch.load(weights_only=True) refuses "
-                f"to run. If you trust the file, load it yourself with "
-                f"torch.load(path, map_location='cpu', weights_only=False) and pass the resulting dict to "
-                f"load_checkpoint."
-            ) from err
+        if refuses_python_objects(err):
+            raise CheckpointError(python_objects_message(path, err)) from err
         raise _corrupt(path, err) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise _corrupt(path, err) from err

@@ -2,12 +2,14 @@
 clip classification, streamed in bounded memory, written as JSON Lines plus an annotated mp4.
 
 ``tools/video_demo.py`` is the command line; ``run_video_demo(cfg, model, video, out_dir, ...)`` is the
-entry point for Python.
+entry point for Python. Over a folder of videos it processes every video it can: one that fails is named
+with the reason (in the result and in ``OUT_DIR/summary.json``) and the others go on.
 
 Conventions:
 
 * Frames are decoded as RGB (grayscale sources come out as 3 channels) and handed to the model in
-  ``cfg.INPUT.FORMAT`` after Detectron2's test resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``);
+  ``cfg.INPUT.FORMAT`` after Detectron2's test resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, at
+  least one pixel a side, see :func:`hiera_det.demo.image.inference_resize`);
   classifier clips get the evaluation transform of ``VideoClassificationMapper`` (short side to
   ``INPUT.VIDEO.TEST_CROP_SIZE``, one center crop of that size).
 * Clips near either end of the video, and clips of videos shorter than a clip, repeat the edge frame.
@@ -22,17 +24,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
-from detectron2.data import transforms as T
 from tqdm import tqdm
 
-from hiera_det.data import video_transforms as vt
-from hiera_det.data.video_io import VideoReadError, open_video
+from ..data import video_transforms as vt
+from ..data.video_io import VideoReadError, open_video
+from ..engine.checkpointer import atomic_write
+from ..config import keyframe_position
+from .draw import draw_instances, draw_text_lines
+from .image import describe_failure, inference_resize, unique_stem
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +91,6 @@ class FrameWindow:
         return len(self._frames)
 
 
-def clip_positions(keyframe: int, num_frames: int, sampling_rate: int, anchor: int, video_length: int) -> np.ndarray:
-    """Frame indices of a clip with ``keyframe`` at position ``anchor``, clamped to the video (edge padding)."""
-    offsets = (np.arange(num_frames) - anchor) * sampling_rate
-    return np.clip(keyframe + offsets, 0, video_length - 1)
-
-
 @dataclass
 class DemoSettings:
     mode: str
@@ -141,33 +140,6 @@ class _Writer:
             self.video.release()
 
 
-def _draw(rgb: np.ndarray, boxes, scores, classes, class_names) -> np.ndarray:
-    try:
-        from hiera_det.visualization import draw_instances
-    except ImportError:
-        draw_instances = None
-    if draw_instances is not None:
-        return draw_instances(rgb, boxes, scores, classes, class_names)
-    out = np.ascontiguousarray(rgb.copy())
-    for box, score, cls in zip(boxes, scores, classes):
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        color = tuple(int(c) for c in np.random.default_rng(int(cls)).integers(64, 256, 3))
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, 1)
-        name = class_names[cls] if 0 <= cls < len(class_names) else str(cls)
-        cv2.putText(out, f"{name} {score:.2f}", (x0, max(y0 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1)
-    return out
-
-
-def _draw_text(rgb: np.ndarray, lines: Iterable[str]) -> np.ndarray:
-    out = np.ascontiguousarray(rgb.copy())
-    scale = max(out.shape[0] / 480.0, 0.3)
-    for i, line in enumerate(lines):
-        y = int((i + 1) * 18 * scale) + 2
-        cv2.putText(out, line, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 0), 3)
-        cv2.putText(out, line, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1)
-    return out
-
-
 class VideoDemo:
     """Runs one model over videos. ``model`` is a built Detectron2 model in eval mode with weights loaded."""
 
@@ -187,10 +159,7 @@ class VideoDemo:
         self.settings = settings
         self.class_names = list(class_names)
         self.input_format = cfg.INPUT.FORMAT
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         if settings.mode in ("clip", "classify"):
-            from .config import keyframe_position
-
             self.num_frames = cfg.MODEL.HIERA_VIDEO.NUM_FRAMES
             self.sampling_rate = cfg.MODEL.HIERA_VIDEO.SAMPLING_RATE
             self.keyframe = keyframe_position(cfg)
@@ -199,7 +168,8 @@ class VideoDemo:
     def _frames_to_tensor(self, frames: np.ndarray) -> torch.Tensor:
         """RGB ``[T, H, W, 3]`` -> ``[3, T, H', W']`` after the test resize of Detectron2's mappers, in the
         model's channel order (what DatasetMapper / KeyframeClipMapper give at evaluation)."""
-        transform = self.resize.get_transform(frames[0])
+        h, w = frames.shape[1:3]
+        transform = inference_resize(h, w, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST)
         return vt.clip_to_tensor(vt.apply_to_clip(transform, frames), self.input_format).float()
 
     def _classifier_clip(self, frames: np.ndarray) -> torch.Tensor:
@@ -210,24 +180,27 @@ class VideoDemo:
         return vt.clip_to_tensor(clip, self.input_format)
 
     # ----- running -----
-    def run(self, video_path: str, out_dir: str) -> dict:
-        """Process one video; returns a summary with the output paths."""
+    def run(self, video_path: str, out_dir: str, stem: str | None = None) -> dict:
+        """Process one video into ``<stem>.jsonl`` / ``<stem>.mp4`` (``stem``: the video's file name without
+        extension by default); returns a summary with the output paths."""
         os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(os.path.normpath(video_path)))[0]
+        stem = stem or unique_stem(video_path, set())
         jsonl_path = os.path.join(out_dir, stem + ".jsonl")
         mp4_path = os.path.join(out_dir, stem + ".mp4") if self.settings.write_video else None
         reader = open_video(video_path, num_threads=self.cfg.INPUT.VIDEO.DECODE_THREADS)
-        timestamps = reader.timestamps()
-        stride = self.settings.frame_stride
-        writer = _Writer(jsonl_path, mp4_path, reader.fps / (1 if self.settings.mode == "classify" else stride))
-        try:
-            with torch.no_grad():
-                if self.settings.mode == "classify":
-                    summary = self._classify(reader, timestamps, writer)
-                else:
-                    summary = self._detect(reader, timestamps, writer)
+        try:  # a folder run goes on to the next video after a failure: nothing may stay open
+            timestamps = reader.timestamps()
+            stride = 1 if self.settings.mode == "classify" else self.settings.frame_stride
+            writer = _Writer(jsonl_path, mp4_path, reader.fps / stride)
+            try:
+                with torch.no_grad():
+                    if self.settings.mode == "classify":
+                        summary = self._classify(reader, timestamps, writer)
+                    else:
+                        summary = self._detect(reader, timestamps, writer)
+            finally:
+                writer.close()
         finally:
-            writer.close()
             reader.close()
         summary.update(video=video_path, jsonl=jsonl_path, mp4=mp4_path, frames_written=writer.frames_written)
         return summary
@@ -248,11 +221,10 @@ class VideoDemo:
                     frames = reader.get_frames(batch)
                     inputs = [self._frames_to_tensor(f[None])[:, 0] for f in frames]
                 else:
-                    clips = [clip_positions(f, self.num_frames, self.sampling_rate, self.keyframe, n) for f in batch]
+                    clips = [self._keyframe_clip(f, n) for f in batch]
                     frames = window.get(batch)
                     inputs = [self._frames_to_tensor(window.get(c)) for c in clips]
-                    window.release_below(int(clip_positions(batch[-1] + s.frame_stride, self.num_frames,
-                                                            self.sampling_rate, self.keyframe, n)[0]))
+                    window.release_below(int(self._keyframe_clip(batch[-1] + s.frame_stride, n)[0]))
                 h, w = frames.shape[1:3]
                 outputs = self.model([{"image": x, "height": h, "width": w} for x in inputs])
                 for index, frame, out in zip(batch, frames, outputs):
@@ -270,7 +242,7 @@ class VideoDemo:
                         "classes": classes.tolist(),
                         "class_names": [self._name(c) for c in classes],
                     })
-                    writer.frame(_draw(frame, boxes, scores, classes, self.class_names))
+                    writer.frame(draw_instances(frame, boxes, scores, classes, self.class_names))
                 bar.update(len(batch))
         return {"mode": s.mode, "frames": len(targets), "detections": detections, "peak_cached_frames": window.peak}
 
@@ -287,7 +259,7 @@ class VideoDemo:
         with self._progress(len(starts), os.path.basename(reader.path) + " clips") as bar:
             for begin in range(0, len(starts), s.batch_size):
                 batch = starts[begin : begin + s.batch_size]
-                indices = [clip_positions(st, self.num_frames, self.sampling_rate, 0, n) for st in batch]
+                indices = [vt.clip_indices(st, self.num_frames, self.sampling_rate, n) for st in batch]
                 outputs = self.model([{"clip": self._classifier_clip(window.get(i))} for i in indices])
                 next_start = starts[begin + s.batch_size] if begin + s.batch_size < len(starts) else n
                 window.release_below(next_start)
@@ -320,7 +292,12 @@ class VideoDemo:
                     clip += 1
                 top = self._top_k(clip_scores[clip])[:3]
                 lines = [f"{t['name']} {t['score']:.2f}" for t in top] + [video_line]
-                writer.frame(_draw_text(frame, lines))
+                writer.frame(draw_text_lines(frame, lines))
+
+    def _keyframe_clip(self, keyframe: int, video_length: int) -> np.ndarray:
+        """Frame indices of the clip whose keyframe position holds frame ``keyframe``, edge-padded."""
+        start = keyframe - self.keyframe * self.sampling_rate
+        return vt.clip_indices(start, self.num_frames, self.sampling_rate, video_length)
 
     def _name(self, c: int) -> str:
         return self.class_names[c] if 0 <= c < len(self.class_names) else f"class {c}"
@@ -343,6 +320,19 @@ def class_names_for(cfg) -> list[str]:
     return []
 
 
+@dataclass
+class VideoDemoResult:
+    """What :func:`run_video_demo` did: one summary per processed video, and each video it could not
+    process with the reason (its partial outputs, if any, are left in place)."""
+
+    videos: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+
+def _describe(error: Exception) -> str:
+    return str(error) if isinstance(error, VideoReadError) else describe_failure(error)
+
+
 def run_video_demo(
     cfg,
     model: torch.nn.Module,
@@ -351,13 +341,30 @@ def run_video_demo(
     settings: DemoSettings,
     class_names: Sequence[str] | None = None,
     on_video: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Run the demo on a video file, a folder of videos or a frame folder; one summary per video."""
+) -> VideoDemoResult:
+    """Run the demo on a video file, a folder of videos or a frame folder, and write ``summary.json``.
+
+    A video that fails does not stop the others: it is logged and listed in ``failed`` with the reason.
+    Videos whose names differ only in extension get distinct outputs (``clip.jsonl``, ``clip_1.jsonl``).
+    A missing ``inputs`` path raises ``VideoReadError``.
+    """
     demo = VideoDemo(cfg, model, settings, class_names_for(cfg) if class_names is None else class_names)
-    summaries = []
-    for video in list_videos(inputs):
-        summary = demo.run(video, out_dir)
-        if on_video is not None:
-            on_video(summary)
-        summaries.append(summary)
-    return summaries
+    result = VideoDemoResult()
+    taken: set[str] = set()
+    try:
+        for video in list_videos(inputs):
+            try:
+                summary = demo.run(video, out_dir, stem=unique_stem(video, taken))
+            except Exception as e:  # noqa: BLE001  one bad video must not stop the others
+                logger.warning("skipping %s: %s", video, _describe(e))
+                result.failed.append({"video": video, "error": _describe(e)})
+                continue
+            if on_video is not None:
+                on_video(summary)
+            result.videos.append(summary)
+    finally:  # an interrupted run keeps the list of what it did
+        if result.videos or result.failed:
+            os.makedirs(out_dir, exist_ok=True)
+            text = json.dumps({"videos": result.videos, "failed": result.failed}, indent=1)
+            atomic_write(os.path.join(out_dir, "summary.json"), lambda f: f.write(text.encode()))
+    return result

@@ -1,15 +1,16 @@
-"""Drawing detections on images and video frames, on top of Detectron2's ``Visualizer``."""
+"""Drawing on images and video frames for the demos: detections (on Detectron2's ``Visualizer``) and text."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+import cv2
 import numpy as np
 import torch
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 
-__all__ = ["class_color", "draw_instances", "instance_labels"]
+__all__ = ["class_color", "draw_instances", "draw_text_lines", "instance_labels"]
 
 _PALETTE = colormap(rgb=True, maximum=1)
 
@@ -95,3 +96,14 @@ def draw_instances(
         alpha=alpha,
     )
     return picture.get_image()
+
+
+def draw_text_lines(image_rgb: np.ndarray, lines: Iterable[str]) -> np.ndarray:
+    """A copy of ``image_rgb`` with ``lines`` written top left in white on black, scaled to the image."""
+    out = np.ascontiguousarray(image_rgb.copy())
+    scale = max(out.shape[0] / 480.0, 0.3)
+    for i, line in enumerate(lines):
+        y = int((i + 1) * 18 * scale) + 2
+        cv2.putText(out, line, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 0), 3)
+        cv2.putText(out, line, (3, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), 1)
+    return out

@@ -1,0 +1,1 @@
+"""Running trained models over images and videos, and drawing what they find."""
