@@ -157,3 +157,58 @@ def test_saved_config_keeps_the_specs(photos, tmp_path):
         MetadataCatalog.remove(name)
     prepare_datasets(copy.deepcopy(reloaded), ["mine_val"])
     assert len(DatasetCatalog.get("mine_val")) == 4
+
+
+def test_weights_names_are_accepted_by_the_run_config(photos):
+    from hiera_det.engine.run_config import build_run_config
+
+    cfg, _ = build_run_config("hiera_fpn.yaml", ["MODEL.HIERA.WEIGHTS", "hiera_base_224.mae_in1k",
+                                                 "MODEL.WEIGHTS", "hiera_base_224.mae_in1k"])
+    assert cfg.MODEL.WEIGHTS == "hiera://hiera_base_224.mae_in1k"  # resolved by the path handler, offline-checked
+    with pytest.raises(ValueError, match="video weights"):
+        build_run_config("hiera_fpn.yaml", ["MODEL.HIERA.WEIGHTS", "hiera_base_16x224.mae_k400"])
+
+
+def test_own_data_path_end_to_end(photos, tmp_path):
+    """The README's "Fine-tune on your own data" commands on the photographs, at a tiny size: train with
+    --dataset, evaluate from the saved config with --eval-only, run the demo with the dataset's class names."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    root, files = photos
+    out = tmp_path / "run"
+    tiny = ["MODEL.HIERA.NAME", "hiera_tiny_224", "MODEL.HIERA.STAGES", "[1, 1, 1, 1]", "MODEL.HIERA.EMBED_DIM", "32",
+            "MODEL.FPN.OUT_CHANNELS", "32", "INPUT.LSJ.IMAGE_SIZE", "128", "INPUT.MIN_SIZE_TEST", "128",
+            "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "()",
+            "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0",
+            "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32", "MODEL.ROI_BOX_HEAD.CONV_DIM", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+            "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "OUTPUT_DIR", str(out)]
+    datasets = ["--dataset", f"photos_train={files['train']}:{root / 'train'}",
+                "--dataset", f"photos_val={files['val']}:{root / 'val'}"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "2"}
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    train = subprocess.run([sys.executable, str(repo / "tools/train_net.py"), "--config", "hiera_fpn.yaml", *datasets,
+                            *tiny, "DATASETS.TRAIN", "('photos_train',)", "DATASETS.TEST", "('photos_val',)"], **run)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "MODEL.ROI_HEADS.NUM_CLASSES 80 -> 7" in train.stderr + train.stdout
+    assert (out / "model_final.pth").is_file() and "photos_train=" in (out / "config.yaml").read_text()
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
+    assert any("bbox/AP" in m for m in metrics)
+
+    evaluate = subprocess.run([sys.executable, str(repo / "tools/train_net.py"), "--config-file", str(out / "config.yaml"),
+                               "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                               "OUTPUT_DIR", str(tmp_path / "eval")], **run)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert "Evaluation results for bbox" in evaluate.stdout + evaluate.stderr
+
+    demo = subprocess.run([sys.executable, str(repo / "tools/demo.py"), "--config-file", str(out / "config.yaml"),
+                           "--input", str(root / "val"), "--output", str(tmp_path / "vis"), "--confidence-threshold",
+                           "0", "MODEL.WEIGHTS", str(out / "model_final.pth")], **run)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    detections = json.loads((tmp_path / "vis" / "detections.json").read_text())
+    names = {d["class_name"] for image in detections["images"] for d in image["detections"]}
+    assert names and names <= set(CATEGORIES)
+    assert len(list((tmp_path / "vis").glob("*.jpg"))) + len(list((tmp_path / "vis").glob("*.png"))) == 4

@@ -46,7 +46,7 @@ def argument_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
     source.add_argument(
-        "--config", default="", metavar="NAME", help="a config under configs/, e.g. hiera_fpn.yaml"
+        "--config", default="", metavar="NAME", help="a packaged config by name, e.g. hiera_fpn.yaml"
     )
     parser.add_argument(
         "--input", nargs="+", required=True, help="image files, glob patterns or folders (quote globs)"
@@ -59,6 +59,11 @@ def argument_parser() -> argparse.ArgumentParser:
         "--no-json-masks", action="store_true", help="leave the RLE masks out of detections.json"
     )
     parser.add_argument(
+        "--dataset", action="append", default=[], metavar="NAME=SPEC",
+        help="register your own dataset as tools/train_net.py --dataset does (the class names of "
+        "DATASETS.TEST[0] label the pictures); a config.yaml saved by training already has it",
+    )  # fmt: skip
+    parser.add_argument(
         "--allow-pickle", action="store_true",
         help="accept a Detectron2 model-zoo .pkl as MODEL.WEIGHTS (unpickling runs the file's code: only "
         "for files from a source you trust)",
@@ -69,7 +74,7 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def run(args, opts: list[str]) -> int:
     config = args.config or args.config_file
-    cfg = demo_config(config, opts, args.confidence_threshold)
+    cfg = demo_config(config, opts, args.confidence_threshold, args.dataset)
     paths, notes = expand_inputs(args.input)
     for note in notes:
         logger.warning(note)

@@ -28,6 +28,7 @@ from detectron2.modeling import build_model
 from pycocotools import mask as mask_utils
 
 from ..config import get_hiera_cfg, merge_config
+from ..data.custom import register_custom_datasets
 from ..data.image_io import read_image
 from ..engine.checkpointer import atomic_write, load_model_weights
 from .draw import draw_instances
@@ -85,14 +86,18 @@ def expand_inputs(patterns: list[str]) -> tuple[list[str], list[str]]:
     return paths, notes
 
 
-def demo_config(config: str, opts: list[str], confidence_threshold: float):
+def demo_config(config: str, opts: list[str], confidence_threshold: float, datasets: list[str] = ()):
     """The frozen config of a demo run: ``config`` (a name under configs/ or a path) with ``opts``, the
-    score threshold applied to every head, and the CPU when CUDA is missing. Raises ``DemoError``."""
+    score threshold applied to every head, and the CPU when CUDA is missing. ``datasets`` (``NAME=SPEC``,
+    as ``tools/train_net.py --dataset``) are registered, so the pictures and the JSON use their class names;
+    a config saved by training keeps its own. Raises ``DemoError``."""
     if not 0.0 <= confidence_threshold <= 1.0:
         raise DemoError(f"--confidence-threshold must be in [0, 1], got {confidence_threshold}")
     cfg = get_hiera_cfg()
     try:
         merge_config(cfg, config, opts)
+        cfg.DATASETS.CUSTOM = list(cfg.DATASETS.CUSTOM) + [d for d in datasets if d not in cfg.DATASETS.CUSTOM]
+        register_custom_datasets(cfg)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise DemoError(str(e).strip('"')) from None
     weights = cfg.MODEL.WEIGHTS = os.path.expanduser(cfg.MODEL.WEIGHTS)
