@@ -68,11 +68,11 @@ class MaskUnitAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: torch.Tensor, layout, info, pool: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout, partition, pool: bool) -> torch.Tensor:
         N, L, _ = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.heads, self.head_dim).unbind(2)
         if pool:
-            q = layout.pool_q(q, info)
+            q = layout.pool_q(q, partition)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(N, -1, self.dim_out))
 
@@ -109,9 +109,9 @@ class HieraBlock(nn.Module):
             x = self.proj(x_norm)
         if self.q_pool:
             x = layout.pool(x)
-        seqs, info = layout.partition(x_norm, self.window)
-        attn = self.attn(seqs, layout, info, self.q_pool)
-        x = x + self.drop_path(layout.merge(attn, info, self.q_pool))
+        seqs, partition = layout.partition(x_norm, self.window)
+        attn = self.attn(seqs, layout, partition, self.q_pool)
+        x = x + self.drop_path(layout.merge(attn, partition, self.q_pool))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
