@@ -57,8 +57,14 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class MaskUnitAttention(nn.Module):
-    """Multi-head attention over the sequences a token layout hands it, with optional q-pooling."""
+class PartitionedAttention(nn.Module):
+    """Multi-head attention inside each part of a token layout's partition, with optional q-pooling.
+
+    The layout decides what a part is, so this one module serves every attention pattern of both layouts:
+    a mask unit or the whole image (``UnrolledLayout``, the paper's mask-unit and global attention), and a
+    square window or the whole image (``SpatialLayout``, HieraDet's windowed and global attention).
+    Attention itself never crosses a part; the layout hands the parts over as one batch of sequences.
+    """
 
     def __init__(self, dim: int, dim_out: int, heads: int):
         super().__init__()
@@ -96,7 +102,7 @@ class HieraBlock(nn.Module):
         self.window = window
         self.q_pool = q_pool
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MaskUnitAttention(dim, dim_out, heads)
+        self.attn = PartitionedAttention(dim, dim_out, heads)
         self.norm2 = nn.LayerNorm(dim_out, eps=norm_eps)
         self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
