@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from hiera_det.modeling import ARCHITECTURES, build_hiera
-from hiera_det.modeling.token_layout import UnrolledLayout
+from hiera_det.modeling.pos_embed import resize_tokens
+from hiera_det.modeling.token_layout import (
+    GLOBAL,
+    MASK_UNIT,
+    SpatialLayout,
+    SpatialPartition,
+    UnrolledLayout,
+    UnrolledPartition,
+)
 
 TINY = dict(stages=(1, 1, 1, 1), num_classes=0)  # the real tiny model's widths, one block per stage
 
@@ -104,6 +112,45 @@ def test_unroll_and_reroll_are_inverse_permutations():
     pooled = layout.pool(tokens)
     reference = grid.view(2, 32, 2, 48, 2, 5).amax(dim=(2, 4))
     assert torch.equal(layout.to_grid(pooled, coarse, pooled=1), reference)
+
+
+def test_partition_records_the_cut_and_merge_undoes_it():
+    unrolled = UnrolledLayout((2, 2), levels=2)
+    tokens = torch.randn(2, 6, 16, 4)
+    seqs, partition = unrolled.partition(tokens, MASK_UNIT)
+    assert partition == UnrolledPartition(batch=2, units=6, units_per_sequence=1) and seqs.shape == (12, 16, 4)
+    seqs, partition = unrolled.partition(tokens, GLOBAL)
+    assert partition.units_per_sequence == 6 and seqs.shape == (2, 96, 4)
+    assert torch.equal(unrolled.merge(seqs, partition, pooled=False), tokens)
+
+    spatial = SpatialLayout((2, 2))
+    grid = torch.randn(2, 10, 6, 4)
+    seqs, partition = spatial.partition(grid, 4)  # 10x6 does not divide into 4x4 windows: padded to 12x8
+    assert partition == SpatialPartition(2, 10, 6, padded_height=12, padded_width=8, window=4)
+    assert seqs.shape == (2 * 3 * 2, 16, 4)
+    assert torch.equal(spatial.merge(seqs, partition, pooled=False), grid)
+    # pooled queries come back on the pooled grid: 5x3 inside the padded 6x4
+    q = spatial.pool_q(seqs.unsqueeze(2), partition)
+    assert spatial.merge(q.squeeze(2), partition, pooled=True).shape == (2, 5, 3, 4)
+
+
+def test_pos_embed_kinds_are_checked_against_the_model():
+    with pytest.raises(ValueError, match="choose one of"):
+        build_hiera("hiera_tiny_224", pos_embed="rope", **TINY)
+    with pytest.raises(ValueError, match="for video models"):
+        build_hiera("hiera_tiny_224", pos_embed="separate", **TINY)
+    with pytest.raises(ValueError, match="for image models"):
+        build_hiera("hiera_base_16x224", pos_embed="absolute_win", **TINY)
+    with pytest.raises(ValueError, match="need window_spec"):
+        build_hiera("hiera_tiny_224", pos_embed="absolute_win", **TINY)
+
+
+def test_checkpoint_resizing_keeps_the_dtype_and_is_exact_at_the_same_grid():
+    torch.manual_seed(0)
+    pe = torch.randn(1, 6 * 4, 8).half()
+    assert torch.equal(resize_tokens(pe, (6, 4), (6, 4)), pe)
+    resized = resize_tokens(pe, (6, 4), (9, 5))
+    assert resized.shape == (1, 45, 8) and resized.dtype == torch.float16
 
 
 def test_pos_embed_is_identity_at_stored_grid_and_resizes_smoothly():

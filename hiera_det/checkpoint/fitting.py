@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..modeling import ARCHITECTURES, Hiera
+from ..modeling.pos_embed import INTERPOLATION, resize_tokens, tokens_to_grid
 from .report import CheckpointError, LoadReport
 
 
@@ -117,12 +117,6 @@ def _absolute_grid(pe: torch.Tensor, model: Hiera, hf_config: dict | None) -> tu
     return _square_grid(n, "the checkpoint's pos_embed")
 
 
-def _resample(grid_first: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Resample a ``[1, C, *grid]`` embedding: bicubic in space, linear in time, trilinear for a 3-D grid."""
-    mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(size)]
-    return F.interpolate(grid_first.float(), size=size, mode=mode, align_corners=False)
-
-
 def _fmt(shape) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
@@ -147,13 +141,11 @@ def fit_position_embedding(
         pe = state["pos_embed"]
         grid = _absolute_grid(pe, model, hf_config)
         if grid != model.token_grid:
-            C = pe.shape[-1]
-            resized = _resample(pe.transpose(1, 2).reshape(1, C, *grid), model.token_grid)
-            state["pos_embed"] = resized.flatten(2).transpose(1, 2).to(pe.dtype)
+            state["pos_embed"] = resize_tokens(pe, grid, model.token_grid)
             report.resized["pos_embed"] = (
                 f"{_fmt(pe.shape)} -> {_fmt(state['pos_embed'].shape)} "
                 f"(grid {'x'.join(map(str, grid))} -> {'x'.join(map(str, model.token_grid))}, "
-                f"{'bicubic' if len(grid) == 2 else 'trilinear'})"
+                f"{INTERPOLATION[len(grid)]})"
             )
         return {}
 
@@ -163,8 +155,7 @@ def fit_position_embedding(
         # embedding, while other sizes interpolate the background, as SAM2 does.
         pe = state["pos_embed"]
         grid = _absolute_grid(pe, model, hf_config)
-        C = pe.shape[-1]
-        state["pos_embed"] = pe.transpose(1, 2).reshape(1, C, *grid).contiguous()
+        state["pos_embed"] = tokens_to_grid(pe, grid).contiguous()
         state["pos_embed_window"] = torch.zeros_like(model.pos_embed_window, dtype=pe.dtype, device="cpu")
         report.resized["pos_embed"] = (
             f"{_fmt(pe.shape)} -> {_fmt(state['pos_embed'].shape)} (absolute embedding as the absolute-win "
@@ -195,20 +186,17 @@ def fit_position_embedding(
         spatial, temporal = state["pos_embed_spatial"], state["pos_embed_temporal"]
         t, h, w = model.token_grid
         src_hw = _square_grid(spatial.shape[1], "the checkpoint's pos_embed_spatial")
-        C = spatial.shape[-1]
         if src_hw != (h, w):
-            out = _resample(spatial.transpose(1, 2).reshape(1, C, *src_hw), (h, w))
-            state["pos_embed_spatial"] = out.flatten(2).transpose(1, 2).to(spatial.dtype)
+            state["pos_embed_spatial"] = resize_tokens(spatial, src_hw, (h, w))
             report.resized["pos_embed_spatial"] = (
                 f"{_fmt(spatial.shape)} -> {_fmt(state['pos_embed_spatial'].shape)} "
-                f"(grid {src_hw[0]}x{src_hw[1]} -> {h}x{w}, bicubic)"
+                f"(grid {src_hw[0]}x{src_hw[1]} -> {h}x{w}, {INTERPOLATION[2]})"
             )
         if temporal.shape[1] != t:
-            out = _resample(temporal.transpose(1, 2), (t,))
-            state["pos_embed_temporal"] = out.transpose(1, 2).to(temporal.dtype)
+            state["pos_embed_temporal"] = resize_tokens(temporal, (temporal.shape[1],), (t,))
             report.resized["pos_embed_temporal"] = (
                 f"{_fmt(temporal.shape)} -> {_fmt(state['pos_embed_temporal'].shape)} "
-                f"({temporal.shape[1]} -> {t} temporal positions, linear)"
+                f"({temporal.shape[1]} -> {t} temporal positions, {INTERPOLATION[1]})"
             )
         return {}
 

@@ -1,6 +1,7 @@
 """The Hiera model core. It imports torch only."""
 
-from .hiera import ATTENTION_LAYOUTS, POS_EMBED_MODES, Hiera, HieraBlock
+from .hiera import ATTENTION_LAYOUTS, Hiera, HieraBlock
+from .pos_embed import POS_EMBED_MODES
 from .specs import ARCHITECTURES, WINDOW_PRESETS, architecture_size, build_hiera, hiera_kwargs
 
 __all__ = [

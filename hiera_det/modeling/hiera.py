@@ -9,11 +9,12 @@ on request, classification logits. Two attention schemes share every module:
   full attention at chosen blocks, with "absolute-win" position embeddings (Bolya et al., ICLR 2024).
 
 Attention always reaches ``scaled_dot_product_attention`` as 4-D tensors so that the fused kernels apply.
+The whole architecture is in this file; where the tokens sit between blocks (and so what an attention
+window is) lives in ``token_layout``, and the position embeddings in ``pos_embed``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -21,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .pos_embed import absolute_pos_embed, create_pos_embed, separate_pos_embed, window_pos_embed
 from .token_layout import GLOBAL, MASK_UNIT, SpatialLayout, UnrolledLayout
 
-POS_EMBED_MODES = ("absolute", "separate", "absolute_win")
 ATTENTION_LAYOUTS = ("mask_unit", "window")
 
 
@@ -56,8 +57,14 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class MaskUnitAttention(nn.Module):
-    """Multi-head attention over the sequences a token layout hands it, with optional q-pooling."""
+class PartitionedAttention(nn.Module):
+    """Multi-head attention inside each part of a token layout's partition, with optional q-pooling.
+
+    The layout decides what a part is, so this one module serves every attention pattern of both layouts:
+    a mask unit or the whole image (``UnrolledLayout``, the paper's mask-unit and global attention), and a
+    square window or the whole image (``SpatialLayout``, HieraDet's windowed and global attention).
+    Attention itself never crosses a part; the layout hands the parts over as one batch of sequences.
+    """
 
     def __init__(self, dim: int, dim_out: int, heads: int):
         super().__init__()
@@ -67,11 +74,11 @@ class MaskUnitAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: torch.Tensor, layout, info, pool: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout, partition, pool: bool) -> torch.Tensor:
         N, L, _ = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.heads, self.head_dim).unbind(2)
         if pool:
-            q = layout.pool_q(q, info)
+            q = layout.pool_q(q, partition)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(N, -1, self.dim_out))
 
@@ -95,7 +102,7 @@ class HieraBlock(nn.Module):
         self.window = window
         self.q_pool = q_pool
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MaskUnitAttention(dim, dim_out, heads)
+        self.attn = PartitionedAttention(dim, dim_out, heads)
         self.norm2 = nn.LayerNorm(dim_out, eps=norm_eps)
         self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -108,9 +115,9 @@ class HieraBlock(nn.Module):
             x = self.proj(x_norm)
         if self.q_pool:
             x = layout.pool(x)
-        seqs, info = layout.partition(x_norm, self.window)
-        attn = self.attn(seqs, layout, info, self.q_pool)
-        x = x + self.drop_path(layout.merge(attn, info, self.q_pool))
+        seqs, partition = layout.partition(x_norm, self.window)
+        attn = self.attn(seqs, layout, partition, self.q_pool)
+        x = x + self.drop_path(layout.merge(attn, partition, self.q_pool))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
@@ -172,12 +179,6 @@ class Hiera(nn.Module):
             raise ValueError(f"unknown attention layout {attention!r}; choose one of {ATTENTION_LAYOUTS}")
         if pos_embed is None:
             pos_embed = {"window": "absolute_win"}.get(attention, "separate" if ndim == 3 else "absolute")
-        if pos_embed not in POS_EMBED_MODES:
-            raise ValueError(f"unknown position embedding {pos_embed!r}; choose one of {POS_EMBED_MODES}")
-        if pos_embed == "separate" and ndim != 3:
-            raise ValueError("separate (spatial + temporal) position embeddings are for video models")
-        if pos_embed == "absolute_win" and ndim != 2:
-            raise ValueError("absolute-win position embeddings are for image models")
         if not 0 <= q_pool < len(stages):
             raise ValueError(f"q_pool must be in [0, {len(stages) - 1}], got {q_pool}")
 
@@ -213,18 +214,10 @@ class Hiera(nn.Module):
         self.patch_embed.proj = conv(
             in_chans, embed_dim, _tuple(patch_kernel, ndim), self.patch_stride, _tuple(patch_padding, ndim)
         )
-        if pos_embed == "absolute":
-            self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.token_grid), embed_dim))
-        elif pos_embed == "separate":
-            t, h, w = self.token_grid
-            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, h * w, embed_dim))
-            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, t, embed_dim))
-        else:
-            if window_spec is None:
-                raise ValueError("absolute-win position embeddings need window_spec (the stage-1 window)")
-            bkg = tuple(pos_embed_bkg_size or (14, 14))
-            self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *bkg))
-            self.pos_embed_window = nn.Parameter(torch.zeros(1, embed_dim, window_spec[0], window_spec[0]))
+        first_window = window_spec[0] if window_spec else None
+        pos_params = create_pos_embed(pos_embed, self.token_grid, embed_dim, first_window, pos_embed_bkg_size)
+        for param_name, param in pos_params.items():
+            self.register_parameter(param_name, param)
 
         self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
         q_pool_blocks = {end + 1 for end in self.stage_ends[:q_pool]}
@@ -250,7 +243,9 @@ class Hiera(nn.Module):
                 num_heads = int(num_heads * head_mul)
                 stage += 1
             self.blocks.append(
-                HieraBlock(embed_dim, dim_out, num_heads, window, i in q_pool_blocks, mlp_ratio, dpr[i], norm_eps)
+                HieraBlock(
+                    embed_dim, dim_out, num_heads, window, i in q_pool_blocks, mlp_ratio, dpr[i], norm_eps
+                )
             )
             embed_dim = dim_out
             if i in self.stage_ends:
@@ -303,28 +298,10 @@ class Hiera(nn.Module):
         """Position embedding for a token grid, as ``[1, C, *grid]``, resized from the stored one."""
         grid = tuple(grid)
         if self.pos_embed_mode == "absolute":
-            C = self.pos_embed.shape[-1]
-            pe = self.pos_embed.transpose(1, 2).reshape(1, C, *self.token_grid)
-            if grid != self.token_grid:
-                pe = F.interpolate(pe, size=grid, mode="bicubic" if self.ndim == 2 else "trilinear")
-            return pe
+            return absolute_pos_embed(self.pos_embed, self.token_grid, grid)
         if self.pos_embed_mode == "separate":
-            t0, h0, w0 = self.token_grid
-            C = self.pos_embed_spatial.shape[-1]
-            spatial = self.pos_embed_spatial.transpose(1, 2).reshape(1, C, h0, w0)
-            temporal = self.pos_embed_temporal.transpose(1, 2)
-            if grid[1:] != (h0, w0):
-                spatial = F.interpolate(spatial, size=grid[1:], mode="bicubic")
-            if grid[0] != t0:
-                temporal = F.interpolate(temporal, size=grid[0], mode="linear")
-            return spatial.unsqueeze(2) + temporal[..., None, None]
-        window = self.pos_embed_window
-        pe = F.interpolate(self.pos_embed, size=grid, mode="bicubic")
-        reps = [g // w for g, w in zip(grid, window.shape[2:])]
-        if any(g % w for g, w in zip(grid, window.shape[2:])):
-            reps = [math.ceil(g / w) for g, w in zip(grid, window.shape[2:])]
-            return pe + window.tile([1, 1, *reps])[..., : grid[0], : grid[1]]
-        return pe + window.tile([1, 1, *reps])
+            return separate_pos_embed(self.pos_embed_spatial, self.pos_embed_temporal, self.token_grid, grid)
+        return window_pos_embed(self.pos_embed, self.pos_embed_window, grid)
 
     def forward(self, x: torch.Tensor, return_logits: bool = False) -> dict[str, torch.Tensor]:
         """Stage outputs as ``[B, C, *grid]`` tensors in channels-last memory (the layout convolutions

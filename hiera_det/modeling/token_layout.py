@@ -1,4 +1,4 @@
-"""Where Hiera keeps its tokens between blocks.
+"""Where Hiera keeps its tokens between blocks, and how they are cut into attention sequences.
 
 Attention windows, q-pooling and the stage outputs all depend on which tokens sit next to each other.
 Two layouts serve the two attention schemes:
@@ -11,20 +11,43 @@ Two layouts serve the two attention schemes:
   each windowed block partitions (with zero padding, as SAM2 does) and merges its windows.
 
 Both expose the same four operations that ``HieraBlock`` needs: ``partition`` (tokens -> attention
-sequences), ``pool_q`` (pool queries inside those sequences), ``merge`` (sequences -> tokens) and ``pool``
-(the shortcut's pooling), plus ``enter`` / ``to_grid`` at the ends of the trunk. Both ends are channels-last (``[B, *grid, C]``), so every
-copy moves whole C-vectors.
+sequences, plus a record of the cut: ``UnrolledPartition`` or ``SpatialPartition``), ``pool_q`` (pool
+queries inside those sequences), ``merge`` (sequences -> tokens) and ``pool`` (the shortcut's pooling),
+plus ``enter`` / ``to_grid`` at the ends of the trunk. Both ends are channels-last (``[B, *grid, C]``), so
+every copy moves whole C-vectors.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 GLOBAL = 0  # window size that means "attend over the whole image"
 MASK_UNIT = -1  # window size that means "attend inside each mask unit"
+
+
+# The partition records are NamedTuples rather than dataclasses: one is built per block per forward, and a
+# NamedTuple costs no more than the plain tuple it replaces, in eager mode and under torch.compile alike.
+class UnrolledPartition(NamedTuple):
+    """How ``UnrolledLayout.partition`` cut ``[B, units, L, C]`` tokens into attention sequences."""
+
+    batch: int
+    units: int
+    units_per_sequence: int  # 1 for mask-unit attention, ``units`` for global attention
+
+
+class SpatialPartition(NamedTuple):
+    """How ``SpatialLayout.partition`` cut ``[B, H, W, C]`` tokens into attention sequences."""
+
+    batch: int
+    height: int
+    width: int
+    padded_height: int  # the grid padded to a multiple of the window (no padding for global attention)
+    padded_width: int
+    window: int  # window side, or GLOBAL for one sequence over the whole grid
 
 
 def _level_axes(ndim: int, levels: int, first: int) -> list[list[int]]:
@@ -78,23 +101,22 @@ class UnrolledLayout:
         grid = [coarse[d] * self.q_stride[d] ** left for d in range(D)]
         return x.reshape(B, *grid, C)
 
-    def partition(self, x: torch.Tensor, window: int):
+    def partition(self, x: torch.Tensor, window: int) -> tuple[torch.Tensor, UnrolledPartition]:
         B, units, L, C = x.shape
         if window == MASK_UNIT:
-            return x.reshape(B * units, L, C), (B, units, 1)
+            return x.reshape(B * units, L, C), UnrolledPartition(B, units, 1)
         if window != GLOBAL:
             raise ValueError("the mask-unit layout supports mask-unit and global attention only")
-        return x.reshape(B, units * L, C), (B, units, units)
+        return x.reshape(B, units * L, C), UnrolledPartition(B, units, units)
 
-    def pool_q(self, q: torch.Tensor, info) -> torch.Tensor:
-        _, _, per_seq = info
+    def pool_q(self, q: torch.Tensor, partition: UnrolledPartition) -> torch.Tensor:
+        per_seq = partition.units_per_sequence
         N, L, h, d = q.shape
         s = self.flat_stride
         return q.view(N, per_seq, s, L // (per_seq * s), h, d).amax(2).view(N, L // s, h, d)
 
-    def merge(self, y: torch.Tensor, info, pooled: bool) -> torch.Tensor:
-        B, units, _ = info
-        return y.view(B, units, -1, y.shape[-1])
+    def merge(self, y: torch.Tensor, partition: UnrolledPartition, pooled: bool) -> torch.Tensor:
+        return y.view(partition.batch, partition.units, -1, y.shape[-1])
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         B, units, L, C = x.shape
@@ -115,10 +137,10 @@ class SpatialLayout:
     def to_grid(self, x: torch.Tensor, coarse, pooled: int) -> torch.Tensor:
         return x
 
-    def partition(self, x: torch.Tensor, window: int):
+    def partition(self, x: torch.Tensor, window: int) -> tuple[torch.Tensor, SpatialPartition]:
         B, H, W, C = x.shape
         if window == GLOBAL:
-            return x.reshape(B, H * W, C), (B, H, W, H, W, GLOBAL)
+            return x.reshape(B, H * W, C), SpatialPartition(B, H, W, H, W, GLOBAL)
         if window == MASK_UNIT:
             raise ValueError("the windowed layout takes explicit window sizes, not mask units")
         pad_h, pad_w = (-H) % window, (-W) % window
@@ -126,18 +148,19 @@ class SpatialLayout:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         Hp, Wp = H + pad_h, W + pad_w
         x = x.view(B, Hp // window, window, Wp // window, window, C).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(-1, window * window, C), (B, H, W, Hp, Wp, window)
+        return x.reshape(-1, window * window, C), SpatialPartition(B, H, W, Hp, Wp, window)
 
-    def pool_q(self, q: torch.Tensor, info) -> torch.Tensor:
-        _, _, _, Hp, Wp, window = info
+    def pool_q(self, q: torch.Tensor, partition: SpatialPartition) -> torch.Tensor:
         N, _, h, d = q.shape
         sh, sw = self.q_stride
-        wh, ww = (Hp, Wp) if window == GLOBAL else (window, window)
+        window = partition.window
+        wh, ww = (partition.padded_height, partition.padded_width) if window == GLOBAL else (window, window)
         q = q.view(N, wh // sh, sh, ww // sw, sw, h, d).amax(dim=(2, 4))
         return q.reshape(N, -1, h, d)
 
-    def merge(self, y: torch.Tensor, info, pooled: bool) -> torch.Tensor:
-        B, H, W, Hp, Wp, window = info
+    def merge(self, y: torch.Tensor, partition: SpatialPartition, pooled: bool) -> torch.Tensor:
+        B, H, W = partition.batch, partition.height, partition.width
+        Hp, Wp, window = partition.padded_height, partition.padded_width, partition.window
         C = y.shape[-1]
         if pooled:
             sh, sw = self.q_stride
