@@ -48,11 +48,11 @@ WARMUP = 4  # calls before timing; the first one compiles
 def with_math_attention(model, max_keys: int):
     """A copy of ``model`` (same weights) whose attention modules take the math path for short windows.
     Reaches into the model's attention class and its forward signature: the one place that does."""
-    from hiera_det.modeling.hiera import MaskUnitAttention
+    from hiera_det.modeling.hiera import PartitionedAttention
 
     model = copy.deepcopy(model)
     for module in model.modules():
-        if isinstance(module, MaskUnitAttention):
+        if isinstance(module, PartitionedAttention):
             module.forward = types.MethodType(math_forward(max_keys), module)
     return model
 

@@ -22,7 +22,8 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import hiera_det.d2  # noqa: E402,F401
 from hiera_det.config import get_hiera_cfg, merge_config  # noqa: E402
-from hiera_det.engine import Trainer, check_dataset_available  # noqa: E402
+from hiera_det.data.catalog import check_dataset_available  # noqa: E402
+from hiera_det.engine import Trainer  # noqa: E402
 from hiera_det.engine.checkpointer import convert_for_detectron2  # noqa: E402
 from hiera_det.modeling import build_hiera  # noqa: E402
 
