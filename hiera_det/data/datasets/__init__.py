@@ -1,0 +1,1 @@
+"""Generated datasets bundled with hiera_det."""
