@@ -24,7 +24,7 @@ from ..data.image_io import CheckedDatasetMapper
 from ..detection import build_detection_train_mapper
 from .optimizer import build_optimizer
 
-VIDEO_META_ARCHITECTURES = ("HieraVideoClassifier", "HieraClipDetector")
+VIDEO_META_ARCHITECTURES = ("HieraVideoClassifier", "HieraClipDetector", "HieraActionDetector")
 
 logger = logging.getLogger(__name__)
 

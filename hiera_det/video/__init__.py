@@ -12,9 +12,10 @@ from .build import build_hiera_video_backbone, build_hiera_video_fpn_backbone, b
 from .config import add_video_config
 from .evaluation import VideoClassificationEvaluator
 from .meta_arch import HieraClipDetector, HieraVideoClassifier
+from .action_detector import HieraActionDetector  # noqa: F401  (registers the AVA meta-architecture)
 from .mixup import ClipMixup
 
-VIDEO_META_ARCHITECTURES = ("HieraVideoClassifier", "HieraClipDetector")
+VIDEO_META_ARCHITECTURES = ("HieraVideoClassifier", "HieraClipDetector", "HieraActionDetector")
 
 __all__ = [
     "VIDEO_META_ARCHITECTURES",

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 CLASSIFIER = "HieraVideoClassifier"
 CLIP_DETECTOR = "HieraClipDetector"
+ACTION_DETECTOR = "HieraActionDetector"
 _KINETICS = re.compile(r"^(kinetics\w*?)_(train|val|test)$")
 
 
@@ -84,7 +85,7 @@ def _check_num_classes(cfg, names) -> None:
 
 def _meta_arch(cfg) -> str:
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in (CLASSIFIER, CLIP_DETECTOR):
+    if arch not in (CLASSIFIER, CLIP_DETECTOR, ACTION_DETECTOR):
         raise ValueError(
             f"hiera_det.video.builders serves {CLASSIFIER} and {CLIP_DETECTOR}, not MODEL.META_ARCHITECTURE={arch!r}"
         )
@@ -96,6 +97,10 @@ def build_train_loader(cfg):
     from hiera_det.data.video_mapper import KeyframeClipMapper, VideoClassificationMapper
 
     arch = _meta_arch(cfg)
+    if arch == ACTION_DETECTOR:
+        from .ava_builders import build_ava_train_loader
+
+        return build_ava_train_loader(cfg)
     for name in cfg.DATASETS.TRAIN:
         prepare_dataset(cfg, name)
     if arch == CLASSIFIER:
@@ -116,6 +121,10 @@ def build_test_loader(cfg, dataset_name: str):
     from hiera_det.data.video_mapper import KeyframeClipMapper, VideoClassificationMapper, expand_test_views
 
     arch = _meta_arch(cfg)
+    if arch == ACTION_DETECTOR:
+        from .ava_builders import build_ava_test_loader
+
+        return build_ava_test_loader(cfg, dataset_name)
     prepare_dataset(cfg, dataset_name)
     if arch == CLASSIFIER:
         _check_num_classes(cfg, [dataset_name])
@@ -133,6 +142,10 @@ def build_test_loader(cfg, dataset_name: str):
 def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
     """``VideoClassificationEvaluator`` (classifier) or a box ``COCOEvaluator`` on keyframes (detector)."""
     arch = _meta_arch(cfg)
+    if arch == ACTION_DETECTOR:
+        from .ava_builders import build_ava_evaluator
+
+        return build_ava_evaluator(cfg, dataset_name, output_folder)
     prepare_dataset(cfg, dataset_name)
     if arch == CLASSIFIER:
         return VideoClassificationEvaluator(dataset_name, output_dir=output_folder)
