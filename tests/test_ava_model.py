@@ -175,3 +175,20 @@ def test_train_loader_through_builders(tiny):
     assert len(batch) == 2 and all(b["labels"].shape[1] == 9 for b in batch)
     with pytest.raises(ValueError, match="NUM_CLASSES is 4; set it to 9"):
         builders.build_train_loader(make_cfg("MODEL.ACTION_HEAD.NUM_CLASSES", "4"))
+
+
+def test_config_checks_and_full_size_recipe_loads():
+    from hiera_det.video.ava_config import validate_ava_config
+
+    with pytest.raises(ValueError, match=r"MODEL.ACTION_HEAD.IN_FEATURE='stage2'; choose one of \['stage3', 'stage4'\]"):
+        validate_ava_config(make_cfg("MODEL.ACTION_HEAD.IN_FEATURE", "stage2"))
+    from hiera_det.config import get_hiera_cfg, merge_config
+    from hiera_det.video.ava_config import add_ava_config
+
+    cfg = get_hiera_cfg()
+    if "ACTION_HEAD" not in cfg.MODEL:
+        add_ava_config(cfg)
+    cfg = merge_config(cfg, "video/hiera_base_16x224_ava.yaml")
+    validate_ava_config(cfg)
+    assert (cfg.MODEL.ACTION_HEAD.NUM_CLASSES, cfg.MODEL.HIERA_VIDEO.NUM_FRAMES, cfg.MODEL.HIERA_VIDEO.SAMPLING_RATE) == (80, 16, 4)
+    assert cfg.INPUT.VIDEO.TEST_CROP_SIZE == 256 and cfg.INPUT.AVA.PROPOSAL_SCORE_THRESH == 0.8
