@@ -98,6 +98,22 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
         ("MIXUP_SWITCH_PROB", 0.5, "with both alphas > 0, the chance of cutmix rather than mixup"),
         ("LABEL_SMOOTHING", 0.0, "classifier label smoothing (Hiera K400: 0.1)"),
     ]),
+    "MODEL.ACTION_HEAD": _keys("MODEL.ACTION_HEAD", [
+        ("IN_FEATURE", "stage4", "AVA actor head: the trunk stage pooled per person box, `stage4` (stride 32, as "
+         "MViTv2's AVA head) or `stage3` (stride 16: twice the resolution, for small frames or people)"),
+        ("NUM_CLASSES", 80, "action outputs; output k is action id k + 1 (AVA v2.2: 80, of which the label map's "
+         "60 are evaluated)"),
+        ("POOLER_RESOLUTION", 7, "RoIAlign cells per side of each person box on the time-averaged features"),
+        ("POOLER_SAMPLING_RATIO", 0, "RoIAlign sampling ratio (0 = adaptive)"),
+        ("POOLER_ALIGNED", True, "RoIAlign with the half-pixel correction"),
+        ("SPATIAL_POOL", "max", "pooling over the RoIAlign cells: `max` or `avg`"),
+        ("DROPOUT", 0.5, "dropout before the linear classifier (PySlowFast's AVA configs: 0.5)"),
+        ("PERSON_DETECTOR.CONFIG_FILE", "", "optional image detector config of this repository that proposes "
+         "the person boxes where no proposals file exists (`tools/video_demo.py --mode actions` on any video)"),
+        ("PERSON_DETECTOR.WEIGHTS", "", "that detector's trained weights"),
+        ("PERSON_DETECTOR.CLASS_ID", 0, "the person class in that detector's contiguous ids (COCO: 0)"),
+        ("PERSON_DETECTOR.SCORE_THRESH", 0.8, "person detections scoring below this are dropped"),
+    ]),
     "INPUT.LSJ": _keys("INPUT.LSJ", [
         ("ENABLED", False, "training augmentation = `ResizeScale(MIN_SCALE, MAX_SCALE)` to `IMAGE_SIZE`, "
          "`FixedSizeCrop(IMAGE_SIZE)` (crop or pad), horizontal flip; replaces `INPUT.MIN_SIZE_TRAIN` resizing. "
@@ -124,6 +140,31 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
         ("LAYOUT", "csv", "`csv` (PySlowFast `{train,val,test}.csv` with `path label` lines, paths relative "
          "to the root) or `folders` (one folder per class)"),
         ("CSV_SEPARATOR", " ", "column separator of those csv files"),
+    ]),
+    "INPUT.AVA": _keys("INPUT.AVA", [
+        ("DATASET_ROOT", "", "AVA datasets `ava*_{train,val}` not registered yet come from here (`\"\"` = "
+         "`$DETECTRON2_DATASETS/ava`), in PySlowFast's layout: `annotations/` (`ava_{split}_VERSION.csv`, label "
+         "maps, excluded timestamps, `ava_detection_{split}_boxes_and_labels.csv`), `frames/` + "
+         "`frame_lists/{split}.csv` or `videos_15min/<id>.<ext>`"),
+        ("LAYOUT", "frames", "`frames` (frame folders and PySlowFast frame lists) or `videos` (decoded by decord)"),
+        ("VERSION", "v2.2", "the annotation files' version suffix"),
+        ("FRAME_RATE", 30.0, "frame k of a frame folder is at `VIDEO_START_SEC + k / FRAME_RATE` (videos use "
+         "their container's rate)"),
+        ("VIDEO_START_SEC", 900.0, "the time of a frame folder's first frame (AVA's 15-minute clips: 900)"),
+        ("KEYFRAME_RANGE", [902, 1798], "keyframes with `KEYFRAME_RANGE[0] <= timestamp <= KEYFRAME_RANGE[1]` "
+         "are used"),
+        ("PROPOSAL_SCORE_THRESH", 0.8, "person proposals scoring below this are dropped (PySlowFast's "
+         "DETECTION_SCORE_THRESH)"),
+        ("TRAIN_BOX_JITTER", 0.05, "training boxes are the ground truth, each side moved by up to this fraction "
+         "of the box size"),
+        ("MIN_BOX_AREA_KEPT", 0.3, "a box cut by the training crop is kept if this fraction of its area remains"),
+        ("KEYFRAME_ONLY", False, "the keyframe-alone baseline: every frame of the clip is the keyframe"),
+    ]),
+    "TEST.AVA": _keys("TEST.AVA", [
+        ("MAX_DETECTIONS_PER_KEYFRAME", 50, "the official evaluator keeps the 50 best (box, action) rows of "
+         "each keyframe; 0 keeps all (PySlowFast's in-memory scoring)"),
+        ("IGNORE_KEYFRAMES_WITHOUT_GROUNDTRUTH", False, "False: detections on keyframes without ground truth "
+         "are false positives (the v2.2 evaluator with the excluded-timestamps file); True: ignored (2020+)"),
     ]),
     "DATASETS": _keys("DATASETS", [
         ("CUSTOM", [], "your own datasets, registered without code: `NAME=ANNOTATIONS.json:IMAGE_ROOT` (COCO "
@@ -278,11 +319,31 @@ def _validate_video(cfg: CN) -> None:
         raise ValueError(f"INPUT.VIDEO.LAYOUT {v.LAYOUT!r}; choose csv or folders")
 
 
+def validate_ava_config(cfg: CN) -> None:
+    """Raise ValueError naming the key and the valid choices for a value the action detector cannot use."""
+    h, a = cfg.MODEL.ACTION_HEAD, cfg.INPUT.AVA
+    if h.IN_FEATURE not in ("stage3", "stage4"):
+        raise ValueError(f"MODEL.ACTION_HEAD.IN_FEATURE {h.IN_FEATURE!r}; choose one of: stage3, stage4")
+    if h.SPATIAL_POOL not in ("max", "avg"):
+        raise ValueError(f"MODEL.ACTION_HEAD.SPATIAL_POOL {h.SPATIAL_POOL!r}; choose one of: max, avg")
+    if h.NUM_CLASSES < 1 or h.POOLER_RESOLUTION < 1 or not 0.0 <= h.DROPOUT < 1.0:
+        raise ValueError(f"MODEL.ACTION_HEAD needs NUM_CLASSES >= 1, POOLER_RESOLUTION >= 1 and 0 <= DROPOUT < 1; "
+                         f"got {h.NUM_CLASSES}, {h.POOLER_RESOLUTION}, {h.DROPOUT}")
+    if a.LAYOUT not in ("frames", "videos"):
+        raise ValueError(f"INPUT.AVA.LAYOUT {a.LAYOUT!r}; choose one of: frames, videos")
+    if len(a.KEYFRAME_RANGE) != 2 or a.KEYFRAME_RANGE[0] > a.KEYFRAME_RANGE[1]:
+        raise ValueError(f"INPUT.AVA.KEYFRAME_RANGE {list(a.KEYFRAME_RANGE)} must be [first, last] seconds")
+    if a.FRAME_RATE <= 0 or not 0.0 <= a.TRAIN_BOX_JITTER < 0.5 or not 0.0 <= a.MIN_BOX_AREA_KEPT <= 1.0:
+        raise ValueError(f"INPUT.AVA needs FRAME_RATE > 0, 0 <= TRAIN_BOX_JITTER < 0.5 and 0 <= MIN_BOX_AREA_KEPT "
+                         f"<= 1; got {a.FRAME_RATE}, {a.TRAIN_BOX_JITTER}, {a.MIN_BOX_AREA_KEPT}")
+
+
 def validate_hiera_config(cfg: CN) -> None:
     """Raise ValueError naming the key, the bad value and the valid choices for any bad hiera_det key."""
     _validate_trunk(cfg)
     if is_video_config(cfg):
         _validate_video(cfg)
+        validate_ava_config(cfg)
     lsj = cfg.INPUT.LSJ
     if lsj.ENABLED and not (0 < lsj.MIN_SCALE <= lsj.MAX_SCALE and lsj.IMAGE_SIZE > 0):
         raise ValueError(f"INPUT.LSJ needs 0 < MIN_SCALE <= MAX_SCALE and IMAGE_SIZE > 0, got MIN_SCALE "

@@ -7,6 +7,8 @@ Modes (``--mode auto`` picks from ``MODEL.META_ARCHITECTURE``):
             (edge frames repeated at the ends), detections for that keyframe
   classify  HieraVideoClassifier: top-k per clip of NUM_FRAMES x SAMPLING_RATE frames (``--clip-stride``
             apart) and for the whole video (clip scores averaged)
+  actions   HieraActionDetector: AVA-style actions of each person at keyframes; persons from ``--proposals``
+            (an AVA proposals CSV) or the config's MODEL.ACTION_HEAD.PERSON_DETECTOR (hiera_det/demo/actions.py)
 
 Each video gives ``OUTPUT/<name>.jsonl``: detection modes one line per processed frame with
 ``frame_index``, ``timestamp`` (seconds, from the container, so variable frame rates are right),
@@ -38,7 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="a video file, a folder of videos, or a folder of frames")
     p.add_argument("--output", required=True, help="folder for <video>.jsonl and <video>.mp4")
     p.add_argument("--weights", default="", help="model checkpoint (.pth); default: MODEL.WEIGHTS of the config")
-    p.add_argument("--mode", default="auto", choices=("auto", "frame", "clip", "classify"))
+    p.add_argument("--mode", default="auto", choices=("auto", "frame", "clip", "classify", "actions"))
     p.add_argument("--frame-stride", type=int, default=1, help="process every N-th frame")
     p.add_argument("--batch-size", type=int, default=4, help="frames (or clips) per forward pass")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
@@ -53,6 +55,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="accept a Detectron2 model-zoo .pkl checkpoint (unpickling runs the file's code: "
                         "only for files from a source you trust)")
     p.add_argument("--device", default="", help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--proposals", default="", help="actions: AVA proposals CSV (default: the config's person detector)")
+    p.add_argument("--keyframe-interval", type=float, default=1.0, help="actions: seconds between keyframes")
+    p.add_argument("--video-start-sec", type=float, default=0.0, help="actions: proposals' time of frame 0 (AVA: 900)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p
 
@@ -106,6 +111,9 @@ def main(argv=None) -> int:
         logger.info("%s -> %s%s", summary["video"], summary["jsonl"],
                     f", {summary['mp4']}" if summary["mp4"] else "")
 
+    if mode == "actions":  # AVA-style action detection, hiera_det/demo/actions.py
+        from hiera_det.demo.actions import run_action_demo
+        return run_action_demo(cfg, model, args, on_video=report)
     try:
         result = run_video_demo(cfg, model, args.input, args.output, settings, on_video=report)
     except VideoReadError as e:

@@ -1,10 +1,11 @@
 """Where datasets live and how Detectron2 finds them: registration, bundled-data generation, checks.
 
 Every dataset a config names goes through :func:`prepare_datasets` before training or evaluation: the bundled
-ones (``hiera_shapes_*``, ``moving_shapes_*``) are generated on first use, ``kinetics*_{train,val,test}`` are
-registered from ``INPUT.VIDEO.DATASET_ROOT``, and every one is checked to be registered and on disk, with an
-error that says how to fix it. Registering a name that exists replaces it. Evaluators are chosen from the
-``evaluator_type`` each registration records (``coco``, ``video_classification``), as Detectron2 does.
+ones (``hiera_shapes_*``, ``moving_shapes_*``, ``ava_shapes_*``) are generated on first use,
+``kinetics*_{train,val,test}`` are registered from ``INPUT.VIDEO.DATASET_ROOT`` and ``ava*_{train,val}`` from
+``INPUT.AVA.DATASET_ROOT``, and every one is checked to be registered and on disk, with an error that says how
+to fix it. Registering a name that exists replaces it. Evaluators are chosen from the ``evaluator_type`` each
+registration records (``coco``, ``video_classification``, ``ava``), as Detectron2 does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ __all__ = [
 
 SHAPES_DATASETS = {"hiera_shapes_train": "train", "hiera_shapes_val": "val"}
 _KINETICS = re.compile(r"^(kinetics\w*?)_(train|val|test)$")
+_AVA_SHAPES = re.compile(r"^ava_shapes(?:_(tiny))?_(train|val)$")
+_AVA = re.compile(r"^(ava\w*?)_(train|val)$")
 
 
 def register_dataset(name: str, loader: Callable[[], list[dict]], **metadata) -> None:
@@ -163,9 +166,52 @@ def _generate_bundled(name: str) -> None:
             _register_moving_shapes(root)
 
 
-def _register_by_name(cfg, name: str) -> None:
+def _prepare_ava_shapes(name: str, generate: bool) -> None:
+    from .datasets import ava_shapes
+
+    match = _AVA_SHAPES.match(name)
+    preset, split = match.group(1) or "default", match.group(2)
+    registered = MetadataCatalog.get(name).get("annotation_file", None) if name in DatasetCatalog.list() else None
+    if registered and os.path.isfile(registered):
+        return
+    root = ava_shapes.default_root(preset)
+    if generate:
+        ava_shapes.ensure_ava_shapes_dataset(root, preset=preset)
+    if os.path.isdir(root):
+        ava_shapes.register_ava_shapes(root, prefix=name[: -len(split) - 1])
+
+
+def _register_ava(cfg, name: str, split: str) -> None:
+    from .ava import ava_split_files, register_ava
+
+    a = cfg.INPUT.AVA
+    root = a.DATASET_ROOT or str(datasets_root() / "ava")
+    files = ava_split_files(
+        root, split, version=a.VERSION, layout=a.LAYOUT, frame_rate=a.FRAME_RATE,
+        video_start_sec=a.VIDEO_START_SEC, keyframe_range=tuple(a.KEYFRAME_RANGE),
+        proposal_score_threshold=a.PROPOSAL_SCORE_THRESH,
+    )  # fmt: skip
+    needed = (files.annotation_file, files.label_map_file, files.frame_list_file or files.video_dir)
+    missing = [p for p in needed if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"dataset {name!r}: {', '.join(missing)} not found. Put AVA in PySlowFast's layout "
+                                f"under {root!r} (annotations/, frames/ + frame_lists/ or videos_15min/) or set "
+                                "INPUT.AVA.DATASET_ROOT")
+    register_ava(name, files)
+
+
+def _register_by_name(cfg, name: str, generate: bool) -> None:
+    if _AVA_SHAPES.match(name):
+        _prepare_ava_shapes(name, generate)
+        return
+    if name in DatasetCatalog.list():
+        return
+    ava = _AVA.match(name)
+    if ava:
+        _register_ava(cfg, name, ava.group(2))
+        return
     match = _KINETICS.match(name)
-    if name in DatasetCatalog.list() or match is None:
+    if match is None:
         return
     v = cfg.INPUT.VIDEO
     root = v.DATASET_ROOT or str(datasets_root() / match.group(1))
@@ -181,7 +227,7 @@ def prepare_datasets(cfg, names, generate: bool = True) -> None:
 
     register_custom_datasets(cfg)
     for name in names:
-        _register_by_name(cfg, name)
+        _register_by_name(cfg, name, generate)
         if generate:
             _generate_bundled(name)
         check_dataset_available(name)
@@ -197,7 +243,8 @@ def check_dataset_available(name: str) -> None:
                        "hiera_det.data.catalog.register_coco_instances (or detectron2's), Kinetics-style lists "
                        "with register_kinetics; built in: coco_2017_train / coco_2017_val, the bundled "
                        "hiera_shapes_{train,val}, moving_shapes_{cls,kf}_{train,val}, and kinetics400_{train,"
-                       "val,test} from INPUT.VIDEO.DATASET_ROOT")
+                       "val,test} from INPUT.VIDEO.DATASET_ROOT, ava_shapes_{train,val} (generated) and ava_{train,val} "
+                       "from INPUT.AVA.DATASET_ROOT (hiera_det.data.ava.register_ava for your own AVA-format data)")
     meta = MetadataCatalog.get(name)
     paths = [meta.get(key, None) for key in ("json_file", "image_root", "root")]
     missing = [p for p in paths if p and not os.path.exists(p)]
@@ -211,7 +258,7 @@ def check_dataset_available(name: str) -> None:
             "coco/train2017/ and coco/val2017/ (from https://cocodataset.org/#download), or set "
             "DETECTRON2_DATASETS to the folder that holds coco/"
         )
-    if name in SHAPES_DATASETS or name.startswith("moving_shapes_"):
+    if name in SHAPES_DATASETS or name.startswith(("moving_shapes_", "ava_shapes")):
         raise FileNotFoundError(f"dataset {name!r}: {', '.join(missing)} not found. The bundled data is "
                                 "generated on first use by tools/train_net.py (or hiera_det.data.catalog."
                                 "prepare_datasets(cfg, names)); check that $DETECTRON2_DATASETS is writable")

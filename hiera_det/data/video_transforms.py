@@ -11,7 +11,7 @@ i.e. ``num_temporal=5, num_spatial=3``.
 
 Geometry. Every geometric op is an fvcore ``Transform`` (the classes Detectron2 re-exports in
 ``detectron2.data.transforms``), so the parameters of one sampled augmentation are kept and the same
-transform is applied to every frame (``apply_to_clip``) and to boxes (Detectron2's
+transform is applied to every frame (``apply_to_clip``) and to boxes (``apply_to_boxes`` or Detectron2's
 ``transform_instance_annotations``). Boxes are XYXY in continuous pixel coordinates: pixel ``(x, y)``
 covers ``[x, x + 1) x [y, y + 1)``.
 
@@ -249,6 +249,18 @@ def apply_to_clip(transform: Transform, clip: np.ndarray) -> np.ndarray:
         else:
             clip = np.stack([step.apply_image(frame) for frame in clip])
     return np.ascontiguousarray(clip)
+
+
+def apply_to_boxes(
+    transform: Transform, boxes: np.ndarray, image_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Map XYXY boxes ``[N, 4]`` through ``transform``; with ``image_size=(H, W)`` clip them to the frame."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    out = transform.apply_box(boxes) if len(boxes) else boxes.copy()
+    if image_size is not None:
+        h, w = image_size
+        out = np.clip(out, 0, [w, h, w, h])
+    return out
 
 
 def clip_to_tensor(clip: np.ndarray, image_format: str = "RGB") -> torch.Tensor:

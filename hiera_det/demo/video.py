@@ -47,7 +47,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 
 def mode_for(meta_architecture: str) -> str:
     """The demo mode that fits a meta-architecture (image detectors run per frame)."""
-    return {"HieraVideoClassifier": "classify", "HieraClipDetector": "clip"}.get(meta_architecture, "frame")
+    return {"HieraVideoClassifier": "classify", "HieraClipDetector": "clip", "HieraActionDetector": "actions"}.get(meta_architecture, "frame")
 
 
 def list_videos(path: str) -> list[str]:

@@ -76,6 +76,6 @@ def freeze_unread(trunk: Hiera, deepest_stage: int) -> None:
     it searches for unused parameters every step."""
     modules: list[nn.Module] = [trunk.norm]
     for stage in range(deepest_stage + 1, len(trunk.stage_ends) + 1):
-        modules += [trunk.blocks[i] for i in stage_blocks(trunk, stage)]
+        modules += [trunk.blocks[i] for i in stage_blocks(trunk, stage) if i < len(trunk.blocks)]
     for module in modules:
         module.requires_grad_(False)

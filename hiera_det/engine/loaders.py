@@ -8,7 +8,9 @@ named here:
 * ``coco`` + video trunk: clips centered on annotated keyframes (``KeyframeClipMapper``), ``COCOEvaluator``
   on the keyframe boxes;
 * ``video_classification``: ``VideoClassificationMapper`` clips, one test item per (temporal, spatial) view,
-  ``VideoClassificationEvaluator`` (views averaged per video).
+  ``VideoClassificationEvaluator`` (views averaged per video);
+* ``ava``: clips centered on keyframes with the person boxes (``AvaClipMapper``: jittered ground truth in
+  training, proposals in testing), frame-mAP as the official AVA evaluator computes it (``AvaEvaluator``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from detectron2.evaluation import COCOEvaluator
 
 from ..config import is_video_config
 from ..data.catalog import prepare_datasets
+from ..data.ava import EVALUATOR_TYPE as AVA
+from ..data.ava_mapper import AvaClipMapper
 from ..data.datasets.kinetics import EVALUATOR_TYPE as VIDEO_CLASSIFICATION
 from ..data.image_mapper import CheckedDatasetMapper, build_detection_train_mapper
 from ..data.video_mapper import KeyframeClipMapper, VideoClassificationMapper, expand_test_views
+from ..video.ava_evaluation import AvaEvaluator
 from ..video.evaluation import VideoClassificationEvaluator
 
 
@@ -40,6 +45,10 @@ def evaluator_type(names) -> str:
 
 def _check_num_classes(cfg, names) -> None:
     for name in names:
+        actions = MetadataCatalog.get(name).get("num_actions", None)
+        if actions is not None and actions > cfg.MODEL.ACTION_HEAD.NUM_CLASSES:
+            raise ValueError(f"dataset {name!r} has action ids up to {actions} but MODEL.ACTION_HEAD.NUM_CLASSES is "
+                             f"{cfg.MODEL.ACTION_HEAD.NUM_CLASSES}; set it to {actions}")
         classes = MetadataCatalog.get(name).get("classes", None)
         if classes is not None and len(classes) != cfg.MODEL.HIERA_VIDEO.NUM_CLASSES:
             raise ValueError(f"dataset {name!r} has {len(classes)} classes but MODEL.HIERA_VIDEO.NUM_CLASSES is "
@@ -50,6 +59,9 @@ def build_train_loader(cfg):
     """Infinite training loader of batches (lists of dicts) for ``DATASETS.TRAIN``."""
     names = list(cfg.DATASETS.TRAIN)
     prepare_datasets(cfg, names, generate=False)
+    if evaluator_type(names) == AVA:
+        _check_num_classes(cfg, names)
+        return build_detection_train_loader(cfg, mapper=AvaClipMapper(cfg, is_train=True))
     if evaluator_type(names) == VIDEO_CLASSIFICATION:
         _check_num_classes(cfg, names)
         return build_detection_train_loader(
@@ -67,6 +79,9 @@ def build_train_loader(cfg):
 def build_test_loader(cfg, dataset_name: str):
     """Evaluation loader: every image, every keyframe, or every test view of every video."""
     prepare_datasets(cfg, [dataset_name], generate=False)
+    if evaluator_type([dataset_name]) == AVA:
+        _check_num_classes(cfg, [dataset_name])
+        return build_detection_test_loader(cfg, dataset_name, mapper=AvaClipMapper(cfg, is_train=False))
     if evaluator_type([dataset_name]) == VIDEO_CLASSIFICATION:
         _check_num_classes(cfg, [dataset_name])
         v = cfg.INPUT.VIDEO
@@ -86,8 +101,12 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
     kind = evaluator_type([dataset_name])
     if kind == VIDEO_CLASSIFICATION:
         return VideoClassificationEvaluator(dataset_name, output_dir=output_folder)
+    if kind == AVA:
+        t = cfg.TEST.AVA
+        return AvaEvaluator(dataset_name, output_folder, max_detections_per_keyframe=t.MAX_DETECTIONS_PER_KEYFRAME,
+                            ignore_keyframes_without_groundtruth=t.IGNORE_KEYFRAMES_WITHOUT_GROUNDTRUTH)
     if kind == "coco":
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
     raise ValueError(f"dataset {dataset_name!r} has evaluator_type {kind!r}, which hiera_det has no evaluator "
-                     f"for; known: coco, {VIDEO_CLASSIFICATION}")
+                     f"for; known: coco, {VIDEO_CLASSIFICATION}, {AVA}")
