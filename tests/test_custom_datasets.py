@@ -70,7 +70,8 @@ def test_photos_register_check_and_fit_the_config(photos):
     notes = fit_config_to_data(cfg, explicit_keys=set())
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(CATEGORIES)
     assert any("MODEL.ROI_HEADS.NUM_CLASSES 80 -> 7" in n for n in notes)
-    assert cfg.INPUT.MASK_FORMAT == "polygon"
+    assert cfg.INPUT.MASK_FORMAT == "bitmask"  # polygons cropped by large-scale jitter
+    assert any("polygons, cropped" in n for n in notes)
 
 
 def test_user_class_count_that_disagrees_names_both(photos):
@@ -89,10 +90,11 @@ def test_rle_masks_switch_the_mask_format(photos, tmp_path):
             rle = mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], *sizes[a["image_id"]]))
             a["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
 
-    cfg = _cfg(_photo_specs(photos, _edited(photos, tmp_path, to_rle)), ["mine_train"])
+    cfg = _cfg(_photo_specs(photos, _edited(photos, tmp_path, to_rle)), ["mine_train"],
+               opts=["INPUT.LSJ.ENABLED", "False"])
     prepare_datasets(cfg, ["mine_train"])
     notes = fit_config_to_data(cfg, explicit_keys=set())
-    assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("RLE" in n for n in notes)
+    assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("are RLE" in n for n in notes)
 
 
 @pytest.mark.parametrize(
@@ -209,6 +211,6 @@ def test_own_data_path_end_to_end(photos, tmp_path):
                            "0", "MODEL.WEIGHTS", str(out / "model_final.pth")], **run)
     assert demo.returncode == 0, demo.stderr[-3000:]
     detections = json.loads((tmp_path / "vis" / "detections.json").read_text())
-    names = {d["class_name"] for image in detections["images"] for d in image["detections"]}
+    names = {d["category"] for image in detections["images"] for d in image["instances"]}
     assert names and names <= set(CATEGORIES)
     assert len(list((tmp_path / "vis").glob("*.jpg"))) + len(list((tmp_path / "vis").glob("*.png"))) == 4

@@ -117,8 +117,9 @@ def _video_classifier(tmp_path: Path):
     cfg = get_hiera_cfg()
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.META_ARCHITECTURE = "HieraVideoClassifier"
-    m = cfg.MODEL.HIERA_VIDEO
-    m.STAGES, m.EMBED_DIM, m.NUM_FRAMES, m.SAMPLING_RATE, m.NUM_CLASSES = [1, 1, 1, 1], 16, 4, 2, 3
+    h, m = cfg.MODEL.HIERA, cfg.MODEL.HIERA_VIDEO
+    h.NAME, h.STAGES, h.EMBED_DIM = "hiera_base_16x224", [1, 1, 1, 1], 16
+    m.NUM_FRAMES, m.SAMPLING_RATE, m.NUM_CLASSES = 4, 2, 3
     cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.VIDEO.TRAIN_CROP_SIZE = cfg.INPUT.VIDEO.TEST_CROP_SIZE = 32
     config_file = tmp_path / "tiny_video.yaml"

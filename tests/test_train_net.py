@@ -64,7 +64,7 @@ def datasets_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def shapes(datasets_root):
     """The hiera_shapes copy of ``datasets_root`` registered under fresh names; returns (train, val) names."""
-    from hiera_det.data.shapes_spec import ShapesDatasetPaths
+    from hiera_det.data.datasets.shapes_spec import ShapesDatasetPaths
 
     paths = ShapesDatasetPaths(datasets_root / "hiera_shapes")
     tag = uuid.uuid4().hex[:8]

@@ -240,13 +240,16 @@ def fit_config_to_data(cfg, explicit_keys: set[str]) -> list[str]:
     jsons = [specs[n].path for n in names if n in specs and specs[n].kind == "coco" and os.path.isfile(specs[n].path)]
     formats = {mask_format_of(j) for j in jsons} - {None}
     if formats and cfg.MODEL.MASK_ON:
-        wanted = "bitmask" if "bitmask" in formats else "polygon"
-        if cfg.INPUT.MASK_FORMAT != wanted and not (wanted == "polygon" and cfg.INPUT.MASK_FORMAT == "bitmask"):
+        # RLE masks need bitmasks; so do polygons under cropping augmentations (cropping a polygon needs
+        # shapely, which Detectron2 does not install, and large-scale jitter crops every image)
+        cropping = cfg.INPUT.LSJ.ENABLED or cfg.INPUT.CROP.ENABLED
+        reason = "RLE" if "bitmask" in formats else "polygons, cropped by the augmentations" if cropping else None
+        wanted = "bitmask" if reason else "polygon"
+        if cfg.INPUT.MASK_FORMAT != wanted and reason:
             if "INPUT.MASK_FORMAT" in explicit_keys:
                 raise DatasetSpecError(f"INPUT.MASK_FORMAT is {cfg.INPUT.MASK_FORMAT} on the command line, but the "
-                                       f"masks of {names[0]} are RLE, which need bitmask; drop the override")
-            notes.append(f"INPUT.MASK_FORMAT {cfg.INPUT.MASK_FORMAT} -> {wanted}: the training masks are "
-                         f"{'RLE' if wanted == 'bitmask' else 'polygons'}")
+                                       f"masks of {names[0]} are {reason}, which need bitmask; drop the override")
+            notes.append(f"INPUT.MASK_FORMAT {cfg.INPUT.MASK_FORMAT} -> bitmask: the training masks are {reason}")
             cfg.INPUT.MASK_FORMAT = wanted
     return notes
 

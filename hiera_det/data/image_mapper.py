@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as d2_utils
+from pycocotools import mask as mask_utils
 
 from .image_io import check_image_size, read_image
 
@@ -46,8 +47,20 @@ class CheckedDatasetMapper(DatasetMapper):
             dataset_dict.pop("annotations", None)
             return dataset_dict
         if "annotations" in dataset_dict:
+            if self.instance_mask_format == "bitmask":
+                _polygons_to_rle(dataset_dict)
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+
+def _polygons_to_rle(dataset_dict: dict) -> None:
+    """Rasterise polygon masks before the augmentations when the model wants bitmasks anyway: cropping a
+    polygon needs shapely (not a Detectron2 dependency), cropping a bitmask needs nothing."""
+    height, width = dataset_dict["height"], dataset_dict["width"]
+    for annotation in dataset_dict["annotations"]:
+        polygons = annotation.get("segmentation")
+        if isinstance(polygons, list) and polygons:
+            annotation["segmentation"] = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
 
 
 
