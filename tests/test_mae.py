@@ -100,3 +100,49 @@ def test_unpatchify_inverts_targets():
     model = tiny_mae(False, norm_pix_loss=False)
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(model.unpatchify(model.pixel_targets(x)), x)
+
+
+def test_official_mae_checkpoint_loads_with_decoder_and_trains(tmp_path):
+    from hiera_det.checkpoint import load_checkpoint
+
+    official = pytest.importorskip("hiera.hiera_mae")
+    torch.manual_seed(0)
+    ref = official.MaskedAutoencoderHiera(**TINY, input_size=(64, 64))
+    path = tmp_path / "mae_hiera_tiny.pth"
+    torch.save({"model_state": ref.state_dict()}, path)  # the layout of the released mae_hiera_* files
+    ours = tiny_mae(False)
+    report = load_checkpoint(ours, str(path), strict=True)
+    assert not report.dropped and not report.missing_keys and not report.unexpected_keys
+    assert "decoder_pred.weight" in report.loaded_keys and "mask_token" in report.loaded_keys
+    x = torch.randn(2, 3, 64, 64)
+    visible = ours.random_mask(2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert abs(ours(x, visible).loss.item() - ref(x, mask=visible)[0].item()) <= TOLERANCE
+    optimizer = torch.optim.SGD(ours.parameters(), lr=0.05)
+    first = ours(x, visible).loss
+    first.backward()
+    optimizer.step()
+    assert ours(x, visible).loss.item() < first.item()
+
+
+@pytest.mark.parametrize("target", ["image", "image_window", "video"])
+def test_our_mae_checkpoint_loads_into_trunks_dropping_the_decoder(target):
+    from hiera_det.checkpoint import load_checkpoint
+    from hiera_det.modeling import Hiera
+
+    video = target == "video"
+    mae = tiny_mae(video)
+    written = {"model": {f"mae.{k}": v for k, v in mae.state_dict().items()}, "iteration": 10}
+    trunk_args = dict(embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), num_classes=0)
+    if video:
+        geometry = {**VIDEO, "input_size": (8, 64, 64)}
+        trunk = Hiera(**trunk_args, **geometry, pos_embed="separate")
+    elif target == "image_window":
+        trunk = Hiera(**trunk_args, input_size=(64, 64), attention="window", window_spec=(8, 4, 4, 2))
+    else:
+        trunk = Hiera(**trunk_args, input_size=(64, 64))
+    report = load_checkpoint(trunk, written, strict=True)
+    dropped = report.dropped["MAE decoder, mask token, fusion heads and encoder_norm"]
+    assert "decoder_pred.weight" in dropped and "mask_token" in dropped and "encoder_norm.weight" in dropped
+    assert "MAE decoder" in str(report)
+    torch.testing.assert_close(trunk.blocks[1].attn.qkv.weight, mae.blocks[1].attn.qkv.weight)
