@@ -8,7 +8,9 @@ named here:
 * ``coco`` + video trunk: clips centered on annotated keyframes (``KeyframeClipMapper``), ``COCOEvaluator``
   on the keyframe boxes;
 * ``video_classification``: ``VideoClassificationMapper`` clips, one test item per (temporal, spatial) view,
-  ``VideoClassificationEvaluator`` (views averaged per video).
+  ``VideoClassificationEvaluator`` (views averaged per video);
+* ``unlabeled`` (``images:FOLDER`` / ``videos:LIST``), or any dataset under ``META_ARCHITECTURE: HieraMAE``:
+  ``MAEInputMapper`` crops or clips for MAE pre-training (labels ignored); no evaluator.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from detectron2.evaluation import COCOEvaluator
 from ..config import is_video_config
 from ..data.catalog import prepare_datasets
 from ..data.datasets.kinetics import EVALUATOR_TYPE as VIDEO_CLASSIFICATION
+from ..data.unlabeled import UNLABELED, MAEInputMapper
 from ..data.image_mapper import CheckedDatasetMapper, build_detection_train_mapper
 from ..data.video_mapper import KeyframeClipMapper, VideoClassificationMapper, expand_test_views
 from ..video.evaluation import VideoClassificationEvaluator
@@ -50,7 +53,19 @@ def build_train_loader(cfg):
     """Infinite training loader of batches (lists of dicts) for ``DATASETS.TRAIN``."""
     names = list(cfg.DATASETS.TRAIN)
     prepare_datasets(cfg, names, generate=False)
-    if evaluator_type(names) == VIDEO_CLASSIFICATION:
+    kind = evaluator_type(names)
+    if cfg.MODEL.META_ARCHITECTURE == "HieraMAE":
+        return build_detection_train_loader(
+            dataset=get_detection_dataset_dicts(names, filter_empty=False),
+            mapper=MAEInputMapper(cfg, is_train=True),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=False,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+    if kind == UNLABELED:
+        raise ValueError(f"datasets {names} are unlabeled: they train MODEL.META_ARCHITECTURE 'HieraMAE' only "
+                         f"(configs/mae/), not {cfg.MODEL.META_ARCHITECTURE}")
+    if kind == VIDEO_CLASSIFICATION:
         _check_num_classes(cfg, names)
         return build_detection_train_loader(
             dataset=get_detection_dataset_dicts(names, filter_empty=False),
@@ -89,5 +104,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
     if kind == "coco":
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+    if kind == UNLABELED:
+        raise ValueError(f"dataset {dataset_name!r} is unlabeled, so there is nothing to evaluate on it; set "
+                         f"DATASETS.TEST to () for MAE pre-training")
     raise ValueError(f"dataset {dataset_name!r} has evaluator_type {kind!r}, which hiera_det has no evaluator "
                      f"for; known: coco, {VIDEO_CLASSIFICATION}")

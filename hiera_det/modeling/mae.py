@@ -222,9 +222,9 @@ class MaskedAutoencoderHiera(Hiera):
         return self.decoder_pred(self.decoder_norm(x.squeeze(1)))
 
     # ------------------------------------------------------------------------------------------------ loss
-    def pixel_targets(self, x: torch.Tensor) -> torch.Tensor:
+    def pixel_targets(self, x: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
         """``[B, final tokens, pixels]``: the pixels each final token predicts, normalised per token when
-        ``norm_pix_loss``. Images flatten (channel, row, column); video takes the first frame of each
+        ``normalize`` (default: ``norm_pix_loss``). Images flatten (channel, row, column); video takes the first frame of each
         temporal patch and flattens (row, column, channel), both as the official model does."""
         s = self.pred_stride
         B, C = x.shape[:2]
@@ -236,7 +236,7 @@ class MaskedAutoencoderHiera(Hiera):
             T, H, W = x.shape[2:]
             target = x.reshape(B, C, T, H // s, s, W // s, s).permute(0, 2, 3, 5, 4, 6, 1)
         target = target.reshape(B, math.prod(self.final_token_grid), -1)
-        if self.norm_pix_loss:
+        if self.norm_pix_loss if normalize is None else normalize:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
