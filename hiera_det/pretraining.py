@@ -13,6 +13,7 @@ take an official MAE checkpoint, decoder included, to continue pre-training.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn as nn
@@ -128,8 +129,35 @@ def _first(out: MAEOutput) -> MAEOutput:
     return MAEOutput(out.loss, *(t[:1] for t in out[1:]))
 
 
-def is_mae_config(cfg) -> bool:
-    return cfg.MODEL.META_ARCHITECTURE == HieraMAE.__name__
+def save_reconstructions(cfg, model: HieraMAE, paths: list[str], output_dir: str, seed: int = 0):
+    """Write ``OUTPUT/<name>.png`` (masked input | reconstruction | original) for each image or video in
+    ``paths`` (centered crop or clip, a mask drawn from ``seed``). Every file that can be read is written;
+    returns ``(written, failed)``, ``failed`` mapping each other path to the reason."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .data.unlabeled import MAEInputMapper
+
+    mapper = MAEInputMapper(cfg, is_train=False)
+    os.makedirs(output_dir, exist_ok=True)
+    written, failed = [], {}
+    model.eval()
+    for path in tqdm(paths, desc="reconstructing", unit="input"):
+        try:
+            item = mapper({"file_name": path})
+        except Exception as e:  # noqa: BLE001  (one bad file must not stop the others; the reason is kept)
+            failed[path] = f"{type(e).__name__}: {e}"
+            continue
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            picture = model([item])[0]["pictures"]
+        if cfg.INPUT.FORMAT == "BGR":
+            picture = picture.flip(0)
+        out = os.path.join(output_dir, os.path.splitext(os.path.basename(path.rstrip("/")))[0] + ".png")
+        array = (picture.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+        Image.fromarray(array).save(out)
+        written.append(out)
+    return written, failed
 
 
-__all__ = ["HieraMAE", "build_mae_from_cfg", "is_mae_config", "reconstruction_pictures"]
+__all__ = ["HieraMAE", "build_mae_from_cfg", "reconstruction_pictures", "save_reconstructions"]
