@@ -49,31 +49,30 @@ def _check_num_classes(cfg, names) -> None:
                              f"{cfg.MODEL.HIERA_VIDEO.NUM_CLASSES}; set it to {len(classes)}")
 
 
+def _loader_of_every_record(cfg, names, mapper):
+    """A training loader over every record of ``names`` (none filtered as empty), without aspect grouping."""
+    return build_detection_train_loader(
+        dataset=get_detection_dataset_dicts(names, filter_empty=False),
+        mapper=mapper,
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
 def build_train_loader(cfg):
     """Infinite training loader of batches (lists of dicts) for ``DATASETS.TRAIN``."""
     names = list(cfg.DATASETS.TRAIN)
     prepare_datasets(cfg, names, generate=False)
     kind = evaluator_type(names)
     if cfg.MODEL.META_ARCHITECTURE == "HieraMAE":
-        return build_detection_train_loader(
-            dataset=get_detection_dataset_dicts(names, filter_empty=False),
-            mapper=MAEInputMapper(cfg, is_train=True),
-            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-            aspect_ratio_grouping=False,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-        )
+        return _loader_of_every_record(cfg, names, MAEInputMapper(cfg, is_train=True))
     if kind == UNLABELED:
         raise ValueError(f"datasets {names} are unlabeled: they train MODEL.META_ARCHITECTURE 'HieraMAE' only "
                          f"(configs/mae/), not {cfg.MODEL.META_ARCHITECTURE}")
     if kind == VIDEO_CLASSIFICATION:
         _check_num_classes(cfg, names)
-        return build_detection_train_loader(
-            dataset=get_detection_dataset_dicts(names, filter_empty=False),
-            mapper=VideoClassificationMapper(cfg, is_train=True),
-            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-            aspect_ratio_grouping=False,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-        )
+        return _loader_of_every_record(cfg, names, VideoClassificationMapper(cfg, is_train=True))
     if is_video_config(cfg):
         return build_detection_train_loader(cfg, mapper=KeyframeClipMapper(cfg, is_train=True))
     return build_detection_train_loader(cfg, mapper=build_detection_train_mapper(cfg))
