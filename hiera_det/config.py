@@ -5,6 +5,7 @@
 * ``MODEL.HIERA``: the trunk, shared by image and video models. A ``*_16x224`` ``NAME`` makes it a video
   trunk; the layout keys (``ATTENTION``, ``POS_EMBED``, ``WINDOW_SPEC``, ``GLOBAL_BLOCKS``) are image-only.
 * ``MODEL.HIERA_VIDEO``: what only video models have (clip sampling, temporal pooling, classifier head).
+* ``MODEL.MAE``: MAE pre-training (``HieraMAE``): mask ratio, loss target, decoder.
 * ``INPUT.LSJ`` (large-scale jitter), ``INPUT.VIDEO`` (clip decoding and views), and the optimizer keys.
 
 ``docs/config.md`` lists the keys from the same table (``python -m hiera_det.config --write-docs``; a test
@@ -114,6 +115,16 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
         ("PERSON_DETECTOR.CLASS_ID", 0, "the person class in that detector's contiguous ids (COCO: 0)"),
         ("PERSON_DETECTOR.SCORE_THRESH", 0.8, "person detections scoring below this are dropped"),
     ]),
+    "MODEL.MAE": _keys("MODEL.MAE", [
+        ("MASK_RATIO", 0.6, "fraction of mask units hidden from the encoder, in (0, 1): the paper uses 0.6 for "
+         "images and 0.9 for video (`META_ARCHITECTURE: HieraMAE`, `hiera_det.pretraining`)"),
+        ("NORM_PIX_LOSS", True, "regress per-patch normalised pixels (the paper) rather than raw pixels"),
+        ("DECODER_EMBED_DIM", 512, "width of the MAE decoder (the paper: 512)"),
+        ("DECODER_DEPTH", 8, "transformer blocks of the MAE decoder (the paper: 8)"),
+        ("DECODER_NUM_HEADS", 16, "attention heads of the MAE decoder (the paper: 16)"),
+        ("IMAGE_CROP_SCALE", [0.2, 1.0], "images: area range of the random resized crop to the trunk's input "
+         "size (video clips use `INPUT.VIDEO`)"),
+    ]),
     "INPUT.LSJ": _keys("INPUT.LSJ", [
         ("ENABLED", False, "training augmentation = `ResizeScale(MIN_SCALE, MAX_SCALE)` to `IMAGE_SIZE`, "
          "`FixedSizeCrop(IMAGE_SIZE)` (crop or pad), horizontal flip; replaces `INPUT.MIN_SIZE_TRAIN` resizing. "
@@ -169,7 +180,8 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
     "DATASETS": _keys("DATASETS", [
         ("CUSTOM", [], "your own datasets, registered without code: `NAME=ANNOTATIONS.json:IMAGE_ROOT` (COCO "
          "instances), `NAME=keyframes:ANNOTATIONS.json:VIDEO_ROOT`, `NAME=LIST.csv` or `NAME=CLASS_FOLDERS` "
-         "(video classification); `tools/train_net.py --dataset` adds to it, and the saved config keeps it"),
+         "(video classification), `NAME=images:FOLDER` or `NAME=videos:LIST` (unlabeled, MAE pre-training); "
+         "`tools/train_net.py --dataset` adds to it, and the saved config keeps it"),
     ]),
     "SOLVER": _keys("SOLVER", [
         ("OPTIMIZER", "ADAMW", "`ADAMW` (betas `SOLVER.BETAS`) or `SGD` (`SOLVER.MOMENTUM`, `SOLVER.NESTEROV`)"),

@@ -61,7 +61,8 @@ def argument_parser():
         metavar="NAME=SPEC",
         help="register your own data, repeatable: NAME=ANNOTATIONS.json:IMAGE_ROOT (COCO instances), "
         "NAME=keyframes:ANNOTATIONS.json:VIDEO_ROOT, NAME=LIST.csv or NAME=CLASS_FOLDERS (video "
-        "classification); then name it in DATASETS.TRAIN / DATASETS.TEST. Kept in the saved config.yaml",
+        "classification), NAME=images:FOLDER or NAME=videos:LIST (unlabeled, MAE pre-training); then name "
+        "it in DATASETS.TRAIN / DATASETS.TEST. Kept in the saved config.yaml",
     )
     parser.add_argument(
         "--allow-pickle",

@@ -34,9 +34,10 @@ FORMAT_HELP = (
 )
 
 # Prefixes under which a Detectron2 model (ours or another's) keeps the Hiera trunk, most specific first.
-TRUNK_PREFIXES = ("backbone.bottom_up.trunk.", "backbone.trunk.", "trunk.")
+TRUNK_PREFIXES = ("backbone.bottom_up.trunk.", "backbone.trunk.", "trunk.", "mae.")
 SAM2_TRUNK_PREFIX = "image_encoder.trunk."
 _MAE_PARTS = ("decoder_", "mask_token", "encoder_norm.", "multi_scale_fusion_heads.")
+MAE_DROP_REASON = "MAE decoder, mask token, fusion heads and encoder_norm"
 _HF_PRETRAINING_PARTS = ("encoder_norm.", "multiscale_fusion.", "decoder.")
 
 
@@ -48,6 +49,7 @@ class CanonicalCheckpoint:
     state: dict[str, torch.Tensor]
     dropped: dict[str, list[str]] = field(default_factory=dict)
     hf_config: dict | None = None
+    mae_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the MAE parts, for a MAE model
 
 
 def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
@@ -79,9 +81,8 @@ def _split(state: dict, keep) -> tuple[dict, list[str]]:
 def _from_official(state: dict) -> CanonicalCheckpoint:
     if any(k.startswith(_MAE_PARTS) for k in state):
         encoder, rest = _split(state, lambda k: not k.startswith(_MAE_PARTS))
-        return CanonicalCheckpoint(
-            "official_mae", encoder, {"MAE decoder, mask token, fusion heads and encoder_norm": rest}
-        )
+        mae_state = {k: state[k] for k in rest}
+        return CanonicalCheckpoint("official_mae", encoder, {MAE_DROP_REASON: rest}, mae_state=mae_state)
     return CanonicalCheckpoint("official", state)
 
 
@@ -115,7 +116,9 @@ def _from_sam2(state: dict) -> CanonicalCheckpoint:
 def _from_hiera_det(state: dict, prefix: str) -> CanonicalCheckpoint:
     trunk, rest = _split(state, lambda k: k.startswith(prefix))
     state = {k.removeprefix(prefix): v for k, v in trunk.items()}
-    return CanonicalCheckpoint("hiera_det", state, {f"model parts outside {prefix}*": rest})
+    mae = _from_official(state)  # a hiera_det MAE pre-training checkpoint keeps the official MAE names
+    dropped = {f"model parts outside {prefix}*": rest, **mae.dropped}
+    return CanonicalCheckpoint("hiera_det", mae.state, dropped, mae_state=mae.mae_state)
 
 
 _HF_LAYER = re.compile(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)$")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from ..modeling import Hiera
+from ..modeling import Hiera, MaskedAutoencoderHiera
 from .download import resolve_weights
 from .fitting import (
     check_architecture,
@@ -17,7 +17,7 @@ from .fitting import (
     fit_position_embedding,
     model_architecture,
 )
-from .formats import FORMATS, to_canonical
+from .formats import FORMATS, MAE_DROP_REASON, to_canonical
 from .reading import RawCheckpoint, read_checkpoint
 from .report import CheckpointError, LoadReport
 from .zoo import check_entry_fits, find_entry
@@ -77,7 +77,8 @@ def load_checkpoint(
     ``model`` is a ``Hiera`` or a module whose ``trunk`` is one. With ``strict=True`` any missing tensor the
     model uses, or any unexpected one, raises ``CheckpointError``; keys dropped on purpose (see
     ``LoadReport.dropped``) never do, nor does a head left at its initialization because the checkpoint's
-    has another class count.
+    has another class count. A ``MaskedAutoencoderHiera`` model also takes a MAE checkpoint's decoder, mask
+    token, fusion heads and ``encoder_norm`` (pre-training continues); any other model drops and reports them.
     """
     trunk = _trunk_of(model)
     if isinstance(path_or_state_dict, (str, os.PathLike)):
@@ -98,6 +99,9 @@ def load_checkpoint(
         model_name=trunk.name,
         checkpoint_architecture=found.name,
     )
+    if isinstance(trunk, MaskedAutoencoderHiera):  # MAE pre-training continues: keep the decoder too
+        state.update(canonical.mae_state)
+        canonical.dropped.pop(MAE_DROP_REASON, None)
     for reason, keys in canonical.dropped.items():
         report.drop(reason, keys)
     check_architecture(found, trunk)

@@ -7,7 +7,9 @@ Specs (the form is told by the path):
 * ``NAME=keyframes:ANNOTATIONS.json:VIDEO_ROOT``: clip-to-keyframe detection (COCO json whose images carry
   ``video_file`` or ``frame_dir`` and ``frame_index``);
 * ``NAME=LIST.csv`` (PySlowFast ``path label`` lines, paths relative to the csv's folder, classes from a
-  ``classes.txt`` beside it) or ``NAME=FOLDER`` (one sub-folder of videos per class): video classification.
+  ``classes.txt`` beside it) or ``NAME=FOLDER`` (one sub-folder of videos per class): video classification;
+* ``NAME=images:FOLDER`` (every image under it) or ``NAME=videos:LIST`` (one video per line): unlabeled data
+  for MAE pre-training (``hiera_det.data.unlabeled``).
 
 The specs are stored in the run's config, so ``--eval-only`` and ``--resume`` with the saved ``config.yaml``
 find the datasets again.
@@ -24,6 +26,9 @@ from detectron2.data import MetadataCatalog
 
 from . import catalog
 from .datasets.kinetics import EVALUATOR_TYPE as VIDEO_CLASSIFICATION
+from .unlabeled import check_unlabeled, register_unlabeled
+
+UNLABELED_KINDS = {"images:": "unlabeled_images", "videos:": "unlabeled_videos"}
 
 
 
@@ -36,17 +41,21 @@ class DatasetSpec:
     """One parsed ``NAME=SPEC``."""
 
     name: str
-    kind: str  # coco | keyframes | videos
+    kind: str  # coco | keyframes | videos | unlabeled_images | unlabeled_videos
     path: str  # the annotation json, the csv, or the class-folder root
     root: str = ""  # images or videos the json's file names are relative to
 
     @classmethod
     def parse(cls, text: str) -> "DatasetSpec":
         usage = ("write NAME=ANNOTATIONS.json:IMAGE_ROOT (COCO instances), NAME=keyframes:ANNOTATIONS.json:"
-                 "VIDEO_ROOT, NAME=LIST.csv or NAME=CLASS_FOLDERS (video classification)")
+                 "VIDEO_ROOT, NAME=LIST.csv or NAME=CLASS_FOLDERS (video classification), NAME=images:FOLDER "
+                 "or NAME=videos:LIST (unlabeled, MAE pre-training)")
         name, sep, rest = text.partition("=")
         if not sep or not name or not rest:
             raise DatasetSpecError(f"dataset spec {text!r} has no NAME=...; {usage}")
+        for prefix, unlabeled in UNLABELED_KINDS.items():
+            if rest.startswith(prefix):
+                return cls(name, unlabeled, os.path.abspath(os.path.expanduser(rest[len(prefix):])))
         kind = "keyframes" if rest.startswith("keyframes:") else None
         if kind:
             rest = rest[len("keyframes:"):]
@@ -60,7 +69,9 @@ class DatasetSpec:
                    os.path.abspath(os.path.expanduser(root)))
 
     def register(self) -> None:
-        if self.kind == "videos":
+        if self.kind in UNLABELED_KINDS.values():
+            register_unlabeled(self.name, self.kind.removeprefix("unlabeled_"), self.path)
+        elif self.kind == "videos":
             layout = "csv" if self.path.endswith(".csv") else "folders"
             root = os.path.dirname(self.path)
             split = os.path.splitext(os.path.basename(self.path))[0]
@@ -194,6 +205,8 @@ def check_datasets(cfg) -> None:
             problems.append(f"{spec.name}: {spec.path} does not exist")
         elif spec.kind == "coco":
             problems += check_coco_file(spec.path, spec.root, spec.name)
+        elif spec.kind in UNLABELED_KINDS.values():
+            problems += check_unlabeled(spec.kind.removeprefix("unlabeled_"), spec.path, spec.name)
     coco = [s for s in used if s.kind == "coco" and os.path.isfile(s.path)]
     if coco:
         first = _coco_classes(coco[0].path)["thing_classes"]

@@ -10,7 +10,9 @@ named here:
 * ``video_classification``: ``VideoClassificationMapper`` clips, one test item per (temporal, spatial) view,
   ``VideoClassificationEvaluator`` (views averaged per video);
 * ``ava``: clips centered on keyframes with the person boxes (``AvaClipMapper``: jittered ground truth in
-  training, proposals in testing), frame-mAP as the official AVA evaluator computes it (``AvaEvaluator``).
+  training, proposals in testing), frame-mAP as the official AVA evaluator computes it (``AvaEvaluator``);
+* ``unlabeled`` (``images:FOLDER`` / ``videos:LIST``), or any dataset under ``META_ARCHITECTURE: HieraMAE``:
+  ``MAEInputMapper`` crops or clips for MAE pre-training (labels ignored); no evaluator.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..data.catalog import prepare_datasets
 from ..data.ava import EVALUATOR_TYPE as AVA
 from ..data.ava_mapper import AvaClipMapper
 from ..data.datasets.kinetics import EVALUATOR_TYPE as VIDEO_CLASSIFICATION
+from ..data.unlabeled import UNLABELED, MAEInputMapper
 from ..data.image_mapper import CheckedDatasetMapper, build_detection_train_mapper
 from ..data.video_mapper import KeyframeClipMapper, VideoClassificationMapper, expand_test_views
 from ..video.ava_evaluation import AvaEvaluator
@@ -55,22 +58,33 @@ def _check_num_classes(cfg, names) -> None:
                              f"{cfg.MODEL.HIERA_VIDEO.NUM_CLASSES}; set it to {len(classes)}")
 
 
+def _loader_of_every_record(cfg, names, mapper):
+    """A training loader over every record of ``names`` (none filtered as empty), without aspect grouping."""
+    return build_detection_train_loader(
+        dataset=get_detection_dataset_dicts(names, filter_empty=False),
+        mapper=mapper,
+        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+        aspect_ratio_grouping=False,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
 def build_train_loader(cfg):
     """Infinite training loader of batches (lists of dicts) for ``DATASETS.TRAIN``."""
     names = list(cfg.DATASETS.TRAIN)
     prepare_datasets(cfg, names, generate=False)
-    if evaluator_type(names) == AVA:
+    kind = evaluator_type(names)
+    if cfg.MODEL.META_ARCHITECTURE == "HieraMAE":
+        return _loader_of_every_record(cfg, names, MAEInputMapper(cfg, is_train=True))
+    if kind == UNLABELED:
+        raise ValueError(f"datasets {names} are unlabeled: they train MODEL.META_ARCHITECTURE 'HieraMAE' only "
+                         f"(configs/mae/), not {cfg.MODEL.META_ARCHITECTURE}")
+    if kind == AVA:
         _check_num_classes(cfg, names)
         return build_detection_train_loader(cfg, mapper=AvaClipMapper(cfg, is_train=True))
-    if evaluator_type(names) == VIDEO_CLASSIFICATION:
+    if kind == VIDEO_CLASSIFICATION:
         _check_num_classes(cfg, names)
-        return build_detection_train_loader(
-            dataset=get_detection_dataset_dicts(names, filter_empty=False),
-            mapper=VideoClassificationMapper(cfg, is_train=True),
-            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-            aspect_ratio_grouping=False,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-        )
+        return _loader_of_every_record(cfg, names, VideoClassificationMapper(cfg, is_train=True))
     if is_video_config(cfg):
         return build_detection_train_loader(cfg, mapper=KeyframeClipMapper(cfg, is_train=True))
     return build_detection_train_loader(cfg, mapper=build_detection_train_mapper(cfg))
@@ -108,5 +122,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
     if kind == "coco":
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+    if kind == UNLABELED:
+        raise ValueError(f"dataset {dataset_name!r} is unlabeled, so there is nothing to evaluate on it; set "
+                         f"DATASETS.TEST to () for MAE pre-training")
     raise ValueError(f"dataset {dataset_name!r} has evaluator_type {kind!r}, which hiera_det has no evaluator "
                      f"for; known: coco, {VIDEO_CLASSIFICATION}, {AVA}")

@@ -1,6 +1,7 @@
 """The Hiera model core. It imports torch only."""
 
 from .hiera import ATTENTION_LAYOUTS, Hiera, HieraBlock
+from .mae import MAEOutput, MaskedAutoencoderHiera, build_mae
 from .pos_embed import POS_EMBED_MODES
 from .specs import ARCHITECTURES, WINDOW_PRESETS, architecture_size, build_hiera, hiera_kwargs
 
@@ -11,7 +12,10 @@ __all__ = [
     "WINDOW_PRESETS",
     "Hiera",
     "HieraBlock",
+    "MAEOutput",
+    "MaskedAutoencoderHiera",
     "architecture_size",
+    "build_mae",
     "build_hiera",
     "hiera_kwargs",
 ]
