@@ -5,19 +5,9 @@ import pytest
 import torch
 
 from hiera_det.checkpoint import CheckpointError, load_checkpoint
-from hiera_det.modeling import Hiera
+from hiera_det.modeling import Hiera, build_hiera
 
 _TINY = dict(num_heads=1, num_classes=0, input_size=(64, 64))
-_VIDEO = dict(
-    num_heads=1,
-    num_classes=0,
-    input_size=(4, 64, 64),
-    q_stride=(1, 2, 2),
-    mask_unit_size=(1, 8, 8),
-    patch_kernel=(3, 7, 7),
-    patch_stride=(2, 4, 4),
-    patch_padding=(1, 3, 3),
-)
 
 
 def _image(embed_dim=8, stages=(1, 1, 1, 1)):
@@ -25,7 +15,8 @@ def _image(embed_dim=8, stages=(1, 1, 1, 1)):
 
 
 def _video():
-    return Hiera(embed_dim=8, stages=(1, 1, 1, 1), **_VIDEO)
+    return build_hiera("hiera_base_16x224", embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), num_classes=0,
+                       input_size=(4, 64, 64))
 
 
 @pytest.mark.parametrize(
@@ -91,7 +82,7 @@ def _cfg():
     "key, value, choices",
     [
         ("MODEL.HIERA.NAME", "hiera_tiny", ["hiera_tiny_224", "hiera_base_plus_224"]),
-        ("MODEL.HIERA.NAME", "hiera_base_16x224", ["hiera_tiny_224", "video"]),
+        ("MODEL.HIERA.NAME", "hiera_bsae_16x224", ["hiera_base_16x224", "hiera_tiny_224", "video"]),
         ("MODEL.HIERA.ATTENTION", "windowed", ["mask_unit", "window"]),
         ("MODEL.HIERA.POS_EMBED", "sincos", ["absolute", "absolute_win"]),
         ("MODEL.HIERA.OUT_FEATURES", ["stage5"], ["stage1", "stage4"]),

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hiera_det.modeling import Hiera
+from hiera_det.modeling import Hiera, build_hiera
 
 torch.set_num_threads(1)
 
@@ -18,15 +18,7 @@ _MODELS = {
     "image_window": lambda: Hiera(
         input_size=(64, 64), attention="window", window_spec=(4, 2, 2, 1), pos_embed_bkg_size=(5, 7), **_TINY
     ),
-    "video_separate": lambda: Hiera(
-        input_size=(4, 64, 64),
-        q_stride=(1, 2, 2),
-        mask_unit_size=(1, 8, 8),
-        patch_kernel=(3, 7, 7),
-        patch_stride=(2, 4, 4),
-        patch_padding=(1, 3, 3),
-        **_TINY,
-    ),
+    "video_separate": lambda: build_hiera("hiera_base_16x224", input_size=(4, 64, 64), **_TINY),
 }
 _BUILT = {}
 

@@ -301,14 +301,11 @@ class AvaEvaluator(DatasetEvaluator):
             })
 
     def evaluate(self):
-        from detectron2.utils import comm
+        from .evaluation import gather_on_main
 
-        predictions = self._predictions
-        if self.distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        predictions = gather_on_main(self._predictions, self.distributed)
+        if predictions is None:
+            return {}
         if not predictions:
             logger.warning("AvaEvaluator on %s got no predictions", self.dataset_name)
             return {}

@@ -17,6 +17,15 @@ from detectron2.utils.file_io import PathManager
 logger = logging.getLogger(__name__)
 
 
+def gather_on_main(items: list, distributed: bool) -> list | None:
+    """Every rank's ``items`` concatenated on the main process; None on the other ranks."""
+    if not distributed:
+        return items
+    comm.synchronize()
+    gathered = list(itertools.chain(*comm.gather(items, dst=0)))
+    return gathered if comm.is_main_process() else None
+
+
 def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per row: whether the label is among the k highest scores (ties broken by class index)."""
     k = min(k, scores.shape[1])
@@ -50,12 +59,9 @@ class VideoClassificationEvaluator(DatasetEvaluator):
             self._clips.append((str(inp["video_id"]), int(inp["label"]), np.asarray(scores, dtype=np.float64)))
 
     def evaluate(self):
-        clips = self._clips
-        if self.distributed:
-            comm.synchronize()
-            clips = list(itertools.chain(*comm.gather(clips, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        clips = gather_on_main(self._clips, self.distributed)
+        if clips is None:
+            return {}
         if not clips:
             logger.warning("VideoClassificationEvaluator received no predictions for %s", self.dataset_name)
             return {}
