@@ -1,0 +1,1 @@
+"""Demonstrations of trained models: pictures of their predictions next to the ground truth."""
