@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main command: train a small Hiera Mask R-CNN from scratch on the bundled hiera_shapes data on the CPU,
-# evaluate it with Detectron2's COCOEvaluator, and print its box and mask AP. About 10 minutes on 2 cores.
+# evaluate it with Detectron2's COCOEvaluator on the held-out split, draw held-out images with their
+# predictions next to the ground truth, and print box and mask AP.
 #
 #   bash scripts/main.sh                       # output in output/shapes_main
 #   bash scripts/main.sh SOLVER.MAX_ITER 1000  # extra KEY VALUE pairs go to the config
@@ -9,6 +10,8 @@
 # $DETECTRON2_DATASETS/hiera_shapes (default ./datasets/hiera_shapes) if it is not there.
 # OUTPUT_DIR=... puts the run elsewhere; HIERA_DET_PYTHON_BIN=... uses that interpreter instead of the
 # environment's (it needs the packages of requirements/requirements.txt).
+# While it runs, Detectron2 prints the ETA, the losses and the learning rate every 20 iterations, then the
+# evaluation's progress (images done, ETA) every 5 seconds.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -19,10 +22,13 @@ out=${OUTPUT_DIR:-output/shapes_main}
 # them makes CPU training and inference 10-12% faster (benchmarks/results/SUMMARY.md, "The CPU target").
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184}
 
-"$python" -m hiera_det.data.shapes
 start=$(date +%s)
+"$python" -m hiera_det.data.datasets.shapes
 "$python" -W ignore tools/train_net.py --config shapes/hiera_tiny_shapes.yaml \
   MODEL.DEVICE cpu OUTPUT_DIR "$out" "$@"
+results="$out/inference/hiera_shapes_val/coco_instances_results.json"
+"$python" -W ignore -m hiera_det.demo.gallery --dataset hiera_shapes_val --results "$results" \
+  --output "$out/gallery.png"
 elapsed=$(( $(date +%s) - start ))
 
 "$python" - "$out" "$elapsed" <<'PY'
@@ -33,11 +39,13 @@ final = next((r for r in reversed(records) if "bbox/AP" in r), None)
 if final is None:
     sys.exit(f"no evaluation results in {out}/metrics.json: see {out}/log.txt")
 names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-print(f"\nhiera_shapes_val, {final['iteration']} iterations, {elapsed // 60} min {elapsed % 60} s (train + eval)")
+print(f"\nhiera_shapes_val (held out), {final['iteration']} iterations from random init, "
+      f"{elapsed // 60} min {elapsed % 60} s (data, training, evaluation, pictures)")
 print("| task | " + " | ".join(names) + " |")
 print("|" + "---|" * (len(names) + 1))
 for task in ("bbox", "segm"):
     cells = [f"{final.get(f'{task}/{n}', float('nan')):.1f}" for n in names]
     print(f"| {task} | " + " | ".join(cells) + " |")
-print(f"\nweights: {out}/model_final.pth, log: {out}/log.txt, TensorBoard: tensorboard --logdir {out}")
+print(f"\npictures (ground truth | predictions): {out}/gallery.png")
+print(f"weights: {out}/model_final.pth, log: {out}/log.txt, TensorBoard: tensorboard --logdir {out}")
 PY

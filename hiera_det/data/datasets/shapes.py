@@ -71,6 +71,7 @@ MIN_SHAPE_PIXELS = 30
 GENERATOR_VERSION = 1
 
 _SPLIT_STREAM = {"train": 0, "val": 1}
+_PROGRESS_EVERY = 200
 _PLACEMENT_TRIES = 12
 _COLOR_TRIES = 20
 # Minimum RGB distance between a shape's colour and the pixels it covers, so no shape is camouflaged.
@@ -345,7 +346,11 @@ def _write_split(
     image_dir = paths.image_dir(split)
     image_dir.mkdir(parents=True)
     images, annotations = [], []
+    start = time.perf_counter()
     for index in range(count):
+        if index % _PROGRESS_EVERY == 0:
+            elapsed = time.perf_counter() - start
+            logger.info("hiera_shapes %s: %d/%d images (%.0f s)", split, index, count, elapsed)
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
         height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
         scene = render_scene(rng, height, width)
