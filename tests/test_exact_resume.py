@@ -137,7 +137,6 @@ def _cfg(output_dir, **changes):
 
 
 def _take_batches(cfg, count, start=0):
-    from hiera_det.data import catalog
     from hiera_det.engine import loaders
 
     loader = loaders.build_train_loader(cfg)

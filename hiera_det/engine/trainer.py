@@ -34,8 +34,6 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        if not logging.getLogger("hiera_det").handlers:
-            setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hiera_det", abbrev_name="hd")
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
         if cfg.SOLVER.AMP.ENABLED and (on_cpu or not torch.cuda.is_available()):
