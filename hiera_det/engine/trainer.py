@@ -9,7 +9,7 @@ import threading
 import weakref
 
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -82,11 +82,14 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         """Detectron2's hooks, with ``RngSnapshotHook`` on every rank just before the checkpointer (or, on
-        ranks without one, before evaluation)."""
+        ranks without one, before evaluation), and on CUDA every rank's peak memory in the metrics."""
         ret = super().build_hooks()
         if self.exact_resume is not None:
             first = next(i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
             ret.insert(first, RngSnapshotHook(self.exact_resume, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        if torch.device(self.cfg.MODEL.DEVICE).type == "cuda":
+            writer = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
+            ret.insert(writer, PeakMemoryHook(period=20))
         return ret
 
     @classmethod
@@ -146,3 +149,21 @@ class Trainer(DefaultTrainer):
             return (f"The last checkpoint is {self.checkpointer.get_checkpoint_file()}: rerun the same command "
                     "with --resume to continue from it.")
         return "No checkpoint was saved yet: rerun without --resume."
+
+
+class PeakMemoryHook(HookBase):
+    """Puts every rank's ``torch.cuda.max_memory_allocated`` (MiB) into the metrics as
+    ``peak_mem_mib/rank<R>`` every ``period`` iterations and at the last one (Detectron2 logs rank 0's only)."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self) -> None:
+        iteration = self.trainer.iter
+        if (iteration + 1) % self.period and iteration < self.trainer.max_iter - 1:
+            return
+        peaks = comm.all_gather(torch.cuda.max_memory_allocated() / 2**20)
+        if comm.is_main_process():
+            for rank, peak in enumerate(peaks):
+                self.trainer.storage.put_scalar(f"peak_mem_mib/rank{rank}", peak, smoothing_hint=False)
+
