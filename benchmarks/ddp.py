@@ -24,6 +24,7 @@ when ``--time-budget`` is spent; what did not run is listed as skipped.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -157,9 +158,18 @@ def _environment(gpus: list[int], smoke: bool) -> dict:
     return env
 
 
+# Jobs of one phase start together: each multi-process one gets its own rendezvous port, since Detectron2's
+# "auto" picks a free port that another job starting at the same moment can take first (EADDRINUSE).
+_PORTS = itertools.count(29500 + os.getpid() % 1000 * 20)
+
+
+def _launcher(gpus: list[int]) -> list[str]:
+    return ["--num-gpus", str(len(gpus)), "--dist-url", f"tcp://127.0.0.1:{next(_PORTS)}"]
+
+
 def train_job(name, model, gpus, args, iters, per_gpu, extra=()) -> Job:
     out = args.work / name
-    command = [sys.executable, str(REPO / "tools" / "train_net.py"), "--num-gpus", str(len(gpus)),
+    command = [sys.executable, str(REPO / "tools" / "train_net.py"), *_launcher(gpus),
                "--config", MODELS[model]["config"], *dataset_args(args.data),
                *model_opts(model, args.smoke), "DATASETS.TRAIN", f"('{MODELS[model]['train']}',)",
                "SOLVER.IMS_PER_BATCH", str(per_gpu * len(gpus)), "SOLVER.MAX_ITER", str(iters),
@@ -169,7 +179,7 @@ def train_job(name, model, gpus, args, iters, per_gpu, extra=()) -> Job:
 
 def eval_job(name, model, gpus, args, weights: Path) -> Job:
     out = args.work / name
-    command = [sys.executable, str(REPO / "tools" / "train_net.py"), "--num-gpus", str(len(gpus)),
+    command = [sys.executable, str(REPO / "tools" / "train_net.py"), *_launcher(gpus),
                "--config", MODELS[model]["config"], *dataset_args(args.data), "--eval-only",
                *model_opts(model, args.smoke), "MODEL.WEIGHTS", str(weights),
                "DATASETS.TRAIN", f"('{MODELS[model]['train']}',)", "DATASETS.TEST", f"('{MODELS[model]['test']}',)",
@@ -340,12 +350,43 @@ def plan(args) -> list[list]:
     return phases
 
 
+def loss_curve_plan(args, model: str) -> list[list]:
+    """One model at one global batch (``--per-gpu`` x ``--gpus``): on one GPU with SEED 0 and SEED 1 (the
+    run-to-run spread: other data order, other initialisation), and on all GPUs with SEED 0."""
+    n, iters, total = args.gpus, args.iters, args.per_gpu * args.gpus
+
+    def job(count, seed, gpus):
+        name = f"{model}_lc_{count}gpu_seed{seed}"
+        return name, lambda: train_job(name, model, gpus, args, iters, total // count, extra=["SEED", str(seed)])
+
+    return [[job(1, 0, [0]), job(1, 1, [1 % n])], [job(n, 0, list(range(n)))]]
+
+
+def loss_curve_agreement(results: dict) -> dict | None:
+    """Largest |difference| of the windowed total loss: N GPUs vs one (same seed), and seed 0 vs seed 1."""
+    curves = {}
+    for name, r in results.items():
+        match = re.fullmatch(r"(.+)_lc_(\d+)gpu_seed(\d+)", name)
+        if match and r.get("status") == "ok":
+            curves[(int(match.group(2)), int(match.group(3)))] = dict(map(tuple, r["loss_curve"]))
+    n = max((count for count, _ in curves), default=1)
+    if not {(1, 0), (1, 1), (n, 0)} <= curves.keys() or n == 1:
+        return None
+    windows = sorted(set(curves[(1, 0)]) & set(curves[(1, 1)]) & set(curves[(n, 0)]))
+    rows = [[w, curves[(1, 0)][w], curves[(1, 1)][w], curves[(n, 0)][w]] for w in windows]
+    spread = max(abs(a - b) for _, a, b, _ in rows)
+    difference = max(abs(a - c) for _, a, _, c in rows)
+    return {"gpus": n, "windows": rows, "seed_spread": round(spread, 4), "n_vs_1": round(difference, 4),
+            "within_spread": difference <= spread}
+
+
 # ------------------------------------------------------------------------------------------------- report
 
 
 def derived(results: dict) -> dict:
     """Scaling efficiency per model and GPU count, e2e / model-only, and the evaluation agreement."""
-    out = {"efficiency": {}, "end_to_end_vs_model_only": {}, "eval_agreement": None}
+    out = {"efficiency": {}, "end_to_end_vs_model_only": {}, "eval_agreement": None,
+           "loss_curves": loss_curve_agreement(results)}
     for name, r in results.items():
         match = re.fullmatch(r"(.+)_(\d+)gpu", name)
         if not match or r.get("kind") != "train" or r.get("status") != "ok":
@@ -411,6 +452,13 @@ def markdown(report: dict) -> str:
         agreement = d["eval_agreement"]
         lines += ["", f"Distributed evaluation ({' vs '.join(agreement['runs'])}, same weights): same metrics "
                   f"{agreement['same_metrics']}, same detections {agreement['same_detections']}"]
+    curves = d.get("loss_curves")
+    if curves:
+        lines += ["", f"Loss curves at the same global batch (total_loss, median of each {WINDOW}-iteration "
+                  f"window): {curves['gpus']} GPUs vs 1 differ by at most {curves['n_vs_1']}; two seeds on 1 GPU "
+                  f"by {curves['seed_spread']}: within the spread {curves['within_spread']}", "",
+                  f"| iteration | 1 GPU seed 0 | 1 GPU seed 1 | {curves['gpus']} GPUs seed 0 |", "|---|---|---|---|"]
+        lines += [f"| {w} | {a} | {b} | {c} |" for w, a, b, c in curves["windows"]]
     skipped = [f"{k} ({v['status']})" for k, v in results.items() if v.get("status") not in ("ok",)]
     if skipped:
         lines += ["", "Not measured: " + "; ".join(skipped)]
@@ -429,6 +477,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="DATALOADER.NUM_WORKERS per GPU")
     parser.add_argument("--time-budget", type=float, default=420.0, help="seconds; no job starts after that")
     parser.add_argument("--only", default="", help="comma-separated job names to run (default: the plan)")
+    parser.add_argument("--loss-curves", metavar="MODEL", default="",
+                        help="instead of the plan: MODEL's loss curve on 1 GPU (two seeds) and on --gpus GPUs at "
+                        "the same global batch (--per-gpu x --gpus)")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (gloo), to check the tool")
     args = parser.parse_args(argv)
     args.data, args.work = args.data.resolve(), args.work.resolve()
@@ -441,7 +492,7 @@ def main(argv=None) -> int:
             "data_note": "benchmarks/coco_like.py (640x480 JPEG q90, polygon masks; 32-frame 256px frame folders)"}
     results: dict[str, dict] = {}
     only = set(filter(None, args.only.split(",")))
-    for phase in plan(args):
+    for phase in loss_curve_plan(args, args.loss_curves) if args.loss_curves else plan(args):
         phase = [(name, build) for name, build in phase if not only or name in only]
         if not phase:
             continue

@@ -57,8 +57,7 @@ def stage_times(data_root: Path, num_images: int, repeats: int) -> dict:
     import detectron2.data.transforms as T
     from detectron2.data import DatasetCatalog
     from detectron2.data import detection_utils as d2_utils
-    from detectron2.structures import BitMasks, Boxes, PolygonMasks
-    from PIL import Image
+    from detectron2.structures import BitMasks, PolygonMasks
 
     from hiera_det.data.image_io import read_image
     from hiera_det.data.image_mapper import build_detection_train_mapper, build_lsj_augmentations
