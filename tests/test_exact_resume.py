@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,13 +21,12 @@ import torch
 pytest.importorskip("detectron2")
 
 from hiera_det.data.samplers import GlobalBatchSampler, _RankBatches  # noqa: E402
+from train_net_runs import losses, shapes_with_one_annotation_each, train, train_net_command, train_net_env  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_ITER = 30
 # Detectron2 writes metrics.json every 20 iterations with each loss as the median of its last 20 values; the
 # entry at the last iteration covers iterations 10..29, which a run resumed at iteration <= 10 has all seen.
 COMPARED_WINDOW_START = MAX_ITER - 20
-LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 _OPTS = [
     "MODEL.DEVICE", "cpu",
     "MODEL.MASK_ON", "False",
@@ -102,37 +100,17 @@ def test_every_rank_takes_its_slice_of_the_same_global_batch(world_size):
 # ------------------------------------------------------------------------------------- the training loader
 
 
-def _generate_images(root):
-    """Six small images of mixed aspect ratio, one annotation each (the loader tests use the same files)."""
-    from hiera_det.data.datasets.shapes import generate_shapes_dataset
-
-    paths = generate_shapes_dataset(root / "hiera_shapes", num_train=6, num_val=1, min_size=64, max_size=96)
-    annotation_file = paths.annotation_file("train")
-    content = json.loads(annotation_file.read_text())
-    first = {}
-    for annotation in content["annotations"]:
-        first.setdefault(annotation["image_id"], annotation)
-    content["annotations"] = list(first.values())
-    annotation_file.write_text(json.dumps(content))
-    return root
-
-
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory):
-    return _generate_images(tmp_path_factory.mktemp("datasets"))
+    """Six hiera_shapes images of 64-96 px, one annotation each."""
+    return shapes_with_one_annotation_each(tmp_path_factory.mktemp("datasets"), 6, 64, 96)
 
 
-def _cfg(output_dir, **changes):
+def _cfg(output_dir, *opts):
     from hiera_det.config import get_hiera_cfg, merge_config
 
-    cfg = merge_config(get_hiera_cfg(), "shapes/hiera_tiny_shapes.yaml", _OPTS)
+    cfg = merge_config(get_hiera_cfg(), "shapes/hiera_tiny_shapes.yaml", _OPTS + list(opts))
     cfg.OUTPUT_DIR = str(output_dir)
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
     return cfg
 
 
@@ -152,7 +130,7 @@ def test_loader_output_is_independent_of_workers_and_leaves_global_rngs_alone(da
 
     catalog.register_builtin_datasets(datasets_root)
     try:
-        cfg = _cfg(tmp_path / "a", **{"DATALOADER.LOG_DATA_ORDER": False})
+        cfg = _cfg(tmp_path / "a", "DATALOADER.LOG_DATA_ORDER", "False")
         torch.manual_seed(123)
         before = torch.random.get_rng_state(), np.random.get_state()[1].copy()
         in_process = _take_batches(cfg, 6)
@@ -177,39 +155,6 @@ def test_loader_output_is_independent_of_workers_and_leaves_global_rngs_alone(da
 
 
 # ------------------------------------------------------------------------------------------- train_net runs
-
-
-def _command(output_dir, *, num_gpus=1, resume=False, opts=()):
-    command = [sys.executable, str(REPO / "tools" / "train_net.py")]
-    command += ["--config", "shapes/hiera_tiny_shapes.yaml"]
-    command += ["--num-gpus", str(num_gpus)] + (["--resume"] if resume else [])
-    return command + _OPTS + list(opts) + ["OUTPUT_DIR", str(output_dir)]
-
-
-def _env(datasets_root):
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {"DETECTRON2_DATASETS": str(datasets_root), "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
-    return {**os.environ, **env}
-
-
-def _train(datasets_root, output_dir, timeout=420, **kwargs):
-    result = subprocess.run(
-        _command(output_dir, **kwargs),
-        env=_env(datasets_root),
-        cwd=output_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"training failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
-def _losses(output_dir, iteration):
-    entries = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines() if line]
-    matching = [e for e in entries if e.get("iteration") == iteration]
-    assert matching, f"no metrics.json entry for iteration {iteration} in {output_dir}"
-    return {k: matching[-1][k] for k in LOSS_KEYS}
 
 
 def _data_order(output_dir, world_size=1):
@@ -247,7 +192,7 @@ def _wait_for_checkpoint(process, tag, timeout=300):
 @pytest.fixture(scope="module")
 def uninterrupted(datasets_root, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("uninterrupted") / "out"
-    _train(datasets_root, output_dir)
+    train(datasets_root, output_dir, _OPTS)
     return output_dir
 
 
@@ -256,8 +201,8 @@ def test_sigkill_then_resume_sees_the_same_batches_and_matches_bit_for_bit(datas
     output_dir = tmp_path / "out"
     tag = output_dir / "last_checkpoint"
     process = subprocess.Popen(
-        _command(output_dir, opts=["DATALOADER.NUM_WORKERS", "2"]),
-        env=_env(datasets_root),
+        train_net_command(output_dir, _OPTS + ["DATALOADER.NUM_WORKERS", "2"]),
+        env=train_net_env(datasets_root),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -281,14 +226,14 @@ def test_sigkill_then_resume_sees_the_same_batches_and_matches_bit_for_bit(datas
     state = checkpoint["exact_resume"]
     assert state["batches_consumed"] == killed_at + 1 and state["world_size"] == 1 and state["seed"] == 3
 
-    log = _train(datasets_root, output_dir, resume=True, opts=["DATALOADER.NUM_WORKERS", "2"])
+    log = train(datasets_root, output_dir, _OPTS + ["DATALOADER.NUM_WORKERS", "2"], resume=True)
     assert f"Starting training from iteration {killed_at + 1}" in log
     assert f"data stream continues at global batch {killed_at + 1}" in log and "RNG states of all 1" in log
 
     reference_order = _data_order(uninterrupted)
     assert sorted(reference_order) == list(range(MAX_ITER))
     assert _data_order(output_dir) == reference_order
-    assert _losses(output_dir, MAX_ITER - 1) == _losses(uninterrupted, MAX_ITER - 1)
+    assert losses(output_dir, MAX_ITER - 1) == losses(uninterrupted, MAX_ITER - 1)
     resumed, reference = _final_weights(output_dir), _final_weights(uninterrupted)
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[key], reference[key]) for key in reference), "weights must match bit for bit"
@@ -303,7 +248,7 @@ _MULTI = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOI
 @pytest.fixture(scope="module")
 def two_processes(datasets_root, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("two_processes") / "out"
-    _train(datasets_root, output_dir, num_gpus=2, opts=_MULTI, timeout=600)
+    train(datasets_root, output_dir, _OPTS + _MULTI, num_gpus=2, timeout=600)
     return output_dir
 
 
@@ -316,11 +261,11 @@ def test_checkpoint_of_two_processes_resumes_on_another_count_with_the_same_glob
     output_dir.mkdir()
     shutil.copy(two_processes / "model_0000003.pth", output_dir)
     (output_dir / "last_checkpoint").write_text("model_0000003.pth")
-    log = _train(datasets_root, output_dir, num_gpus=world_size, resume=True, opts=_MULTI, timeout=600)
+    log = train(datasets_root, output_dir, _OPTS + _MULTI, num_gpus=world_size, resume=True, timeout=600)
     assert "Starting training from iteration 4" in log
     assert f"saved by 2 processes and resumes on {world_size}" in log
     per_process = 4 // world_size
-    assert f"each process now takes {per_process} images of every global batch instead of 2" in log
+    assert f"each process now takes {per_process} of the 4 images of every global batch instead of 2" in log
     expected_rng_note = "ranks [2, 3] have no saved RNG state" if world_size == 4 else "ranks [1] are dropped"
     assert expected_rng_note in log
     reference = _data_order(two_processes, world_size=2)
@@ -351,8 +296,8 @@ def test_killing_one_rank_stops_the_others_with_a_message_and_resume_continues(
 ):
     output_dir = tmp_path / "out"
     process = subprocess.Popen(
-        _command(output_dir, num_gpus=2, opts=_MULTI),
-        env=_env(datasets_root),
+        train_net_command(output_dir, _OPTS + _MULTI, num_gpus=2),
+        env=train_net_env(datasets_root),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -376,7 +321,7 @@ def test_killing_one_rank_stops_the_others_with_a_message_and_resume_continues(
 
     resumed_at = torch.load(output_dir / (output_dir / "last_checkpoint").read_text().strip(),
                             map_location="cpu", weights_only=True)["iteration"] + 1  # fmt: skip
-    log = _train(datasets_root, output_dir, num_gpus=2, resume=True, opts=_MULTI, timeout=600)
+    log = train(datasets_root, output_dir, _OPTS + _MULTI, num_gpus=2, resume=True, timeout=600)
     assert f"Starting training from iteration {resumed_at}" in log
     assert _data_order(output_dir, world_size=2) == _data_order(two_processes, world_size=2)
     resumed, reference = _final_weights(output_dir), _final_weights(two_processes)

@@ -7,20 +7,14 @@ resize size, and every anchor and proposal sampled (a huge BATCH_SIZE_PER_IMAGE)
 their samples from two generators where one process draws from one.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("detectron2")
 
-REPO = Path(__file__).resolve().parents[1]
+from train_net_runs import LOSS_KEYS, losses, shapes_with_one_annotation_each, train  # noqa: E402
+
 MAX_ITER = 30
-LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 _OPTS = [
     "MODEL.DEVICE", "cpu",
     "MODEL.MASK_ON", "False",
@@ -50,51 +44,7 @@ _OPTS = [
 def datasets_root(tmp_path_factory):
     """Two 64x64 training images with one annotation each, so that every image yields the same number of
     sampled proposals and a per-image mean (two processes) equals the pooled mean (one process)."""
-    from hiera_det.data.datasets.shapes import generate_shapes_dataset
-
-    root = tmp_path_factory.mktemp("datasets")
-    paths = generate_shapes_dataset(root / "hiera_shapes", num_train=2, num_val=1, min_size=64, max_size=64)
-    annotation_file = paths.annotation_file("train")
-    content = json.loads(annotation_file.read_text())
-    first = {}
-    for annotation in content["annotations"]:
-        first.setdefault(annotation["image_id"], annotation)
-    content["annotations"] = list(first.values())
-    annotation_file.write_text(json.dumps(content))
-    return root
-
-
-def _command(output_dir, *, num_gpus=1, resume=False):
-    command = [sys.executable, str(REPO / "tools" / "train_net.py")]
-    command += ["--config", "shapes/hiera_tiny_shapes.yaml"]
-    command += ["--num-gpus", str(num_gpus)] + (["--resume"] if resume else [])
-    return command + _OPTS + ["OUTPUT_DIR", str(output_dir)]
-
-
-def _env(datasets_root):
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {"DETECTRON2_DATASETS": str(datasets_root), "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
-    return {**os.environ, **env}
-
-
-def _train(datasets_root, output_dir, timeout=420, **kwargs):
-    result = subprocess.run(
-        _command(output_dir, **kwargs),
-        env=_env(datasets_root),
-        cwd=output_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"training failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
-def _losses(output_dir, iteration):
-    entries = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines() if line]
-    matching = [e for e in entries if e.get("iteration") == iteration]
-    assert matching, f"no metrics.json entry for iteration {iteration} in {output_dir}"
-    return {k: matching[-1][k] for k in LOSS_KEYS}
+    return shapes_with_one_annotation_each(tmp_path_factory.mktemp("datasets"), 2, 64, 64)
 
 
 def _assert_losses_close(found, expected, rel):
@@ -105,21 +55,22 @@ def _assert_losses_close(found, expected, rel):
 @pytest.fixture(scope="module")
 def uninterrupted(datasets_root, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("uninterrupted") / "out"
-    _train(datasets_root, output_dir)
+    train(datasets_root, output_dir, _OPTS)
     return output_dir
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(datasets_root, uninterrupted, tmp_path):
     output_dir = tmp_path / "out"
-    _train(datasets_root, output_dir, num_gpus=2, timeout=600)  # IMS_PER_BATCH 2 = one image per process
+    train(datasets_root, output_dir, _OPTS, num_gpus=2, timeout=600)  # IMS_PER_BATCH 2 = one image per process
     for iteration in (19, MAX_ITER - 1):
-        _assert_losses_close(_losses(output_dir, iteration), _losses(uninterrupted, iteration), rel=1e-4)
+        _assert_losses_close(losses(output_dir, iteration), losses(uninterrupted, iteration), rel=1e-4)
 
 
 def test_non_finite_loss_stops_training_and_keeps_last_good_checkpoint(datasets_root, tmp_path):
     from detectron2.utils.events import get_event_storage
 
+    import hiera_det.d2  # noqa: F401  (registers the backbones)
     from hiera_det.config import get_hiera_cfg, merge_config
     from hiera_det.data import catalog
     from hiera_det.engine import Trainer

@@ -147,8 +147,8 @@ class ExactResumeState:
         changes = []
         if saved_world != self.world_size:
             changes.append(f"it was saved by {saved_world} processes and resumes on {self.world_size}: each "
-                           f"process now takes {batch // self.world_size} images of every global batch instead of "
-                           f"{saved_batch // saved_world}")
+                           f"process now takes {batch // self.world_size} of the {batch} images of every global "
+                           f"batch instead of {saved_batch // saved_world}")
         if saved_batch != batch:
             changes.append(f"SOLVER.IMS_PER_BATCH changed from {saved_batch} to {batch}, so the global batches "
                            "from here on differ from the uninterrupted run's")
