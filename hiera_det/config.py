@@ -183,6 +183,11 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
          "(video classification), `NAME=images:FOLDER` or `NAME=videos:LIST` (unlabeled, MAE pre-training); "
          "`tools/train_net.py --dataset` adds to it, and the saved config keeps it"),
     ]),
+    "DATALOADER": _keys("DATALOADER", [
+        ("LOG_DATA_ORDER", False, "append what every training batch held (global batch index, positions, dataset "
+         "indices, file names) to `OUTPUT_DIR/data_order.rank<R>.jsonl`, one line per batch, to check that a "
+         "resumed run saw the same data as an uninterrupted one"),
+    ]),
     "SOLVER": _keys("SOLVER", [
         ("OPTIMIZER", "ADAMW", "`ADAMW` (betas `SOLVER.BETAS`) or `SGD` (`SOLVER.MOMENTUM`, `SOLVER.NESTEROV`)"),
         ("BETAS", (0.9, 0.999), "AdamW betas"),

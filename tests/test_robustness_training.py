@@ -1,32 +1,20 @@
-"""Training survives faults: kill -9 and --resume continues exactly, a non-finite loss stops training with the
-iteration and the loss terms while keeping the last good checkpoint, and two gloo processes match one.
+"""Training survives faults: a non-finite loss stops training with the iteration and the loss terms while
+keeping the last good checkpoint, and two gloo processes match one (kill -9 and --resume: test_exact_resume.py).
 
 The runs use tools/train_net.py on a two-image copy of the bundled hiera_shapes data with a tiny Hiera. The
-configuration is chosen so that one run's losses are a deterministic function of the weights: no flip, one
-resize size, and every anchor and proposal sampled (a huge BATCH_SIZE_PER_IMAGE), because Detectron2 restores
-neither the random-number generators nor the data loader's position on resume, and the sampling of anchors and
-proposals draws from the global generator.
+configuration is chosen so that one process's losses equal two processes' up to summation order: no flip, one
+resize size, and every anchor and proposal sampled (a huge BATCH_SIZE_PER_IMAGE), because two processes draw
+their samples from two generators where one process draws from one.
 """
-
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("detectron2")
 
-REPO = Path(__file__).resolve().parents[1]
+from train_net_runs import LOSS_KEYS, losses, shapes_with_one_annotation_each, train  # noqa: E402
+
 MAX_ITER = 30
-# Detectron2 writes metrics.json every 20 iterations with each loss as the median of its last 20 values; the
-# entry at the last iteration covers iterations 10..29, which a run resumed at iteration <= 10 has all seen.
-COMPARED_WINDOW_START = MAX_ITER - 20
-LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 _OPTS = [
     "MODEL.DEVICE", "cpu",
     "MODEL.MASK_ON", "False",
@@ -56,51 +44,7 @@ _OPTS = [
 def datasets_root(tmp_path_factory):
     """Two 64x64 training images with one annotation each, so that every image yields the same number of
     sampled proposals and a per-image mean (two processes) equals the pooled mean (one process)."""
-    from hiera_det.data.datasets.shapes import generate_shapes_dataset
-
-    root = tmp_path_factory.mktemp("datasets")
-    paths = generate_shapes_dataset(root / "hiera_shapes", num_train=2, num_val=1, min_size=64, max_size=64)
-    annotation_file = paths.annotation_file("train")
-    content = json.loads(annotation_file.read_text())
-    first = {}
-    for annotation in content["annotations"]:
-        first.setdefault(annotation["image_id"], annotation)
-    content["annotations"] = list(first.values())
-    annotation_file.write_text(json.dumps(content))
-    return root
-
-
-def _command(output_dir, *, num_gpus=1, resume=False):
-    command = [sys.executable, str(REPO / "tools" / "train_net.py")]
-    command += ["--config", "shapes/hiera_tiny_shapes.yaml"]
-    command += ["--num-gpus", str(num_gpus)] + (["--resume"] if resume else [])
-    return command + _OPTS + ["OUTPUT_DIR", str(output_dir)]
-
-
-def _env(datasets_root):
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {"DETECTRON2_DATASETS": str(datasets_root), "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
-    return {**os.environ, **env}
-
-
-def _train(datasets_root, output_dir, timeout=420, **kwargs):
-    result = subprocess.run(
-        _command(output_dir, **kwargs),
-        env=_env(datasets_root),
-        cwd=output_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"training failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
-def _losses(output_dir, iteration):
-    entries = [json.loads(line) for line in (output_dir / "metrics.json").read_text().splitlines() if line]
-    matching = [e for e in entries if e.get("iteration") == iteration]
-    assert matching, f"no metrics.json entry for iteration {iteration} in {output_dir}"
-    return {k: matching[-1][k] for k in LOSS_KEYS}
+    return shapes_with_one_annotation_each(tmp_path_factory.mktemp("datasets"), 2, 64, 64)
 
 
 def _assert_losses_close(found, expected, rel):
@@ -108,69 +52,25 @@ def _assert_losses_close(found, expected, rel):
         assert found[key] == pytest.approx(expected[key], rel=rel, abs=1e-7), (key, found, expected)
 
 
-def _final_weights(output_dir):
-    return torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=True)["model"]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(datasets_root, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("uninterrupted") / "out"
-    _train(datasets_root, output_dir)
+    train(datasets_root, output_dir, _OPTS)
     return output_dir
-
-
-def test_sigkill_then_resume_continues_at_next_iteration_and_matches(datasets_root, uninterrupted, tmp_path):
-    output_dir = tmp_path / "out"
-    tag = output_dir / "last_checkpoint"
-    process = subprocess.Popen(
-        _command(output_dir),
-        env=_env(datasets_root),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (tag.is_file() and tag.read_text().strip()):
-            assert process.poll() is None, "training exited before writing its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-
-    assert not (output_dir / "model_final.pth").exists(), "the run finished before it could be killed"
-    checkpoint_name = tag.read_text().strip()
-    killed_at = torch.load(output_dir / checkpoint_name, map_location="cpu", weights_only=True)["iteration"]
-    assert checkpoint_name == f"model_{killed_at:07d}.pth"
-    assert killed_at < COMPARED_WINDOW_START, f"killed too late (checkpoint of iteration {killed_at})"
-
-    log = _train(datasets_root, output_dir, resume=True)
-    assert f"Starting training from iteration {killed_at + 1}" in log
-    _assert_losses_close(_losses(output_dir, MAX_ITER - 1), _losses(uninterrupted, MAX_ITER - 1), rel=1e-4)
-    # Not bit-exact: the proposals are summed in another order (see the module docstring), and AdamW turns
-    # rounding-level gradients of directions the loss ignores (attention key biases) into lr-sized steps.
-    resumed, reference = _final_weights(output_dir), _final_weights(uninterrupted)
-    assert resumed.keys() == reference.keys()
-    for key in reference:
-        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-3, atol=1e-4, msg=key)
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(datasets_root, uninterrupted, tmp_path):
     output_dir = tmp_path / "out"
-    _train(datasets_root, output_dir, num_gpus=2, timeout=600)  # IMS_PER_BATCH 2 = one image per process
+    train(datasets_root, output_dir, _OPTS, num_gpus=2, timeout=600)  # IMS_PER_BATCH 2 = one image per process
     for iteration in (19, MAX_ITER - 1):
-        _assert_losses_close(_losses(output_dir, iteration), _losses(uninterrupted, iteration), rel=1e-4)
+        _assert_losses_close(losses(output_dir, iteration), losses(uninterrupted, iteration), rel=1e-4)
 
 
 def test_non_finite_loss_stops_training_and_keeps_last_good_checkpoint(datasets_root, tmp_path):
     from detectron2.utils.events import get_event_storage
 
+    import hiera_det.d2  # noqa: F401  (registers the backbones)
     from hiera_det.config import get_hiera_cfg, merge_config
     from hiera_det.data import catalog
     from hiera_det.engine import Trainer

@@ -1,9 +1,9 @@
 """Training and evaluation data loaders and evaluators for every hiera_det model, chosen by what the data is.
 
 The dataset's ``evaluator_type`` and the trunk's modality pick the pipeline, so no meta-architecture is
-named here:
+named here (training batches always come from ``hiera_det.data.samplers``, which a resume can continue):
 
-* ``coco`` + image trunk: Detectron2's detection loaders (large-scale jitter when ``INPUT.LSJ.ENABLED``),
+* ``coco`` + image trunk: Detectron2's detection mapper (large-scale jitter when ``INPUT.LSJ.ENABLED``),
   ``COCOEvaluator``;
 * ``coco`` + video trunk: clips centered on annotated keyframes (``KeyframeClipMapper``), ``COCOEvaluator``
   on the keyframe boxes;
@@ -17,14 +17,12 @@ named here:
 
 from __future__ import annotations
 
-from detectron2.data import (
-    DatasetCatalog,
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
 
 from ..config import is_video_config
 from ..data.catalog import prepare_datasets
@@ -33,6 +31,7 @@ from ..data.ava_mapper import AvaClipMapper
 from ..data.datasets.kinetics import EVALUATOR_TYPE as VIDEO_CLASSIFICATION
 from ..data.unlabeled import UNLABELED, MAEInputMapper
 from ..data.image_mapper import CheckedDatasetMapper, build_detection_train_mapper
+from ..data.samplers import ExactResumeTrainLoader, GlobalBatchSampler
 from ..data.video_mapper import KeyframeClipMapper, VideoClassificationMapper, expand_test_views
 from ..video.ava_evaluation import AvaEvaluator
 from ..video.evaluation import VideoClassificationEvaluator
@@ -58,36 +57,75 @@ def _check_num_classes(cfg, names) -> None:
                              f"{cfg.MODEL.HIERA_VIDEO.NUM_CLASSES}; set it to {len(classes)}")
 
 
-def _loader_of_every_record(cfg, names, mapper):
-    """A training loader over every record of ``names`` (none filtered as empty), without aspect grouping."""
-    return build_detection_train_loader(
-        dataset=get_detection_dataset_dicts(names, filter_empty=False),
-        mapper=mapper,
-        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
+def _every_record(cfg, names, mapper) -> ExactResumeTrainLoader:
+    """The resumable training loader over every record of ``names`` (none filtered as empty), ungrouped."""
+    return _exact_resume_loader(cfg, get_detection_dataset_dicts(names, filter_empty=False), mapper, grouping=False)
 
 
-def build_train_loader(cfg):
-    """Infinite training loader of batches (lists of dicts) for ``DATASETS.TRAIN``."""
+def build_train_loader(cfg) -> ExactResumeTrainLoader:
+    """Infinite training loader of this process's batches (lists of dicts) for ``DATASETS.TRAIN``: a pure
+    function of (``SEED``, global batch index), see ``hiera_det.data.samplers``."""
     names = list(cfg.DATASETS.TRAIN)
     prepare_datasets(cfg, names, generate=False)
     kind = evaluator_type(names)
     if cfg.MODEL.META_ARCHITECTURE == "HieraMAE":
-        return _loader_of_every_record(cfg, names, MAEInputMapper(cfg, is_train=True))
+        return _every_record(cfg, names, MAEInputMapper(cfg, is_train=True))
     if kind == UNLABELED:
         raise ValueError(f"datasets {names} are unlabeled: they train MODEL.META_ARCHITECTURE 'HieraMAE' only "
                          f"(configs/mae/), not {cfg.MODEL.META_ARCHITECTURE}")
     if kind == AVA:
         _check_num_classes(cfg, names)
-        return build_detection_train_loader(cfg, mapper=AvaClipMapper(cfg, is_train=True))
+        return _every_record(cfg, names, AvaClipMapper(cfg, is_train=True))
     if kind == VIDEO_CLASSIFICATION:
         _check_num_classes(cfg, names)
-        return _loader_of_every_record(cfg, names, VideoClassificationMapper(cfg, is_train=True))
-    if is_video_config(cfg):
-        return build_detection_train_loader(cfg, mapper=KeyframeClipMapper(cfg, is_train=True))
-    return build_detection_train_loader(cfg, mapper=build_detection_train_mapper(cfg))
+        return _every_record(cfg, names, VideoClassificationMapper(cfg, is_train=True))
+    dicts = get_detection_dataset_dicts(
+        names,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+    mapper = KeyframeClipMapper(cfg, is_train=True) if is_video_config(cfg) else build_detection_train_mapper(cfg)
+    return _exact_resume_loader(cfg, dicts, mapper, grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+
+
+def _exact_resume_loader(cfg, dicts: list[dict], mapper, grouping: bool) -> ExactResumeTrainLoader:
+    # Every process must draw the same global batches: a random seed (SEED < 0) is rank 0's.
+    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    landscape = _landscape_flags(dicts, cfg.DATASETS.TRAIN) if grouping else None
+    sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
+    if sampler_name == "TrainingSampler":
+        repeat_factors = None
+    elif sampler_name == "RepeatFactorTrainingSampler":
+        repeat_factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dicts, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+        ).tolist()
+    else:
+        raise ValueError(f"DATALOADER.SAMPLER_TRAIN {sampler_name!r} is not supported by hiera_det's resumable "
+                         "training loader; use TrainingSampler or RepeatFactorTrainingSampler")
+    sampler = GlobalBatchSampler(
+        len(dicts), cfg.SOLVER.IMS_PER_BATCH, seed, landscape=landscape, repeat_factors=repeat_factors
+    )
+    rank = comm.get_rank()
+    order_log = os.path.join(cfg.OUTPUT_DIR, f"data_order.rank{rank}.jsonl") if cfg.DATALOADER.LOG_DATA_ORDER else None
+    return ExactResumeTrainLoader(
+        dicts,
+        mapper,
+        sampler,
+        rank=rank,
+        world_size=comm.get_world_size(),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        order_log=order_log,
+    )
+
+
+def _landscape_flags(dicts: list[dict], names) -> list[bool]:
+    missing = [d.get("file_name", i) for i, d in enumerate(dicts) if "width" not in d or "height" not in d]
+    if missing:
+        raise ValueError(f"DATALOADER.ASPECT_RATIO_GROUPING needs each record's width and height, but "
+                         f"{len(missing)} records of {list(names)} lack them (first: {missing[0]}); add them to "
+                         "the annotations or set DATALOADER.ASPECT_RATIO_GROUPING False")
+    return [d["width"] > d["height"] for d in dicts]
 
 
 def build_test_loader(cfg, dataset_name: str):

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import weakref
 
 import torch
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.samplers import ExactResumeTrainLoader
 from . import loaders
 from .checkpointer import AtomicDetectionCheckpointer
 from .optimizer import build_optimizer
+from .resume import ExactResumeState, RngSnapshotHook, preserved_rng_state
 
 logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the Hiera optimizer, large-scale jitter, COCO evaluation, AMP in fp16 or
-    bf16 (``SOLVER.AMP.PRECISION``), CPU-capable DDP, and the video models' data and evaluation."""
+    bf16 (``SOLVER.AMP.PRECISION``), CPU-capable DDP, the video models' data and evaluation, and exact
+    resume: checkpoints hold the data stream's position and every process's RNG states
+    (``hiera_det.engine.resume``), so ``--resume`` continues as if the run had never stopped."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ fixes the AMP dtype to fp16, DDP to GPU device ids and the checkpointer
@@ -47,11 +53,44 @@ class Trainer(DefaultTrainer):
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.exact_resume = None
+        if isinstance(data_loader, ExactResumeTrainLoader):
+            self.exact_resume = ExactResumeState(data_loader)
+        else:
+            logger.warning("build_train_loader returned a %s, not an ExactResumeTrainLoader: checkpoints will "
+                           "not hold the data position or the RNG states, so --resume is not exact",
+                           type(data_loader).__name__)
+        extra = {"exact_resume": self.exact_resume} if self.exact_resume is not None else {}
+        self.checkpointer = AtomicDetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **extra
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        state = self.exact_resume
+        if state is None or state.loaded or self.start_iter == 0:
+            return
+        # A checkpoint from before exact resume: continue the data stream where the iteration count says.
+        state.loader.start_batch = self.start_iter
+        logger.warning("The checkpoint in %s has no exact_resume state (saved by an older hiera_det): the data "
+                       "stream continues at global batch %d, but the RNG states start fresh, so the run differs "
+                       "from an uninterrupted one", self.cfg.OUTPUT_DIR, self.start_iter)
+
+    def build_hooks(self):
+        """Detectron2's hooks, with ``RngSnapshotHook`` on every rank just before the checkpointer (or, on
+        ranks without one, before evaluation), and on CUDA every rank's peak memory in the metrics."""
+        ret = super().build_hooks()
+        if self.exact_resume is not None:
+            first = next(i for i, h in enumerate(ret) if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook)))
+            ret.insert(first, RngSnapshotHook(self.exact_resume, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        if torch.device(self.cfg.MODEL.DEVICE).type == "cuda":
+            writer = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
+            ret.insert(writer, PeakMemoryHook(period=20))
+        return ret
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -71,7 +110,60 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return loaders.build_evaluator(cfg, dataset_name, output_folder)
 
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation, leaving the training RNG streams as they were (a resumed run would
+        otherwise diverge from one that evaluated in between)."""
+        with preserved_rng_state():
+            return super().test(cfg, model, evaluators)
+
     def train(self):
-        """Train; returns the results of the last evaluation (the final one), or None if none ran."""
-        super().train()
+        """Train; returns the results of the last evaluation (the final one), or None if none ran.
+
+        In a run of several processes, a process that stops because another one died (a failed collective,
+        or the launcher's SIGTERM) says so, names the checkpoint to resume from, and exits."""
+        distributed = comm.get_world_size() > 1
+        handle_sigterm = distributed and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._stop_on_sigterm) if handle_sigterm else None
+        try:
+            super().train()
+        except Exception as error:
+            if distributed:
+                logger.error("rank %d stopped at iteration %d: %s: %s. In a run of %d processes this usually "
+                             "means another process died first (out of memory, killed); see its log. %s",
+                             comm.get_rank(), self.iter, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+                             comm.get_world_size(), self._resume_hint())
+            raise
+        finally:
+            if handle_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         return getattr(self, "_last_eval_results", None)
+
+    def _stop_on_sigterm(self, signum, frame):
+        logger.error("rank %d received SIGTERM at iteration %d (the launcher stops every process when one fails, "
+                     "or the job was cancelled). %s", comm.get_rank(), self.iter, self._resume_hint())
+        raise SystemExit(128 + signum)
+
+    def _resume_hint(self) -> str:
+        if self.checkpointer.has_checkpoint():
+            return (f"The last checkpoint is {self.checkpointer.get_checkpoint_file()}: rerun the same command "
+                    "with --resume to continue from it.")
+        return "No checkpoint was saved yet: rerun without --resume."
+
+
+class PeakMemoryHook(HookBase):
+    """Puts every rank's ``torch.cuda.max_memory_allocated`` (MiB) into the metrics as
+    ``peak_mem_mib/rank<R>`` every ``period`` iterations and at the last one (Detectron2 logs rank 0's only)."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self) -> None:
+        iteration = self.trainer.iter
+        if (iteration + 1) % self.period and iteration < self.trainer.max_iter - 1:
+            return
+        peaks = comm.all_gather(torch.cuda.max_memory_allocated() / 2**20)
+        if comm.is_main_process():
+            for rank, peak in enumerate(peaks):
+                self.trainer.storage.put_scalar(f"peak_mem_mib/rank{rank}", peak, smoothing_hint=False)
+

@@ -83,7 +83,7 @@ def load_kinetics_csv(
             if label < 0:
                 raise ValueError(f"{csv_path}:{line_no}: negative label {label}")
             path = rel_path if os.path.isabs(rel_path) else os.path.join(root, rel_path)
-            if not os.path.isfile(path):
+            if not (os.path.isfile(path) or os.path.isdir(path)):  # a video file or a folder of its frames
                 missing.append(path)
                 continue
             records.append({"file_name": path, "label": label, "video_id": _video_id(path, root)})

@@ -1,0 +1,527 @@
+"""End-to-end training throughput as ``tools/train_net.py --num-gpus N`` delivers it, on COCO-like data: images/s,
+the loader's share, per-GPU peak memory, GPU utilisation, scaling efficiency against one GPU, the model-only
+step for the same config, and distributed-evaluation agreement; written as a json + markdown table.
+
+    python -m benchmarks.ddp --data /tmp/coco_like --gpus 4 --out benchmarks/results --tag h100x4
+    python -m benchmarks.ddp --smoke --data /tmp/coco_like --gpus 2 --out /tmp/ddp   # CPU, gloo, tiny models
+
+Models (per-GPU batch 8, ``SOLVER.IMS_PER_BATCH`` = 8 N, random weights):
+
+* ``maskrcnn``: ``hiera_fpn.yaml`` (Hiera-B, 1024 LSJ, fp16 AMP) on ``benchmarks.coco_like`` JPEGs with polygon
+  masks; ``maskrcnn_bitmask`` is the same with ``INPUT.MASK_FORMAT bitmask`` (masks rasterised in the
+  loader workers, mask targets cut on the GPU instead of from polygons in the main process);
+* ``video_cls``: ``video/hiera_base_16x224_k400.yaml`` on frame-folder moving-shapes clips (sampling rate 2);
+* ``clip_det``: ``video/hiera_base_16x224_ava_keyframe.yaml`` on the keyframes of those clips.
+
+Throughput is ``IMS_PER_BATCH / time`` with Detectron2's ``time`` (the median seconds per iteration over the
+20-iteration window that metrics.json records) from the windows after the first (warm-up); the loader's
+share is ``data_time / time`` of the same windows; GPU utilisation is ``nvidia-smi`` sampled every 0.5 s over
+those windows. Jobs of one phase run at the same time on different GPUs (``CUDA_VISIBLE_DEVICES``); the
+scaling runs of the image model run alone. The work is planned in priority order and stops starting jobs
+when ``--time-budget`` is spent; what did not run is listed as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WINDOW = 20  # Detectron2's metrics.json window (PeriodicWriter period and smoothing)
+
+_COMMON = ["MODEL.WEIGHTS", "", "MODEL.HIERA.WEIGHTS", "", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "10",
+           "SOLVER.CHECKPOINT_PERIOD", "1000000", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "0"]
+_VIDEO = ["MODEL.HIERA_VIDEO.SAMPLING_RATE", "2"]
+MODELS = {
+    "maskrcnn": dict(config="hiera_fpn.yaml", train="coco_like_train", test="coco_like_val", opts=[]),
+    "maskrcnn_bitmask": dict(config="hiera_fpn.yaml", train="coco_like_train", test="coco_like_val",
+                             opts=["INPUT.MASK_FORMAT", "bitmask"]),
+    "video_cls": dict(config="video/hiera_base_16x224_k400.yaml", train="clips_train", test="clips_val", opts=_VIDEO),
+    # the class count of a keyframes spec is not fitted to the data at registration (its classes are read
+    # lazily), so it is given: the six moving-shapes classes
+    "clip_det": dict(config="video/hiera_base_16x224_ava_keyframe.yaml", train="clip_kf_train", test="clip_kf_val",
+                     opts=_VIDEO + ["MODEL.ROI_HEADS.NUM_CLASSES", "6"]),
+}
+# --smoke: the same pipelines with tiny trunks and inputs on the CPU
+_TINY = ["MODEL.DEVICE", "cpu", "MODEL.HIERA.STAGES", "[1,1,1,1]", "MODEL.HIERA.EMBED_DIM", "32",
+         "MODEL.HIERA.NUM_HEADS", "1"]
+SMOKE_OPTS = {
+    "maskrcnn": _TINY + ["INPUT.LSJ.IMAGE_SIZE", "128", "MODEL.HIERA.INPUT_SIZE", "[128,128]", "INPUT.MIN_SIZE_TEST",
+                         "128", "INPUT.MAX_SIZE_TEST", "128", "MODEL.FPN.OUT_CHANNELS", "32",
+                         "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+                         "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
+                         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32"],
+    "video": _TINY + ["MODEL.HIERA_VIDEO.NUM_FRAMES", "4", "INPUT.VIDEO.TRAIN_JITTER_SCALES", "[64,72]",
+                      "INPUT.VIDEO.TRAIN_CROP_SIZE", "64", "INPUT.VIDEO.TEST_CROP_SIZE", "64", "INPUT.MIN_SIZE_TRAIN",
+                      "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+                      "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64"],
+}
+
+
+def model_opts(model: str, smoke: bool) -> list[str]:
+    spec = MODELS[model]
+    extra = SMOKE_OPTS["maskrcnn" if model.startswith("maskrcnn") else "video"] if smoke else []
+    return _COMMON + spec["opts"] + extra
+
+
+def dataset_args(data: Path) -> list[str]:
+    specs = json.loads((data / "specs.json").read_text())
+    return [arg for name, spec in specs.items() for arg in ("--dataset", f"{name}={spec}")]
+
+
+# ------------------------------------------------------------------------------------------- GPU sampling
+
+
+class GpuSampler:
+    """``nvidia-smi`` utilisation and memory of every GPU every 0.5 s, in the background (nothing without it)."""
+
+    def __init__(self, path: Path):
+        self.samples: list[tuple[float, int, float, float]] = []  # (time, gpu, util %, memory MiB)
+        self._process = None
+        self._thread = None
+        try:
+            self._process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                 "-lms", "500"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        except OSError:
+            return
+        self._log = open(path, "w")
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 3 and parts[0].isdigit():
+                try:
+                    sample = (time.time(), int(parts[0]), float(parts[1]), float(parts[2]))
+                except ValueError:
+                    continue
+                self.samples.append(sample)
+                self._log.write(f"{sample[0]:.2f},{line}")
+
+    def mean_utilisation(self, gpus: list[int], start: float, end: float) -> list[float] | None:
+        result = []
+        for gpu in gpus:
+            values = [u for t, g, u, _ in self.samples if g == gpu and start <= t <= end]
+            if not values:
+                return None
+            result.append(round(statistics.mean(values), 1))
+        return result
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._log.close()
+
+
+# ----------------------------------------------------------------------------------------------- one job
+
+
+@dataclass
+class Job:
+    """One ``train_net.py`` (or model-only) process on ``gpus``."""
+
+    name: str
+    kind: str  # train | eval | model_only
+    model: str
+    gpus: list[int]
+    output_dir: Path
+    command: list[str]
+    env: dict
+    started: float = 0.0
+    measured_from: float | None = None
+    ended: float = 0.0
+    process: subprocess.Popen | None = None
+    result: dict = field(default_factory=dict)
+
+
+def _environment(gpus: list[int], smoke: bool) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if smoke:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        env["OMP_NUM_THREADS"] = "1"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    return env
+
+
+# Jobs of one phase start together: each multi-process one gets its own rendezvous port, since Detectron2's
+# "auto" picks a free port that another job starting at the same moment can take first (EADDRINUSE).
+_PORTS = itertools.count(29500 + os.getpid() % 1000 * 20)
+
+
+def _launcher(gpus: list[int]) -> list[str]:
+    return ["--num-gpus", str(len(gpus)), "--dist-url", f"tcp://127.0.0.1:{next(_PORTS)}"]
+
+
+def train_job(name, model, gpus, args, iters, per_gpu, extra=()) -> Job:
+    out = args.work / name
+    command = [sys.executable, str(REPO / "tools" / "train_net.py"), *_launcher(gpus),
+               "--config", MODELS[model]["config"], *dataset_args(args.data),
+               *model_opts(model, args.smoke), "DATASETS.TRAIN", f"('{MODELS[model]['train']}',)",
+               "SOLVER.IMS_PER_BATCH", str(per_gpu * len(gpus)), "SOLVER.MAX_ITER", str(iters),
+               "DATALOADER.NUM_WORKERS", str(args.workers), *extra, "OUTPUT_DIR", str(out)]  # fmt: skip
+    return Job(name, "train", model, gpus, out, command, _environment(gpus, args.smoke))
+
+
+def eval_job(name, model, gpus, args, weights: Path) -> Job:
+    out = args.work / name
+    command = [sys.executable, str(REPO / "tools" / "train_net.py"), *_launcher(gpus),
+               "--config", MODELS[model]["config"], *dataset_args(args.data), "--eval-only",
+               *model_opts(model, args.smoke), "MODEL.WEIGHTS", str(weights),
+               "DATASETS.TRAIN", f"('{MODELS[model]['train']}',)", "DATASETS.TEST", f"('{MODELS[model]['test']}',)",
+               # every image keeps its 100 best detections, so the comparison is not decided by a threshold
+               "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "DATALOADER.NUM_WORKERS", "4", "OUTPUT_DIR", str(out)]  # fmt: skip
+    return Job(name, "eval", model, gpus, out, command, _environment(gpus, args.smoke))
+
+
+def model_only_job(name, model, gpu, args, per_gpu) -> Job:
+    out = args.work / name
+    command = [sys.executable, "-m", "benchmarks.model_only", "--model", model, "--data", str(args.data),
+               "--batch", str(per_gpu), "--out", str(out / "model_only.json")] + (["--smoke"] if args.smoke else [])
+    return Job(name, "model_only", model, [gpu], out, command, _environment([gpu], args.smoke))
+
+
+def _metrics(output_dir: Path) -> list[dict]:
+    path = output_dir / "metrics.json"
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written
+    return entries
+
+
+def _watch(job: Job, skip: int) -> None:
+    """Notes when the first measured window starts (the warm-up window is in metrics.json)."""
+    while job.process.poll() is None:
+        if job.measured_from is None and any(e.get("iteration", -1) >= skip - 1 for e in _metrics(job.output_dir)):
+            job.measured_from = time.time()
+        time.sleep(0.5)
+
+
+def summarize_train(job: Job, skip: int, sampler: GpuSampler | None) -> dict:
+    entries = [e for e in _metrics(job.output_dir) if "time" in e and "total_loss" in e]
+    measured = [e for e in entries if e["iteration"] - WINDOW + 1 >= skip] or entries[-1:]
+    if not measured:
+        return {"status": "failed", "error": "no metrics.json entries"}
+    batch = int(_opt(job.command, "SOLVER.IMS_PER_BATCH"))
+    seconds = statistics.median(e["time"] for e in measured)
+    data_seconds = statistics.median(e.get("data_time", 0.0) for e in measured)
+    last = entries[-1]
+    peaks = [round(v) for k, v in sorted(last.items(), key=lambda kv: _rank(kv[0])) if k.startswith("peak_mem_mib/")]
+    util = None
+    if sampler is not None and job.measured_from is not None:
+        util = sampler.mean_utilisation(job.gpus, job.measured_from, job.ended)
+    return {
+        "status": "ok",
+        "gpus": len(job.gpus),
+        "global_batch": batch,
+        "iterations": last["iteration"] + 1,
+        "measured_windows": [e["iteration"] for e in measured],
+        "seconds_per_iteration": round(seconds, 4),
+        "images_per_s": round(batch / seconds, 2),
+        "data_seconds": round(data_seconds, 4),
+        "loader_share": round(data_seconds / seconds, 3),
+        "peak_mem_mib_per_rank": peaks or None,
+        "gpu_util_percent": util,
+        "loss_curve": [[e["iteration"], round(e["total_loss"], 4)] for e in entries],
+    }
+
+
+def _rank(key: str) -> int:
+    match = re.search(r"rank(\d+)$", key)
+    return int(match.group(1)) if match else -1
+
+
+def _opt(command: list[str], key: str) -> str:
+    return command[len(command) - 1 - command[::-1].index(key) + 1]
+
+
+def summarize_eval(job: Job, log: str) -> dict:
+    """The ``copypaste`` metrics Detectron2 logs, and the detections file when COCO evaluation wrote one."""
+    metrics, task = {}, None
+    lines = [line.split("copypaste: ", 1)[1] for line in log.splitlines() if "copypaste: " in line]
+    for first, second in zip(lines, lines[1:]):
+        if first.startswith("Task: "):
+            task = first[len("Task: "):]
+        elif task and not second.startswith("Task: ") and "," in first:
+            metrics[task] = dict(zip(first.split(","), (float(v) for v in second.split(","))))
+            task = None
+    detections = next(job.output_dir.glob("inference/*/coco_instances_results.json"), None)
+    return {"status": "ok" if metrics else "failed", "metrics": metrics,
+            "detections_file": str(detections) if detections else None}
+
+
+# ------------------------------------------------------------------------------------------------- phases
+
+
+def run_phase(jobs: list[Job], args, sampler, skip: int, deadline: float) -> None:
+    threads = []
+    for job in jobs:
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        log = open(job.output_dir / "stdout.txt", "w")
+        job.started = time.time()
+        job.process = subprocess.Popen(job.command, env=job.env, stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=REPO, start_new_session=True)
+        thread = threading.Thread(target=_watch, args=(job, skip), daemon=True)
+        thread.start()
+        threads.append(thread)
+        print(f"[{time.strftime('%H:%M:%S')}] start {job.name} on {job.gpus}", flush=True)
+    for job in jobs:
+        try:
+            job.process.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(job.process.pid, 9)
+            job.process.wait()
+            job.result = {"status": "killed at the time budget"}
+        job.ended = time.time()
+    for job in jobs:
+        log = (job.output_dir / "stdout.txt").read_text(errors="replace")
+        if job.result:
+            pass
+        elif job.process.returncode != 0:
+            job.result = {"status": "failed", "error": log[-1500:]}
+        elif job.kind == "train":
+            job.result = summarize_train(job, skip, sampler)
+        elif job.kind == "eval":
+            job.result = summarize_eval(job, log)
+        else:
+            job.result = json.loads((job.output_dir / "model_only.json").read_text())
+        job.result.update(name=job.name, kind=job.kind, model=job.model, gpus_used=job.gpus,
+                          wall_s=round(job.ended - job.started, 1))
+        print(f"[{time.strftime('%H:%M:%S')}] {job.name}: {json.dumps(_headline(job.result))}", flush=True)
+
+
+def _headline(result: dict) -> dict:
+    keys = ("status", "images_per_s", "loader_share", "peak_mem_mib_per_rank", "gpu_util_percent", "metrics",
+            "synthetic_images_per_s", "real_batch_images_per_s", "wall_s")
+    return {k: result[k] for k in keys if k in result}
+
+
+def plan(args) -> list[list]:
+    """Phases in priority order, each a list of (name, builder) run together on disjoint GPUs: the image
+    model on 1 GPU beside its model-only step, on 2 beside the bitmask variant, on 4 alone; the video models
+    on 1 and 2 GPUs side by side; evaluation of the same weights on 1 GPU and on the others; the video models
+    on 4 GPUs."""
+    n, iters, batch = args.gpus, args.iters, args.per_gpu
+
+    def train(model, gpus):
+        name = f"{model}_{len(gpus)}gpu"
+        return name, lambda: train_job(name, model, gpus, args, iters, batch)
+
+    counts = [c for c in (2, 4) if c <= n]
+    weights = args.work / "maskrcnn_1gpu" / "model_final.pth"
+    phases = [[train("maskrcnn", [0]),
+               ("model_only_maskrcnn", lambda: model_only_job("model_only_maskrcnn", "maskrcnn", 1 % n, args, batch))]]
+    for c in counts:
+        beside = [train("maskrcnn_bitmask", [2])] if c == 2 and n >= 3 else []
+        phases.append([train("maskrcnn", list(range(c)))] + beside)
+    if n < 3:
+        phases.append([train("maskrcnn_bitmask", [0])])
+    phases.append([train("video_cls", [0]), train("clip_det", [1 % n])])
+    if n >= 4:
+        phases.append([train("video_cls", [0, 1]), train("clip_det", [2, 3])])
+    elif n == 2:
+        phases += [[train("video_cls", [0, 1])], [train("clip_det", [0, 1])]]
+    others = list(range(1, n)) if n > 2 else list(range(n))
+    evals = [("eval_maskrcnn_1gpu", lambda: eval_job("eval_maskrcnn_1gpu", "maskrcnn", [0], args, weights)),
+             (f"eval_maskrcnn_{len(others)}gpu",
+              lambda: eval_job(f"eval_maskrcnn_{len(others)}gpu", "maskrcnn", others, args, weights))]
+    phases += [evals] if n > 2 else [[evals[0]], [evals[1]]]
+    if n >= 4:
+        phases += [[train("video_cls", list(range(4)))], [train("clip_det", list(range(4)))]]
+    return phases
+
+
+def loss_curve_plan(args, model: str) -> list[list]:
+    """One model at one global batch (``--per-gpu`` x ``--gpus``): on one GPU with SEED 0 and SEED 1 (the
+    run-to-run spread: other data order, other initialisation), and on all GPUs with SEED 0."""
+    n, iters, total = args.gpus, args.iters, args.per_gpu * args.gpus
+
+    def job(count, seed, gpus):
+        name = f"{model}_lc_{count}gpu_seed{seed}"
+        return name, lambda: train_job(name, model, gpus, args, iters, total // count, extra=["SEED", str(seed)])
+
+    return [[job(1, 0, [0]), job(1, 1, [1 % n])], [job(n, 0, list(range(n)))]]
+
+
+def loss_curve_agreement(results: dict) -> dict | None:
+    """Largest |difference| of the windowed total loss: N GPUs vs one (same seed), and seed 0 vs seed 1."""
+    curves = {}
+    for name, r in results.items():
+        match = re.fullmatch(r"(.+)_lc_(\d+)gpu_seed(\d+)", name)
+        if match and r.get("status") == "ok":
+            curves[(int(match.group(2)), int(match.group(3)))] = dict(map(tuple, r["loss_curve"]))
+    n = max((count for count, _ in curves), default=1)
+    if not {(1, 0), (1, 1), (n, 0)} <= curves.keys() or n == 1:
+        return None
+    windows = sorted(set(curves[(1, 0)]) & set(curves[(1, 1)]) & set(curves[(n, 0)]))
+    rows = [[w, curves[(1, 0)][w], curves[(1, 1)][w], curves[(n, 0)][w]] for w in windows]
+    spread = max(abs(a - b) for _, a, b, _ in rows)
+    difference = max(abs(a - c) for _, a, _, c in rows)
+    return {"gpus": n, "windows": rows, "seed_spread": round(spread, 4), "n_vs_1": round(difference, 4),
+            "within_spread": difference <= spread}
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def derived(results: dict) -> dict:
+    """Scaling efficiency per model and GPU count, e2e / model-only, and the evaluation agreement."""
+    out = {"efficiency": {}, "end_to_end_vs_model_only": {}, "eval_agreement": None,
+           "loss_curves": loss_curve_agreement(results)}
+    for name, r in results.items():
+        match = re.fullmatch(r"(.+)_(\d+)gpu", name)
+        if not match or r.get("kind") != "train" or r.get("status") != "ok":
+            continue
+        model, count = match.group(1), int(match.group(2))
+        base = results.get(f"{model}_1gpu", {})
+        if count > 1 and base.get("status") == "ok":
+            out["efficiency"][name] = round(r["images_per_s"] / (count * base["images_per_s"]), 3)
+    mo, e2e = results.get("model_only_maskrcnn", {}), results.get("maskrcnn_1gpu", {})
+    if mo.get("status") == "ok" and e2e.get("status") == "ok":
+        for key in ("synthetic_images_per_s", "real_batch_images_per_s"):
+            if mo.get(key):
+                out["end_to_end_vs_model_only"][key] = round(e2e["images_per_s"] / mo[key], 3)
+    evals = {k: v for k, v in results.items() if k.startswith("eval_") and v.get("status") == "ok"}
+    if len(evals) == 2:
+        (name_a, a), (name_b, b) = sorted(evals.items())
+        out["eval_agreement"] = {"runs": [name_a, name_b], "same_metrics": a["metrics"] == b["metrics"],
+                                 "same_detections": _same_detections(a, b)}
+    return out
+
+
+def _same_detections(a: dict, b: dict) -> bool | None:
+    if not (a.get("detections_file") and b.get("detections_file")):
+        return None
+
+    def load(path):
+        return sorted((d["image_id"], d["category_id"], [round(v, 2) for v in d["bbox"]], round(d["score"], 4))
+                      for d in json.loads(Path(path).read_text()))
+
+    return load(a["detections_file"]) == load(b["detections_file"])
+
+
+def write_report(out: Path, tag: str, meta: dict, results: dict) -> None:
+    report = {"meta": meta, "results": results, "derived": derived(results)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ddp_{tag}.json").write_text(json.dumps(report, indent=1))
+    (out / f"ddp_{tag}.md").write_text(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    meta, results, d = report["meta"], report["results"], report["derived"]
+    lines = [f"# DDP end-to-end training: {meta['tag']}", "",
+             f"{meta.get('device', '')}; {meta['iters']} iterations per run, first {WINDOW} skipped; per-GPU batch "
+             f"{meta['per_gpu']}; {meta['workers']} loader workers per GPU; data: {meta['data_note']}", "",
+             "| run | GPUs | images/s | s/iter | loader share | efficiency | peak MiB per rank | GPU util % | status |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in results.items():
+        if r.get("kind") != "train":
+            continue
+        lines.append(f"| {name} | {r.get('gpus', len(r.get('gpus_used', [])))} | {r.get('images_per_s', '')} | "
+                     f"{r.get('seconds_per_iteration', '')} | {r.get('loader_share', '')} | "
+                     f"{d['efficiency'].get(name, '')} | {r.get('peak_mem_mib_per_rank', '')} | "
+                     f"{r.get('gpu_util_percent', '')} | {r.get('status')} |")
+    mo = results.get("model_only_maskrcnn")
+    if mo:
+        lines += ["", "Model-only training step, same config, one GPU (benchmarks/harness):", ""]
+        for key in ("synthetic_images_per_s", "real_batch_images_per_s", "real_batch_bitmask_images_per_s"):
+            if key in mo:
+                lines.append(f"- {key}: {mo[key]}")
+        for key, ratio in d["end_to_end_vs_model_only"].items():
+            lines.append(f"- end-to-end / {key}: {ratio}")
+    if d["eval_agreement"]:
+        agreement = d["eval_agreement"]
+        lines += ["", f"Distributed evaluation ({' vs '.join(agreement['runs'])}, same weights): same metrics "
+                  f"{agreement['same_metrics']}, same detections {agreement['same_detections']}"]
+    curves = d.get("loss_curves")
+    if curves:
+        lines += ["", f"Loss curves at the same global batch (total_loss, median of each {WINDOW}-iteration "
+                  f"window): {curves['gpus']} GPUs vs 1 differ by at most {curves['n_vs_1']}; two seeds on 1 GPU "
+                  f"by {curves['seed_spread']}: within the spread {curves['within_spread']}", "",
+                  f"| iteration | 1 GPU seed 0 | 1 GPU seed 1 | {curves['gpus']} GPUs seed 0 |", "|---|---|---|---|"]
+        lines += [f"| {w} | {a} | {b} | {c} |" for w, a, b, c in curves["windows"]]
+    skipped = [f"{k} ({v['status']})" for k, v in results.items() if v.get("status") not in ("ok",)]
+    if skipped:
+        lines += ["", "Not measured: " + "; ".join(skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="a benchmarks.coco_like root (with --videos)")
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs of the machine (2 or 4); 1 is the baseline")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ddp_runs"), help="run folders")
+    parser.add_argument("--tag", default="run")
+    parser.add_argument("--iters", type=int, default=2 * WINDOW)
+    parser.add_argument("--per-gpu", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=8, help="DATALOADER.NUM_WORKERS per GPU")
+    parser.add_argument("--time-budget", type=float, default=420.0, help="seconds; no job starts after that")
+    parser.add_argument("--only", default="", help="comma-separated job names to run (default: the plan)")
+    parser.add_argument("--loss-curves", metavar="MODEL", default="",
+                        help="instead of the plan: MODEL's loss curve on 1 GPU (two seeds) and on --gpus GPUs at "
+                        "the same global batch (--per-gpu x --gpus)")
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (gloo), to check the tool")
+    args = parser.parse_args(argv)
+    args.data, args.work = args.data.resolve(), args.work.resolve()
+    start = time.time()
+    deadline = start + args.time_budget
+    skip = 0 if args.smoke else WINDOW
+    sampler = None if args.smoke else GpuSampler(args.out / f"ddp_{args.tag}_gpu_samples.csv")
+    meta = {"tag": args.tag, "iters": args.iters, "per_gpu": args.per_gpu, "workers": args.workers,
+            "gpus": args.gpus, "smoke": args.smoke, "device": _device(),
+            "data_note": "benchmarks/coco_like.py (640x480 JPEG q90, polygon masks; 32-frame 256px frame folders)"}
+    results: dict[str, dict] = {}
+    only = set(filter(None, args.only.split(",")))
+    for phase in loss_curve_plan(args, args.loss_curves) if args.loss_curves else plan(args):
+        phase = [(name, build) for name, build in phase if not only or name in only]
+        if not phase:
+            continue
+        if time.time() > deadline - 30:
+            for name, _ in phase:
+                results[name] = {"status": "skipped: time budget", "kind": "train" if "gpu" in name else ""}
+            continue
+        jobs = [build() for _, build in phase]
+        run_phase(jobs, args, sampler, skip, deadline + 60)
+        for job in jobs:
+            results[job.name] = job.result
+        write_report(args.out, args.tag, meta, results)
+    if sampler is not None:
+        sampler.stop()
+    write_report(args.out, args.tag, meta, results)
+    print((args.out / f"ddp_{args.tag}.md").read_text())
+    return 0
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+        return f"CPU ({os.cpu_count()} cores), torch {torch.__version__}"
+    except ImportError:
+        return ""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""The end-to-end DDP benchmark's pieces that run without GPUs: the COCO-like data, the evaluation-log parser
+and the derived figures (efficiency, end-to-end vs model-only, evaluation and loss-curve agreement)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+from benchmarks import ddp  # noqa: E402
+from benchmarks.coco_like import generate_images, visible_polygons  # noqa: E402
+
+
+def test_coco_like_images_are_jpegs_with_polygon_masks_that_pass_the_dataset_checks(tmp_path):
+    import numpy as np
+
+    from hiera_det.data.custom import check_coco_file, mask_format_of
+
+    specs = generate_images(tmp_path, 3, 1, width=96, height=64, workers=1)
+    json_file, image_root = specs["train"].rsplit(":", 1)
+    content = json.loads(Path(json_file).read_text())
+    assert [i["file_name"] for i in content["images"]] == ["000000.jpg", "000001.jpg", "000002.jpg"]
+    assert content["annotations"] and all(isinstance(a["segmentation"], list) for a in content["annotations"])
+    assert mask_format_of(json_file) == "polygon"
+    assert check_coco_file(json_file, image_root, "coco_like_train") == []
+
+    ring = np.zeros((20, 20), bool)
+    ring[4:16, 4:16] = True
+    ring[8:12, 8:12] = False
+    (polygon,) = visible_polygons(ring)  # holes are filled: one outer contour
+    assert len(polygon) >= 8 and min(polygon) >= 4.0 and max(polygon) <= 16.0
+
+
+def _train(images_per_s, loss_curve=(), **extra):
+    return {"status": "ok", "kind": "train", "images_per_s": images_per_s, "loss_curve": [list(p) for p in loss_curve],
+            **extra}
+
+
+def test_derived_figures_and_report():
+    results = {
+        "maskrcnn_1gpu": _train(20.0, seconds_per_iteration=0.4, loader_share=0.01),
+        "model_only_maskrcnn": {"status": "ok", "kind": "model_only", "synthetic_images_per_s": 25.0,
+                                "real_batch_images_per_s": 22.0},
+        "maskrcnn_2gpu": _train(36.0),
+        "clip_det_2gpu": {"status": "failed", "kind": "train"},
+        "eval_maskrcnn_1gpu": {"status": "ok", "kind": "eval", "metrics": {"bbox": {"AP": 1.5}}},
+        "eval_maskrcnn_2gpu": {"status": "ok", "kind": "eval", "metrics": {"bbox": {"AP": 1.5}}},
+        "maskrcnn_lc_1gpu_seed0": _train(1.0, [(19, 2.0), (39, 1.5)]),
+        "maskrcnn_lc_1gpu_seed1": _train(1.0, [(19, 2.2), (39, 1.4)]),
+        "maskrcnn_lc_2gpu_seed0": _train(1.0, [(19, 2.05), (39, 1.5)]),
+    }
+    derived = ddp.derived(results)
+    assert derived["efficiency"] == {"maskrcnn_2gpu": 0.9}
+    assert derived["end_to_end_vs_model_only"] == {"synthetic_images_per_s": 0.8, "real_batch_images_per_s": 0.909}
+    assert derived["eval_agreement"]["same_metrics"] is True and derived["eval_agreement"]["same_detections"] is None
+    curves = derived["loss_curves"]
+    assert curves["seed_spread"] == 0.2 and curves["n_vs_1"] == 0.05 and curves["within_spread"] is True
+
+    text = ddp.markdown({"meta": {"tag": "t", "iters": 40, "per_gpu": 8, "workers": 8, "data_note": "x"},
+                         "results": results, "derived": derived})
+    assert "| maskrcnn_2gpu | " in text and "| 0.9 |" in text and "clip_det_2gpu (failed)" in text
+    assert "within the spread True" in text
+
+
+def test_evaluation_metrics_are_read_from_detectron2s_copypaste_lines(tmp_path):
+    log = "\n".join([
+        "[d2.evaluation.testing]: copypaste: Task: bbox",
+        "[d2.evaluation.testing]: copypaste: AP,AP50",
+        "[d2.evaluation.testing]: copypaste: 12.5000,30.0000",
+        "[d2.evaluation.testing]: copypaste: Task: segm",
+        "[d2.evaluation.testing]: copypaste: AP,AP50",
+        "[d2.evaluation.testing]: copypaste: 10.0000,25.0000",
+    ])  # fmt: skip
+    job = ddp.Job("eval", "eval", "maskrcnn", [0], tmp_path, [], {})
+    result = ddp.summarize_eval(job, log)
+    assert result["metrics"] == {"bbox": {"AP": 12.5, "AP50": 30.0}, "segm": {"AP": 10.0, "AP50": 25.0}}
