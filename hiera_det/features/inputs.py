@@ -61,7 +61,7 @@ class NoInputsError(InputError):
 
 def _media_files(folder: str) -> list[str]:
     found = []
-    for dirpath, dirnames, files in os.walk(folder):
+    for dirpath, dirnames, files in os.walk(folder, followlinks=True):
         dirnames.sort()
         for name in sorted(files):
             if name.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS):
