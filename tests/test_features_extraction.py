@@ -240,6 +240,17 @@ def test_clip_arrays_and_frame_lists(video_weights):
         extractor(frames[:2])
 
 
+def test_bf16_autocast_stays_close_to_fp32(image_weights):
+    photos = [getattr(skimage_data, name)() for name in PHOTOS[:3]]
+    fp32 = FeatureExtractor("hiera_tiny_224", image_weights, pooled=True, device="cpu", **IMAGE_BUILD)(photos)
+    bf16 = FeatureExtractor("hiera_tiny_224", image_weights, pooled=True, device="cpu", bf16=True,
+                            **IMAGE_BUILD)(photos)
+    for key in ("stage1", "stage4", "pooled"):
+        assert bf16[key].dtype == torch.bfloat16
+        relative = (bf16[key].float() - fp32[key]).norm() / fp32[key].norm()
+        assert relative < 0.05, (key, relative.item())
+
+
 def test_class_lists_are_in_head_order():
     imagenet, kinetics = class_names("imagenet-1k"), class_names("kinetics-400")
     assert len(imagenet) == 1000 and imagenet[0] == "tench" and imagenet[999] == "toilet tissue"
