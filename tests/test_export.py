@@ -42,6 +42,15 @@ def _model(config: str, opts: list[str]):
     return cfg, build_model(cfg).eval()
 
 
+def _video_classifier_model():
+    """The bundled-data clip classifier config (8 x 64 x 64, one block per stage) with a head that gives
+    logits of order 1 (its initialisation scales them to 1e-3, which any tolerance would accept)."""
+    cfg, model = _model("video/moving_shapes_cls.yaml", [])
+    with torch.no_grad():
+        model.trunk.head.projection.weight.normal_(0, 0.5)
+    return cfg, model
+
+
 def _report(results) -> None:
     for r in results:
         for c in r.checks:
@@ -61,13 +70,18 @@ def _opset(path) -> int:
     return next(o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
 
 
-def test_backbone_fpn_dynamic_batch_onnx_and_torch_export(tmp_path):
+def _export_tiny_backbone(folder, formats: list[str], size=(64, 96), **options):
+    """The tiny Hiera + FPN exported from a batch of 2 and checked; asserts every check passed."""
     cfg, model = _model("hiera_fpn.yaml", TINY_DETECTOR)
-    target = build_target("backbone", cfg, model, (64, 96), batch=2)
-    results = export_and_check(target, cfg, ["onnx", "torch_export"], str(tmp_path), dynamic_batch=True,
-                               optimize=False)
+    target = build_target("backbone", cfg, model, size, batch=2)
+    results = export_and_check(target, cfg, formats, str(folder), dynamic_batch=True, **options)
     _report(results)
-    _assert_all_ok(results, ["onnx", "torch_export"])
+    _assert_all_ok(results, formats)
+    return target, results
+
+
+def test_backbone_fpn_dynamic_batch_onnx_and_torch_export(tmp_path):
+    target, results = _export_tiny_backbone(tmp_path, ["onnx", "torch_export"], optimize=False)
     assert [c.label.split(" [")[0] for c in results[0].checks] == ["traced input", "other photographs", "batch 3"]
     onnx_path = results[0].path
     assert _opset(onnx_path) >= 17 and ONNX_OPSET >= 17
@@ -85,7 +99,7 @@ def test_backbone_fpn_dynamic_batch_onnx_and_torch_export(tmp_path):
 
 
 def test_video_classifier_and_trunk_against_eager(tmp_path):
-    cfg, model = _model("video/moving_shapes_cls.yaml", [])
+    cfg, model = _video_classifier_model()
     classifier = build_target("video_classifier", cfg, model, (64, 64), batch=1)
     results = export_and_check(classifier, cfg, ["onnx", "torch_export"], str(tmp_path), optimize=False)
     _report(results)
@@ -118,7 +132,7 @@ def test_refusals_name_the_reason(tmp_path, capsys):
         build_target("backbone", video_cfg, video_model, (64, 64), batch=1)
 
     opts = ["--config", "hiera_fpn.yaml", "--output", str(tmp_path), *TINY_DETECTOR]
-    assert export_model.main(["--target", "backbone", "--size", "96", "100", *opts[:4], *opts[4:]]) == 2
+    assert export_model.main(["--target", "backbone", "--size", "96", "100", *opts]) == 2
     assert "size 96x100 is not a multiple of 32" in capsys.readouterr().err
     assert export_model.main(["--target", "backbone", *opts]) == 2  # no LSJ, so no default size
     assert "give --size H W" in capsys.readouterr().err
@@ -141,16 +155,20 @@ def test_mask_rcnn_onnx_matches_eager_detections(tmp_path):
 
 @pytest.mark.slow  # symbolic sizes through the unrolled token layout make torch.export slow
 def test_dynamic_size_in_multiples_of_32(tmp_path):
-    cfg, model = _model("hiera_fpn.yaml", TINY_DETECTOR)
-    target = build_target("backbone", cfg, model, (64, 96), batch=2)
-    results = export_and_check(target, cfg, ["torch_export", "onnx"], str(tmp_path), dynamic_batch=True,
-                               dynamic_size=True)
+    with pytest.raises(ExportRefused, match="traced at 128x128 or larger"):
+        _export_tiny_backbone(tmp_path, ["torch_export"], dynamic_size=True)
+    _, results = _export_tiny_backbone(tmp_path, ["torch_export", "onnx"], (128, 160), dynamic_size=True)
+    labels = [c.label.split(" [")[0] for c in results[0].checks]
+    assert labels[-2:] == ["size 160x224", "stored position-embedding size"]  # 224x224 for hiera_tiny_224
+    assert results[0].checks[-1].lines[0].startswith("the .pt2 refuses this size with its guard")
+    assert "max |diff|" in results[1].checks[-1].lines[0]  # the ONNX file runs it
+
+    video_cfg, video_model = _video_classifier_model()  # stores 8 x 64 x 64
+    with pytest.raises(ExportRefused, match="cannot be traced at 64x64, the size the trunk stores"):
+        export_and_check(build_target("video_classifier", video_cfg, video_model, (64, 64), batch=2), video_cfg,
+                         ["torch_export"], str(tmp_path), dynamic_size=True)
+    classifier = build_target("video_classifier", video_cfg, video_model, (96, 128), batch=2)
+    results = export_and_check(classifier, video_cfg, ["torch_export", "onnx"], str(tmp_path), dynamic_batch=True,
+                               dynamic_size=True, optimize=False)
     _report(results)
     _assert_all_ok(results, ["torch_export", "onnx"])
-    assert [c.label.split(" [")[0] for c in results[0].checks][-1] == "size 96x160"
-    video_cfg, video_model = _model("video/moving_shapes_cls.yaml", [])
-    classifier = build_target("video_classifier", video_cfg, video_model, (64, 64), batch=2)
-    results = export_and_check(classifier, video_cfg, ["torch_export"], str(tmp_path), dynamic_batch=True,
-                               dynamic_size=True)
-    _report(results)
-    _assert_all_ok(results, ["torch_export"])

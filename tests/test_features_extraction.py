@@ -33,16 +33,20 @@ def _cli_build(build: dict) -> list[str]:
     return ["--build"] + [f"{k}={v!r}".replace(" ", "") for k, v in build.items()]
 
 
-@pytest.fixture(scope="module")
-def image_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "tiny_image.pth"
-    model = build_hiera("hiera_tiny_224", **IMAGE_BUILD)
-    torch.manual_seed(1)
+def _random_weights(path: Path, name: str, build: dict, seed: int) -> Path:
+    """An official-format checkpoint of a tiny model with every parameter drawn at random."""
+    model = build_hiera(name, **build)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
     torch.save({"model_state": model.state_dict()}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def image_weights(tmp_path_factory):
+    return _random_weights(tmp_path_factory.mktemp("weights") / "tiny_image.pth", "hiera_tiny_224", IMAGE_BUILD, 1)
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +189,7 @@ def _write_video(path: Path, num_frames: int, fps: float = 10.0, size=(80, 64)):
 @pytest.fixture(scope="module")
 def video_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny_video.pth"
-    model = build_hiera("hiera_base_16x224", **VIDEO_BUILD)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    torch.save({"model_state": model.state_dict()}, path)
-    return path
+    return _random_weights(path, "hiera_base_16x224", VIDEO_BUILD, 2)
 
 
 def test_video_clips_times_index_and_skips(tmp_path, video_weights, photo_folder, capsys):

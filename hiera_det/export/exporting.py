@@ -75,9 +75,24 @@ def export_program(target: ExportTarget, dynamic_batch: bool = False, dynamic_si
     why = refusal(target, "torch_export", dynamic_batch, dynamic_size)
     if why:
         raise ExportRefused(why)
+    # torch.export fixes every dimension that is 1 in the example, so dynamic ones must be traced larger
     if dynamic_batch and target.example.shape[0] < 2:
         raise ExportRefused("a dynamic batch must be traced with an example batch of at least 2 (torch.export "
                             "specialises a batch of 1); pass --batch 2 or more")
+    smallest = 2 * target.max_stride
+    if dynamic_size and min(target.example.shape[-2:]) < smallest:
+        raise ExportRefused(f"a dynamic size must be traced at {smallest}x{smallest} or larger, where the coarsest "
+                            f"output (stride {target.max_stride}) is at least 2x2 (torch.export specialises a "
+                            f"size of 1); pass --size {smallest} {smallest} or larger")
+    if dynamic_size and tuple(target.example.shape[-2:]) == target.stored_size:
+        h, w = target.stored_size
+        m = target.size_multiple
+        raise ExportRefused(
+            f"a dynamic size cannot be traced at {h}x{w}, the size the trunk stores its position embedding for: "
+            f"there Hiera skips the resampling, and torch.export would fix the size to {h}x{w}. Trace at "
+            f"another size (e.g. --size {h + m} {w + m}); the export still runs at {h}x{w} (the .onnx; the "
+            f".pt2 excepts that one size, see docs/features_and_export.md)"
+        )
     with torch.no_grad():
         return torch.export.export(
             target.module, (target.example,), dynamic_shapes=dynamic_shapes(target, dynamic_batch, dynamic_size),

@@ -41,9 +41,14 @@ class ExportTarget:
     input_name: str
     output_names: list[str]
     size_multiple: int
+    # the coarsest output's stride: a dynamic size must be traced where that output is at least 2 x 2
+    max_stride: int = 32
     # dims of the input that may be dynamic: {"batch": 0, "height": 2, "width": 3}
     dynamic_dims: dict[str, int] = field(default_factory=dict)
     tracing_only: bool = False
+    # (H, W) the trunk stores its position embedding for. Hiera.pos_embed_for resamples it only when the
+    # input differs, a Python branch that torch.export turns into a guard on the input size.
+    stored_size: tuple[int, int] | None = None
 
 
 def _normalizer(mean, std, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +114,12 @@ def build_target(target: str, cfg, model: nn.Module, size: tuple[int, int] | Non
 
     ``size`` is the image / frame ``(H, W)``; ``batch`` the example batch (mask_rcnn takes one image).
     """
+    built = _build_target(target, cfg, model, size, batch)
+    built.stored_size = tuple(_find_trunk(model).input_size[-2:])
+    return built
+
+
+def _build_target(target: str, cfg, model: nn.Module, size, batch: int) -> ExportTarget:
     from . import samples
 
     if target not in TARGETS:
@@ -127,8 +138,9 @@ def build_target(target: str, cfg, model: nn.Module, size: tuple[int, int] | Non
         if target == "backbone":
             module = BackboneWithFPN(model.backbone, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
             example = samples.photographs(batch, size, fmt)
+            max_stride = max(spec.stride for spec in model.backbone.output_shape().values())
             return ExportTarget("backbone", module, example, "images", module.output_names, multiple,
-                                {"batch": 0, "height": 2, "width": 3})
+                                max_stride, {"batch": 0, "height": 2, "width": 3})
         return _mask_rcnn_target(cfg, model, size, multiple)
 
     if trunk.ndim != 3:
@@ -140,12 +152,14 @@ def build_target(target: str, cfg, model: nn.Module, size: tuple[int, int] | Non
     dims = {"batch": 0, "height": 3, "width": 4}
     if target == "video_trunk":
         module = VideoTrunk(trunk, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
-        return ExportTarget("video_trunk", module, example, "clips", trunk.out_features, multiple, dims)
+        return ExportTarget("video_trunk", module, example, "clips", trunk.out_features, multiple,
+                            trunk.stage_strides[-1], dims)
     if meta != "HieraVideoClassifier" or trunk.head is None:
         raise ExportRefused(f"video_classifier needs a HieraVideoClassifier config (configs/video/*k400*.yaml); "
                             f"MODEL.META_ARCHITECTURE is {meta}. Export its trunk with --target video_trunk")
     module = VideoTrunk(trunk, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, with_logits=True)
-    return ExportTarget("video_classifier", module, example, "clips", ["logits", "probabilities"], multiple, dims)
+    return ExportTarget("video_classifier", module, example, "clips", ["logits", "probabilities"], multiple,
+                        trunk.stage_strides[-1], dims)
 
 
 def _mask_rcnn_target(cfg, model, size, multiple) -> ExportTarget:
