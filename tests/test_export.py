@@ -98,12 +98,13 @@ def test_backbone_fpn_dynamic_batch_onnx_and_torch_export(tmp_path):
     assert np.abs(outputs["p6"] - eager[-1].numpy()).max() < 1e-3
 
 
-def test_video_classifier_and_trunk_against_eager(tmp_path):
+def test_video_classifier_and_trunk_torch_export_against_eager(tmp_path):
     cfg, model = _video_classifier_model()
     classifier = build_target("video_classifier", cfg, model, (64, 64), batch=1)
-    results = export_and_check(classifier, cfg, ["onnx", "torch_export"], str(tmp_path), optimize=False)
+    # its ONNX file is checked in test_dynamic_size_in_multiples_of_32 (slow: each ONNX translation costs ~15 s)
+    results = export_and_check(classifier, cfg, ["torch_export"], str(tmp_path))
     _report(results)
-    _assert_all_ok(results, ["onnx", "torch_export"])
+    _assert_all_ok(results, ["torch_export"])
     assert classifier.example.shape == (1, 3, 8, 64, 64) and classifier.output_names == ["logits", "probabilities"]
 
     trunk = build_target("video_trunk", cfg, model, (64, 64), batch=1)
