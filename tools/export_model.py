@@ -64,7 +64,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_model_and_config(args):
-    import torch
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
@@ -81,7 +80,6 @@ def build_model_and_config(args):
     else:
         logging.warning("MODEL.WEIGHTS is empty: exporting untrained weights (only MODEL.HIERA(_VIDEO).WEIGHTS, "
                         "if set, are pretrained)")
-    torch.set_grad_enabled(False)
     return cfg, model
 
 
