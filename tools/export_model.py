@@ -28,7 +28,8 @@ inputs of the exported models (pixels are float 0-255 in INPUT.FORMAT channel or
 
 what is refused, and why: mask_rcnn with torch.export (Detectron2's RPN post-processing branches on tensor
 values) and mask_rcnn with a dynamic batch or size (the traced graph keeps the traced image's size); sizes
-that are not multiples of 32. See docs/features_and_export.md.
+that are not multiples of 32; a dynamic size traced where an output would be 1x1 or at the size the trunk
+stores its position embedding for (torch.export would fix the size). See docs/features_and_export.md.
 
 examples:
   python tools/export_model.py --config hiera_fpn.yaml --target backbone --size 1024 1024 \\
