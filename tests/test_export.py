@@ -16,7 +16,7 @@ pytest.importorskip("skimage")
 
 from detectron2.modeling import build_model  # noqa: E402
 
-import hiera_det  # noqa: E402,F401
+import hiera_det.d2  # noqa: E402,F401
 from hiera_det.config import get_hiera_cfg, merge_config  # noqa: E402
 from hiera_det.export import (  # noqa: E402
     ONNX_OPSET,

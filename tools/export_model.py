@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import hiera_det  # noqa: E402,F401  (registers the Detectron2 parts)
+import hiera_det.d2  # noqa: E402,F401  (registers the Detectron2 parts)
 from hiera_det.export import FORMATS, TARGETS  # noqa: E402
 
 EPILOG = """\

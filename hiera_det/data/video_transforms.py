@@ -270,3 +270,12 @@ def clip_to_tensor(clip: np.ndarray, image_format: str = "RGB") -> torch.Tensor:
     elif image_format != "RGB":
         raise ValueError(f"video clips support image_format 'RGB' or 'BGR', got {image_format!r}")
     return torch.from_numpy(np.ascontiguousarray(clip.transpose(3, 0, 1, 2)))
+
+
+def normalize_clip(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(clip - mean) / std`` per channel for a ``[3, T, H, W]`` (or ``[B, 3, T, H, W]``) clip; mean and
+    std in the clip's value units (0-255 for uint8 clips, Detectron2's PIXEL_MEAN convention)."""
+    shape = (-1, 1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=clip.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=clip.device).view(shape)
+    return (clip.float() - mean_t) / std_t

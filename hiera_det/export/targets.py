@@ -144,7 +144,7 @@ def _build_target(target: str, cfg, model: nn.Module, size, batch: int) -> Expor
         return _mask_rcnn_target(cfg, model, size, multiple)
 
     if trunk.ndim != 3:
-        raise ExportRefused(f"{target} needs a video config (MODEL.HIERA_VIDEO); {meta} has an image trunk")
+        raise ExportRefused(f"{target} needs a video config (MODEL.HIERA.NAME *_16x224); {meta} has an image trunk")
     multiple = trunk.size_multiple[-1]
     _check_size("frame", size, multiple)
     frames = cfg.MODEL.HIERA_VIDEO.NUM_FRAMES
