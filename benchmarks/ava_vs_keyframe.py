@@ -17,7 +17,6 @@ Writes benchmarks/results/ava_vs_keyframe.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.experiment import config_name, experiment_parser, start_experiment  # noqa: E402
 
 logger = logging.getLogger("ava_vs_keyframe")
 
@@ -116,30 +117,20 @@ def chance(cfg, draws: int = 5) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=str(ROOT / "configs/video/ava_shapes.yaml"))
-    parser.add_argument("--quick", action="store_true", help="a short schedule (--quick-iters iterations)")
-    parser.add_argument("--quick-iters", type=int, default=100)
+    parser = experiment_parser(__doc__, "configs/video/ava_shapes.yaml", "benchmarks/results/ava_vs_keyframe.json",
+                               quick_iters=100)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--layout", default="frames", choices=("frames", "videos"),
                         help="read the bundled data from its frame folders or (if generated with them) its mp4s")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks/results/ava_vs_keyframe.json"))
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    opts = start_experiment(args, "ava_vs_keyframe")
 
     import torch
     from detectron2.data import MetadataCatalog
-    from detectron2.utils.logger import setup_logger
 
-    import hiera_det.d2  # noqa: F401  (registers the video parts)
     from hiera_det.data.catalog import prepare_datasets
     from hiera_det.data.datasets import ava_shapes
 
-    torch.set_num_threads(args.threads)
-    setup_logger(name="ava_vs_keyframe")
-    setup_logger(name="hiera_det")
-    opts = list(args.opts) + (["SOLVER.MAX_ITER", str(args.quick_iters)] if args.quick else [])
     cfg = build_cfg(args.config_file, opts, args.device)
     prepare_datasets(cfg, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     if args.layout == "videos":  # the generated data's own folder, read through its mp4s instead of its frames
@@ -150,7 +141,7 @@ def main(argv=None) -> int:
     results = {
         "benchmark": "ava_vs_keyframe",
         "dataset": {"train": cfg.DATASETS.TRAIN[0], "test": cfg.DATASETS.TEST[0], "layout": args.layout},
-        "config": os.path.relpath(args.config_file, ROOT) if args.config_file.startswith(str(ROOT)) else args.config_file,
+        "config": config_name(args.config_file),
         "overrides": opts,
         "quick": args.quick,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,

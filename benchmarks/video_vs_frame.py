@@ -16,7 +16,6 @@ Writes held-out (moving_shapes_cls_val) top-1 / top-5 of both to benchmarks/resu
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file, python benchmarks/video_vs_frame.py: find the checkout
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.experiment import config_name, experiment_parser, start_experiment  # noqa: E402
 
 
 class SingleFrame:
@@ -122,26 +123,13 @@ def train_and_evaluate(cfg, single_frame: bool, log_every: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=str(ROOT / "configs/video/moving_shapes_cls.yaml"))
-    parser.add_argument("--quick", action="store_true", help="a short schedule (--quick-iters iterations)")
-    parser.add_argument("--quick-iters", type=int, default=120)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks/results/video_vs_frame.json"))
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    parser = experiment_parser(__doc__, "configs/video/moving_shapes_cls.yaml",
+                               "benchmarks/results/video_vs_frame.json", quick_iters=120)
     args = parser.parse_args(argv)
+    opts = start_experiment(args, "video_vs_frame")
 
     import torch
-    from detectron2.utils.logger import setup_logger
 
-    import hiera_det.d2  # noqa: F401  (registers the video parts and datasets)
-
-    torch.set_num_threads(args.threads)
-    setup_logger(name="video_vs_frame")
-    setup_logger(name="hiera_det")
-    opts = list(args.opts)
-    if args.quick:
-        opts += ["SOLVER.MAX_ITER", str(args.quick_iters)]
     cfg = build_cfg(args.config_file, opts)
     if cfg.SEED < 0:
         cfg.SEED = 0
@@ -151,7 +139,7 @@ def main(argv=None) -> int:
         "benchmark": "video_vs_frame",
         "dataset": {"train": cfg.DATASETS.TRAIN[0], "test": cfg.DATASETS.TEST[0], "num_classes": 6,
                     "chance_top1": round(100 / 6, 2)},
-        "config": os.path.relpath(args.config_file, ROOT) if args.config_file.startswith(str(ROOT)) else args.config_file,
+        "config": config_name(args.config_file),
         "overrides": opts,
         "quick": args.quick,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},

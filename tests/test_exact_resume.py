@@ -21,7 +21,14 @@ import torch
 pytest.importorskip("detectron2")
 
 from hiera_det.data.samplers import GlobalBatchSampler, _RankBatches  # noqa: E402
-from train_net_runs import losses, shapes_with_one_annotation_each, train, train_net_command, train_net_env  # noqa: E402
+from train_net_runs import (  # noqa: E402
+    losses,
+    shapes_with_one_annotation_each,
+    short_schedule,
+    train,
+    train_net_command,
+    train_net_env,
+)
 
 MAX_ITER = 30
 # Detectron2 writes metrics.json every 20 iterations with each loss as the median of its last 20 values; the
@@ -41,13 +48,7 @@ _OPTS = [
     "INPUT.MIN_SIZE_TRAIN", "(48,56,64)",
     "INPUT.MAX_SIZE_TRAIN", "96",
     "INPUT.RANDOM_FLIP", "horizontal",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.MAX_ITER", str(MAX_ITER),
-    "SOLVER.STEPS", "(25,)",
-    "SOLVER.WARMUP_ITERS", "5",
-    "SOLVER.CHECKPOINT_PERIOD", "5",
-    "SOLVER.BASE_LR", "0.001",
-    "DATALOADER.NUM_WORKERS", "0",
+    *short_schedule(MAX_ITER),
     "DATALOADER.LOG_DATA_ORDER", "True",
     "DATASETS.TEST", "()",
     "SEED", "3",

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("detectron2")
 
-from train_net_runs import LOSS_KEYS, losses, shapes_with_one_annotation_each, train  # noqa: E402
+from train_net_runs import LOSS_KEYS, losses, shapes_with_one_annotation_each, short_schedule, train  # noqa: E402
 
 MAX_ITER = 30
 _OPTS = [
@@ -28,13 +28,7 @@ _OPTS = [
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.MAX_SIZE_TRAIN", "64",
     "INPUT.RANDOM_FLIP", "none",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.MAX_ITER", str(MAX_ITER),
-    "SOLVER.STEPS", "(25,)",
-    "SOLVER.WARMUP_ITERS", "5",
-    "SOLVER.CHECKPOINT_PERIOD", "5",
-    "SOLVER.BASE_LR", "0.001",
-    "DATALOADER.NUM_WORKERS", "0",
+    *short_schedule(MAX_ITER),
     "DATASETS.TEST", "()",
     "SEED", "0",
 ]  # fmt: skip

@@ -12,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 
 
+def short_schedule(max_iter: int) -> list[str]:
+    """The schedule of these runs: batch 2, a checkpoint every 5 iterations, no DataLoader workers."""
+    return ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", "(25,)",
+            "SOLVER.WARMUP_ITERS", "5", "SOLVER.CHECKPOINT_PERIOD", "5", "SOLVER.BASE_LR", "0.001",
+            "DATALOADER.NUM_WORKERS", "0"]
+
+
 def shapes_with_one_annotation_each(root: Path, num_train: int, min_size: int, max_size: int) -> Path:
     """``root/hiera_shapes`` with ``num_train`` training images, each keeping only its first annotation (so
     every image yields the same number of sampled proposals); returns ``root``."""
