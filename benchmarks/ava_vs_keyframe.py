@@ -22,13 +22,12 @@ import logging
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.experiment import config_name, experiment_parser, start_experiment  # noqa: E402
+from benchmarks.experiment import config_name, experiment_parser, start_experiment, train_arm, write_results  # noqa: E402
 
 logger = logging.getLogger("ava_vs_keyframe")
 
@@ -47,9 +46,7 @@ def train_and_evaluate(cfg, keyframe_only: bool, log_every: int) -> dict:
     import torch
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
-    from detectron2.solver import build_lr_scheduler
 
-    from hiera_det.engine.optimizer import build_optimizer
     from hiera_det.engine.loaders import build_test_loader, build_train_loader
     from hiera_det.video.ava_evaluation import AvaEvaluator
 
@@ -58,23 +55,7 @@ def train_and_evaluate(cfg, keyframe_only: bool, log_every: int) -> dict:
     name = "keyframe" if keyframe_only else "clip"
     torch.manual_seed(cfg.SEED)
     model = build_model(cfg)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    model.train()
-    start = time.perf_counter()
-    losses = []
-    for iteration, batch in zip(range(cfg.SOLVER.MAX_ITER), build_train_loader(cfg)):
-        loss = model(batch)["loss_action"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if (iteration + 1) % log_every == 0:
-            recent = losses[-log_every:]
-            logger.info("%s iter %d/%d loss %.4f (%.1f s)", name, iteration + 1, cfg.SOLVER.MAX_ITER,
-                        sum(recent) / len(recent), time.perf_counter() - start)
-    train_seconds = time.perf_counter() - start
+    train_seconds, losses = train_arm(cfg, model, build_train_loader(cfg), "loss_action", name, log_every)
     test_name = cfg.DATASETS.TEST[0]
     evaluator = AvaEvaluator(test_name, os.path.join(cfg.OUTPUT_DIR, name), distributed=False,
                              max_detections_per_keyframe=cfg.TEST.AVA.MAX_DETECTIONS_PER_KEYFRAME)
@@ -152,13 +133,7 @@ def main(argv=None) -> int:
     results["keyframe_alone"] = train_and_evaluate(cfg, keyframe_only=True, log_every=log_every)
     results["frame_mAP_gain"] = round(results["clip"]["frame_mAP"] - results["keyframe_alone"]["frame_mAP"], 2)
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, args.output)
-    print(json.dumps({k: results[k] for k in ("chance_frame_mAP", "clip", "keyframe_alone", "frame_mAP_gain")}, indent=2))
-    print(f"written to {args.output}")
+    write_results(results, args.output, ("chance_frame_mAP", "clip", "keyframe_alone", "frame_mAP_gain"))
     return 0
 
 

@@ -21,14 +21,13 @@ import logging
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a file, python benchmarks/video_vs_frame.py: find the checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.experiment import config_name, experiment_parser, start_experiment  # noqa: E402
+from benchmarks.experiment import config_name, experiment_parser, start_experiment, train_arm, write_results  # noqa: E402
 
 
 class SingleFrame:
@@ -61,10 +60,8 @@ def train_and_evaluate(cfg, single_frame: bool, log_every: int) -> dict:
     from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
-    from detectron2.solver import build_lr_scheduler
 
     from hiera_det.data.video_mapper import VideoClassificationMapper, expand_test_views
-    from hiera_det.engine.optimizer import build_optimizer
     from hiera_det.data.catalog import prepare_datasets
     from hiera_det.video.evaluation import VideoClassificationEvaluator
 
@@ -80,8 +77,6 @@ def train_and_evaluate(cfg, single_frame: bool, log_every: int) -> dict:
         train_mapper, test_mapper = SingleFrame(train_mapper), SingleFrame(test_mapper)
         model_cfg.MODEL.HIERA_VIDEO.NUM_FRAMES = 2
     model = build_model(model_cfg)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
     loader = build_detection_train_loader(
         dataset=DatasetCatalog.get(train_name),
         mapper=train_mapper,
@@ -89,21 +84,8 @@ def train_and_evaluate(cfg, single_frame: bool, log_every: int) -> dict:
         aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
-    model.train()
-    start = time.perf_counter()
-    losses = []
-    for iteration, batch in zip(range(cfg.SOLVER.MAX_ITER), loader):
-        loss = model(batch)["loss_cls"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if (iteration + 1) % log_every == 0:
-            recent = losses[-log_every:]
-            logger.info("%s iter %d/%d loss %.4f (%.1f s)", "single-frame" if single_frame else "video",
-                        iteration + 1, cfg.SOLVER.MAX_ITER, sum(recent) / len(recent), time.perf_counter() - start)
-    train_seconds = time.perf_counter() - start
+    arm = "single-frame" if single_frame else "video"
+    train_seconds, losses = train_arm(cfg, model, loader, "loss_cls", arm, log_every)
 
     v = cfg.INPUT.VIDEO
     views = expand_test_views(DatasetCatalog.get(test_name), v.NUM_TEMPORAL_VIEWS, v.NUM_SPATIAL_VIEWS)
@@ -148,13 +130,7 @@ def main(argv=None) -> int:
     results["single_frame"] = train_and_evaluate(cfg, single_frame=True, log_every=log_every)
     results["top1_gain"] = round(results["video"]["top1"] - results["single_frame"]["top1"], 2)
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, args.output)
-    print(json.dumps({k: results[k] for k in ("video", "single_frame", "top1_gain")}, indent=2))
-    print(f"written to {args.output}")
+    write_results(results, args.output, ("video", "single_frame", "top1_gain"))
     return 0
 
 
