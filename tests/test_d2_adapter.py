@@ -142,3 +142,24 @@ def test_installed_package_finds_its_configs_by_name(tmp_path):
     out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"),
                                                                        "PATH": "/usr/bin:/bin"}, **run).stdout
     assert out.strip().startswith(str(tmp_path / "site"))
+
+
+def test_model_weights_may_be_a_hiera_trunk_checkpoint(tmp_path):
+    """MODEL.WEIGHTS naming official trunk weights loads them into the detector's trunk; trunk weights of
+    another size get the loader's message naming both, not Detectron2's 'Unsupported type' traceback."""
+    hiera = pytest.importorskip("hiera")
+    from hiera_det.checkpoint import CheckpointError
+    from hiera_det.engine.checkpointer import load_model_weights
+
+    model = build_model(_cfg("hiera_fpn.yaml", TINY_IMAGE))
+    official = hiera.Hiera(embed_dim=32, num_heads=1, stages=(1, 1, 1, 1), num_classes=0)
+    torch.save({"model_state": official.state_dict()}, tmp_path / "fits.pth")
+    report = load_model_weights(model, str(tmp_path / "fits.pth"))
+    trunk = model.backbone.bottom_up.trunk
+    assert torch.equal(trunk.blocks[0].attn.qkv.weight, official.blocks[0].attn.qkv.weight)
+    assert report.loaded > 0 and report.missing_keys  # the FPN and heads stay at initialization
+
+    wider = hiera.Hiera(embed_dim=48, num_heads=1, stages=(1, 1, 1, 1), num_classes=0)
+    torch.save({"model_state": wider.state_dict()}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="embed_dim 48.*embed_dim 32"):
+        load_model_weights(model, str(tmp_path / "other.pth"))

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, IO
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
@@ -171,7 +172,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             try:
                 report = load_checkpoint(trunk, state)
             except CheckpointError:
-                return super()._load_model(checkpoint)
+                if all(isinstance(v, (torch.Tensor, np.ndarray)) for v in state.values()):
+                    return super()._load_model(checkpoint)  # a flat state dict of another model: reported below
+                raise  # a Hiera checkpoint that does not fit this trunk: its message names both
             self.logger.info(f"The checkpoint holds Hiera trunk weights; loaded into the backbone:\n{report}")
             missing = [k for k in self.model.state_dict() if not k.startswith(prefix + ".")]
             missing += [f"{prefix}.{k}" for k in report.missing_keys if k not in report.ignored_missing_keys]
