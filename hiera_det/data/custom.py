@@ -17,6 +17,8 @@ find the datasets again.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from collections import Counter
@@ -101,9 +103,21 @@ def _coco_classes(json_file: str) -> dict:
     """Class names and the id map of a COCO json, known at registration so the config can be fitted."""
     if not os.path.isfile(json_file):
         return {}  # check_datasets names the missing file
-    categories = sorted(_read_json(json_file)["categories"], key=lambda c: c["id"])
-    return {"thing_classes": [c["name"] for c in categories],
-            "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)}}
+    return copy.deepcopy(dict(_json_summary(json_file, os.stat(json_file).st_mtime_ns)[0]))
+
+
+@functools.lru_cache(maxsize=32)
+def _json_summary(json_file: str, mtime_ns: int) -> tuple[tuple, str | None]:
+    """What registration and config fitting need from a COCO json (read once per file version, since a
+    COCO-sized file takes seconds to parse): the class metadata and the mask format."""
+    content = _read_json(json_file)
+    categories = sorted(content["categories"], key=lambda c: c["id"])
+    classes = (("thing_classes", [c["name"] for c in categories]),
+               ("thing_dataset_id_to_contiguous_id", {c["id"]: i for i, c in enumerate(categories)}))
+    kinds = {"rle" if isinstance(a.get("segmentation"), dict) else "polygon"
+             for a in content["annotations"] if a.get("segmentation")}
+    mask_format = None if not kinds else "bitmask" if "rle" in kinds else "polygon"
+    return classes, mask_format
 
 
 def register_custom_datasets(cfg) -> list[DatasetSpec]:
@@ -188,11 +202,7 @@ def check_coco_file(json_file: str, image_root: str, name: str, limit: int = 20)
 
 def mask_format_of(json_file: str) -> str | None:
     """``polygon`` or ``bitmask`` (RLE masks), from the annotations' segmentations; None without masks."""
-    kinds = {"rle" if isinstance(a.get("segmentation"), dict) else "polygon"
-             for a in _read_json(json_file)["annotations"] if a.get("segmentation")}
-    if not kinds:
-        return None
-    return "bitmask" if "rle" in kinds else "polygon"
+    return _json_summary(json_file, os.stat(json_file).st_mtime_ns)[1]
 
 
 def check_datasets(cfg) -> None:
