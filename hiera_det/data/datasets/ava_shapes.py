@@ -66,7 +66,7 @@ ACTION_NAMES = {i: name for i, name, _, _ in ACTIONS}
 EVALUATED_IDS = tuple(i for i, _, _, evaluated in ACTIONS if evaluated)
 SPLITS = ("train", "val")
 MARKER = "ava_shapes.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 VIDEO_START_SEC = 900
 SHAKE_PROBABILITY = 0.04
 
@@ -123,7 +123,9 @@ def _script(actions: list[int], rng: np.random.Generator, size: int, num_frames:
     scale = 1 + 0.3 * np.sin(2 * math.pi * t / period + phase) if 7 in actions else np.full(num_frames, 1 + 0.3 * math.sin(phase))
     colors = np.repeat(_random_color(rng)[None], num_frames, axis=0)
     if 8 in actions:
-        other, blink_period = _random_color(rng), int(rng.integers(5, 8))
+        # slower than the trunk's temporal resolution (sampling rate 2, then a stride-2 patch embedding): a
+        # period of 5-7 frames aliased into a constant blended colour and blink stayed at chance
+        other, blink_period = _random_color(rng), int(rng.integers(10, 15))
         on = ((t + rng.integers(0, blink_period)) % blink_period) < blink_period / 2
         colors[~on] = other
     outline = np.asarray(_SHAPES[sorted(_SHAPES)[int(rng.integers(len(_SHAPES)))]], np.float64)
