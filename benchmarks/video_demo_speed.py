@@ -138,7 +138,7 @@ def model_only(cfg, model, mode: str, video: str, batch_size: int, frames: int, 
         sync()
         seconds = time.perf_counter() - start
     boxes = int(np.sum([len(f[1]) for f in found]))
-    return {"frames": done, "seconds": round(seconds, 3), "frames_per_s": round(done / seconds, 2),
+    return {"frames": done, "seconds": round(seconds, 3), "frames_per_s": round(done / seconds, 3),
             "boxes_per_frame_last_batch": round(boxes / len(found), 1)}  # fmt: skip
 
 
@@ -169,7 +169,7 @@ def end_to_end(cfg, model, mode: str, video: str, batch_size: int, out: str, on_
         raise RuntimeError(f"the demo failed: {result.failed}")
     [summary] = result.videos
     row = {"frames": summary["frames"], "seconds": round(seconds, 3),
-           "frames_per_s": round(summary["frames"] / seconds, 2), "gpu_utilisation": sampler.summary(),
+           "frames_per_s": round(summary["frames"] / seconds, 3), "gpu_utilisation": sampler.summary(),
            "detections": summary["detections"]}  # fmt: skip
     if "seconds" in summary:  # per-stage seconds (busy time of each stage; they overlap when pipelined)
         row["stage_seconds"] = summary["seconds"]
@@ -235,7 +235,8 @@ def run_original(args, results: dict, save) -> None:
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in own]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(args.original_tree)] + paths))
         command = [sys.executable, os.path.abspath(__file__), "--original-only", "--out-json", out,
-                   "--video", args.video, "--original-video", args.original_video or args.video,
+                   "--video", os.path.abspath(args.video),
+                   "--original-video", os.path.abspath(args.original_video or args.video),
                    "--modes", args.modes, "--batch-size", str(args.batch_size), "--detections", str(args.detections),
                    "--model-frames", str(args.model_frames), "--warmup", str(args.warmup)]  # fmt: skip
         command += ["--device", args.device] if args.device else []
