@@ -42,6 +42,15 @@ def write_video(path, num_frames=7, size=(48, 80), fps=10.0, gray=False, fourcc=
     return str(path)
 
 
+def tiny_rcnn_heads(cfg):
+    """RPN on p2-p6 and a one-layer box head: a fast Faster R-CNN on top of a tiny FPN."""
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
+
+
 def video_cfg(meta_arch):
     cfg = get_hiera_cfg()
     cfg.MODEL.DEVICE = "cpu"
@@ -56,12 +65,8 @@ def video_cfg(meta_arch):
         cfg.MODEL.BACKBONE.NAME = "build_hiera_video_fpn_backbone"
         cfg.MODEL.FPN.OUT_CHANNELS = 16
         cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8], [16], [32], [64], [128]]
-        cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        tiny_rcnn_heads(cfg)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-        cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-        cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
         cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
         cfg.TEST.DETECTIONS_PER_IMAGE = 5
     return cfg
@@ -150,11 +155,7 @@ def test_image_detector_per_frame_on_grayscale_frame_folder(tmp_path):
     cfg.MODEL.HIERA.NAME = "hiera_tiny_224"
     cfg.MODEL.HIERA.STAGES = [1, 1, 1, 1]
     cfg.MODEL.FPN.OUT_CHANNELS = 16
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
+    tiny_rcnn_heads(cfg)
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 96
     model = build_model(cfg)
     settings = DemoSettings(mode="frame", batch_size=2, score_threshold=0.0, progress=False)
@@ -247,12 +248,8 @@ def _detector_cfg(mode):
     cfg.MODEL.BACKBONE.NAME = "build_hiera_fpn_backbone"
     cfg.MODEL.HIERA.NAME, cfg.MODEL.HIERA.STAGES = "hiera_tiny_224", [1, 1, 1, 1]
     cfg.MODEL.FPN.OUT_CHANNELS = 16
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    tiny_rcnn_heads(cfg)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 96
     cfg.TEST.DETECTIONS_PER_IMAGE = 4
     return cfg
