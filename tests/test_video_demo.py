@@ -42,6 +42,15 @@ def write_video(path, num_frames=7, size=(48, 80), fps=10.0, gray=False, fourcc=
     return str(path)
 
 
+def tiny_rcnn_heads(cfg):
+    """RPN on p2-p6 and a one-layer box head: a fast Faster R-CNN on top of a tiny FPN."""
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
+
+
 def video_cfg(meta_arch):
     cfg = get_hiera_cfg()
     cfg.MODEL.DEVICE = "cpu"
@@ -56,12 +65,8 @@ def video_cfg(meta_arch):
         cfg.MODEL.BACKBONE.NAME = "build_hiera_video_fpn_backbone"
         cfg.MODEL.FPN.OUT_CHANNELS = 16
         cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8], [16], [32], [64], [128]]
-        cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        tiny_rcnn_heads(cfg)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-        cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-        cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
         cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
         cfg.TEST.DETECTIONS_PER_IMAGE = 5
     return cfg
@@ -150,11 +155,7 @@ def test_image_detector_per_frame_on_grayscale_frame_folder(tmp_path):
     cfg.MODEL.HIERA.NAME = "hiera_tiny_224"
     cfg.MODEL.HIERA.STAGES = [1, 1, 1, 1]
     cfg.MODEL.FPN.OUT_CHANNELS = 16
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 1, 32
+    tiny_rcnn_heads(cfg)
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 96
     model = build_model(cfg)
     settings = DemoSettings(mode="frame", batch_size=2, score_threshold=0.0, progress=False)
@@ -237,3 +238,85 @@ def test_clip_detector_on_a_video_of_extreme_aspect_ratio(tmp_path):
     for r in records:
         for x0, y0, x1, y1 in r["boxes"]:  # source-frame coordinates
             assert 0 <= x0 <= x1 <= 2048 and 0 <= y0 <= y1 <= 8
+
+
+def _detector_cfg(mode):
+    if mode == "clip":
+        return video_cfg("HieraClipDetector")
+    cfg = get_hiera_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = "build_hiera_fpn_backbone"
+    cfg.MODEL.HIERA.NAME, cfg.MODEL.HIERA.STAGES = "hiera_tiny_224", [1, 1, 1, 1]
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    tiny_rcnn_heads(cfg)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 96
+    cfg.TEST.DETECTIONS_PER_IMAGE = 4
+    return cfg
+
+
+def _all_frames(path):
+    reader = decord.VideoReader(str(path))
+    return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+@pytest.mark.parametrize("mode", ["frame", "clip"])
+def test_pipelined_run_writes_what_the_sequential_run_writes(tmp_path, mode):
+    video = write_video(tmp_path / "v.mp4", num_frames=9, size=(48, 80))
+    cfg = _detector_cfg(mode)
+    model = build_model(cfg)
+    outputs = {}
+    for pipeline in (False, True):
+        settings = DemoSettings(mode=mode, batch_size=2, score_threshold=0.0, chunk=3, progress=False,
+                                pipeline=pipeline)  # fmt: skip
+        [summary] = run_video_demo(cfg, model, video, str(tmp_path / str(pipeline)), settings,
+                                   class_names=["a", "b", "c"]).videos  # fmt: skip
+        assert set(summary["seconds"]) >= {"decode", "preprocess", "model", "draw", "encode", "total"}
+        with open(summary["jsonl"], "rb") as f:
+            outputs[pipeline] = f.read(), _all_frames(summary["mp4"])
+    (sequential_json, sequential_frames), (pipelined_json, pipelined_frames) = outputs[False], outputs[True]
+    assert pipelined_json == sequential_json
+    assert sum(len(r["boxes"]) for r in map(json.loads, pipelined_json.splitlines())) > 0  # boxes were drawn
+    assert pipelined_frames.shape == (9, 48, 80, 3)
+    np.testing.assert_array_equal(pipelined_frames, sequential_frames)
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_failing_frame_is_named_and_the_frames_before_it_are_kept(tmp_path, monkeypatch, pipeline):
+    import hiera_det.demo.video as video_module
+
+    video = write_video(tmp_path / "v.mp4", num_frames=9, size=(48, 80))
+    cfg = _detector_cfg("frame")
+    model = build_model(cfg)
+    draw = video_module.draw_boxes
+    drawn = []
+
+    def draw_until_frame_5(frame, *args):  # frames are drawn in order, one call each
+        drawn.append(1)
+        if len(drawn) == 6:
+            raise ValueError("cannot draw this one")
+        return draw(frame, *args)
+
+    monkeypatch.setattr(video_module, "draw_boxes", draw_until_frame_5)
+    settings = DemoSettings(mode="frame", batch_size=2, score_threshold=0.0, progress=False, pipeline=pipeline)
+    result = run_video_demo(cfg, model, video, str(tmp_path / "out"), settings)
+    [failed] = result.failed
+    assert "frame 5 " in failed["error"] and "cannot draw this one" in failed["error"]
+    assert [r["frame_index"] for r in read_jsonl(tmp_path / "out" / "v.jsonl")] == [0, 1, 2, 3, 4, 5]
+    assert frames_in(tmp_path / "out" / "v.mp4") == 5  # a playable file with every frame before it
+
+    monkeypatch.setattr(video_module, "draw_boxes", draw)
+    calls, forward = [], model.forward
+
+    def fail_on_second_batch(inputs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: out of memory")
+        return forward(inputs)
+
+    monkeypatch.setattr(model, "forward", fail_on_second_batch)
+    result = run_video_demo(cfg, model, video, str(tmp_path / "out2"), settings)
+    [failed] = result.failed
+    assert failed["error"].startswith("frames 2..3 (at ") and "the model" in failed["error"]
+    assert [r["frame_index"] for r in read_jsonl(tmp_path / "out2" / "v.jsonl")] == [0, 1]
+    assert frames_in(tmp_path / "out2" / "v.mp4") == 2

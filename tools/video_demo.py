@@ -14,7 +14,10 @@ Each video gives ``OUTPUT/<name>.jsonl``: detection modes one line per processed
 ``frame_index``, ``timestamp`` (seconds, from the container, so variable frame rates are right),
 ``boxes`` (x0, y0, x1, y1 in source pixels), ``scores``, ``classes``, ``class_names``; classify one line per
 clip and a last line with the video's top-k. ``OUTPUT/<name>.mp4`` is the annotated video (``--no-video``
-skips it). Frames are streamed in chunks, so memory does not grow with the video's length.
+skips it). Frames are streamed in chunks, so memory does not grow with the video's length. In frame and
+clip modes decoding, the model and drawing/encoding overlap (threads and bounded queues; ``--sequential``
+runs them one after the other, with the same outputs); a frame that fails is named, and the frames
+before it stay written.
 ``OUTPUT/summary.json`` lists the videos processed and those that failed, with the reason. A video that
 fails does not stop the others; the exit status is then 1 (2 for a problem with the config or checkpoint).
 
@@ -49,6 +52,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="classify: frames between clip starts (0 = one clip span, no overlap)")
     p.add_argument("--chunk", type=int, default=32, help="frames decoded per read (bounds memory)")
     p.add_argument("--no-video", action="store_true", help="write JSON Lines only")
+    p.add_argument("--sequential", action="store_true",
+                   help="frame/clip: decode, run and write one after the other instead of overlapping them "
+                        "(same outputs, slower; for timing and debugging)")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="run without a checkpoint (for smoke tests; predictions are meaningless)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -105,11 +111,13 @@ def main(argv=None) -> int:
         clip_stride=args.clip_stride,
         chunk=args.chunk,
         write_video=not args.no_video,
+        pipeline=not args.sequential,
     )
 
     def report(summary):
-        logger.info("%s -> %s%s", summary["video"], summary["jsonl"],
-                    f", {summary['mp4']}" if summary["mp4"] else "")
+        speed = f" ({summary['frames_per_s']} frames/s)" if "frames_per_s" in summary else ""
+        logger.info("%s -> %s%s%s", summary["video"], summary["jsonl"],
+                    f", {summary['mp4']}" if summary["mp4"] else "", speed)
 
     if mode == "actions":  # AVA-style action detection, hiera_det/demo/actions.py
         from hiera_det.demo.actions import run_action_demo

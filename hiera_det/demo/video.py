@@ -17,6 +17,11 @@ Conventions:
   correctly; the annotated mp4 plays at the average rate divided by the frame stride (an mp4 written by
   OpenCV has one constant rate). Frames with odd sizes are padded by one black row/column in the mp4
   (the encoder needs even sizes); JSON coordinates always refer to the source frame.
+* Detection modes run as a pipeline (``DemoSettings.pipeline``, :mod:`hiera_det.demo.pipeline`): a thread
+  decodes and resizes the next batches into pinned memory while the model runs, and another writes the JSON
+  line, draws (OpenCV, :func:`hiera_det.demo.draw.draw_boxes`) and encodes each finished frame, in order.
+  The outputs are those of the sequential run (``pipeline=False``), byte for byte. A frame that fails to run,
+  draw or write stops the video with a :class:`FrameFailure` naming it; every frame before it is written.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -36,8 +43,9 @@ from ..data import video_transforms as vt
 from ..data.video_io import VideoReadError, open_video
 from ..engine.checkpointer import atomic_write
 from ..config import keyframe_position
-from .draw import draw_instances, draw_text_lines
+from .draw import draw_boxes, draw_text_lines
 from .image import describe_failure, inference_resize, unique_stem
+from .pipeline import StageClock, consumer, prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +72,19 @@ def list_videos(path: str) -> list[str]:
 
 class FrameWindow:
     """Frames of a reader fetched by index with a sliding cache: requests must move forward, and frames
-    below ``release_below`` are dropped, so memory holds about one clip span plus one read chunk."""
+    below ``release_below`` are dropped, so memory holds about one clip span plus one read chunk.
 
-    def __init__(self, reader, chunk: int = 32):
+    ``prepare`` (``[T, H, W, 3]`` frames -> ``[T, H', W', 3]``, e.g. the test resize) is applied once per
+    frame and cached too, so overlapping clips do not resize the same frame again (``get_prepared``)."""
+
+    def __init__(self, reader, chunk: int = 32, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+                 clock: StageClock | None = None):  # fmt: skip
         self.reader = reader
         self.chunk = chunk
+        self.prepare = prepare
+        self.clock = clock or StageClock()
         self._frames: dict[int, np.ndarray] = {}
+        self._prepared: dict[int, np.ndarray] = {}
         self.peak = 0  # most frames held at once
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
@@ -78,14 +93,26 @@ class FrameWindow:
             # read ahead: the next requests will want the frames after these
             last = min(max(missing[-1], missing[0] + self.chunk - 1), self.reader.num_frames - 1)
             wanted = sorted(set(range(missing[0], last + 1)) - self._frames.keys())
-            for i, frame in zip(wanted, self.reader.get_frames(wanted)):
+            with self.clock("decode"):
+                frames = self.reader.get_frames(wanted)
+            for i, frame in zip(wanted, frames):
                 self._frames[i] = frame
             self.peak = max(self.peak, len(self._frames))
         return np.stack([self._frames[int(i)] for i in indices])
 
+    def get_prepared(self, indices: Sequence[int]) -> np.ndarray:
+        missing = sorted({int(i) for i in indices} - self._prepared.keys())
+        if missing:
+            frames = self.get(missing)
+            with self.clock("preprocess"):
+                for i, frame in zip(missing, self.prepare(frames)):
+                    self._prepared[i] = frame
+        return np.stack([self._prepared[int(i)] for i in indices])
+
     def release_below(self, index: int) -> None:
-        for i in [i for i in self._frames if i < index]:
-            del self._frames[i]
+        for cache in (self._frames, self._prepared):
+            for i in [i for i in cache if i < index]:
+                del cache[i]
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -102,6 +129,21 @@ class DemoSettings:
     chunk: int = 32
     write_video: bool = True
     progress: bool = True
+    pipeline: bool = True  # overlap decoding, the model and writing (False: one after the other)
+    preprocess_threads: int = 4  # resizes at once when pipelined
+
+
+class FrameFailure(RuntimeError):
+    """A frame could not be run, drawn or written; the video's outputs keep every frame before it."""
+
+    def __init__(self, frames: Sequence[int], timestamps: np.ndarray, stage: str, error: BaseException):
+        self.frames = [int(i) for i in frames]
+        first = self.frames[0]
+        where = f"frame {first}" if len(self.frames) == 1 else f"frames {first}..{self.frames[-1]}"
+        super().__init__(
+            f"{where} (at {float(timestamps[first]):.3f} s) failed in {stage}: {describe_failure(error)}; "
+            f"the outputs hold the frames before it"
+        )
 
 
 class _Writer:
@@ -154,6 +196,8 @@ class VideoDemo:
             )
         if settings.frame_stride < 1 or settings.batch_size < 1:
             raise ValueError("frame stride and batch size must be >= 1")
+        if settings.preprocess_threads < 1:
+            raise ValueError("preprocess_threads must be >= 1")
         self.cfg = cfg
         self.model = model.eval()
         self.settings = settings
@@ -165,12 +209,18 @@ class VideoDemo:
             self.keyframe = keyframe_position(cfg)
 
     # ----- preprocessing -----
-    def _frames_to_tensor(self, frames: np.ndarray) -> torch.Tensor:
-        """RGB ``[T, H, W, 3]`` -> ``[3, T, H', W']`` after the test resize of Detectron2's mappers, in the
-        model's channel order (what DatasetMapper / KeyframeClipMapper give at evaluation)."""
+    def _resize(self, frames: np.ndarray, map_frames=map) -> np.ndarray:
+        """RGB ``[T, H, W, 3]`` -> ``[T, H', W', 3]`` uint8 after the test resize of Detectron2's mappers (what
+        DatasetMapper / KeyframeClipMapper give at evaluation); ``map_frames`` may run the frames at once."""
         h, w = frames.shape[1:3]
         transform = inference_resize(h, w, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST)
-        return vt.clip_to_tensor(vt.apply_to_clip(transform, frames), self.input_format).float()
+        return np.stack(list(map_frames(transform.apply_image, frames)))
+
+    def _model_input(self, resized: np.ndarray, pin: bool) -> torch.Tensor:
+        """``[T, H, W, 3]`` uint8 -> ``[3, T, H, W]`` uint8 in the model's channel order; page-locked when it
+        goes to a GPU from another thread, so the copy there does not block."""
+        tensor = vt.clip_to_tensor(resized, self.input_format)
+        return tensor.pin_memory() if pin else tensor
 
     def _classifier_clip(self, frames: np.ndarray) -> torch.Tensor:
         """The evaluation transform of ``VideoClassificationMapper`` for a single (center) view."""
@@ -212,39 +262,99 @@ class VideoDemo:
         s = self.settings
         n = reader.num_frames
         targets = list(range(0, n, s.frame_stride))
-        window = FrameWindow(reader, chunk=s.chunk)
-        detections = 0
-        with self._progress(len(targets), os.path.basename(reader.path)) as bar:
+        clock = StageClock()
+        device = getattr(self.model, "device", torch.device("cpu"))
+        pin = s.pipeline and torch.device(device).type == "cuda"
+        depth = 2 if s.pipeline else 0  # batches decoded ahead of the model
+        pool = ThreadPoolExecutor(s.preprocess_threads, "video-demo-resize") if s.pipeline else None
+        window = FrameWindow(reader, chunk=s.chunk, clock=clock,
+                             prepare=lambda frames: self._resize(frames, pool.map if pool else map))  # fmt: skip
+
+        def batches():
             for begin in range(0, len(targets), s.batch_size):
                 batch = targets[begin : begin + s.batch_size]
                 if s.mode == "frame":
-                    frames = reader.get_frames(batch)
-                    inputs = [self._frames_to_tensor(f[None])[:, 0] for f in frames]
+                    with clock("decode"):
+                        frames = reader.get_frames(batch)
+                    with clock("preprocess"):
+                        try:
+                            resized = self._resize(frames, pool.map if pool else map)
+                            inputs = [self._model_input(f[None], pin)[:, 0] for f in resized]
+                        except Exception as e:
+                            raise FrameFailure(batch, timestamps, "preprocessing", e) from e
                 else:
-                    clips = [self._keyframe_clip(f, n) for f in batch]
                     frames = window.get(batch)
-                    inputs = [self._frames_to_tensor(window.get(c)) for c in clips]
+                    try:
+                        clips = [window.get_prepared(self._keyframe_clip(f, n)) for f in batch]
+                        with clock("preprocess"):
+                            inputs = [self._model_input(c, pin) for c in clips]
+                    except VideoReadError:
+                        raise
+                    except Exception as e:
+                        raise FrameFailure(batch, timestamps, "preprocessing", e) from e
                     window.release_below(int(self._keyframe_clip(batch[-1] + s.frame_stride, n)[0]))
-                h, w = frames.shape[1:3]
-                outputs = self.model([{"image": x, "height": h, "width": w} for x in inputs])
-                for index, frame, out in zip(batch, frames, outputs):
-                    inst = out["instances"].to("cpu")
-                    keep = inst.scores >= s.score_threshold
-                    boxes = inst.pred_boxes.tensor[keep].numpy()
-                    scores = inst.scores[keep].numpy()
-                    classes = inst.pred_classes[keep].numpy()
-                    detections += len(scores)
-                    writer.record({
-                        "frame_index": int(index),
-                        "timestamp": round(float(timestamps[index]), 6),
-                        "boxes": boxes.round(2).tolist(),
-                        "scores": scores.round(4).tolist(),
-                        "classes": classes.tolist(),
-                        "class_names": [self._name(c) for c in classes],
-                    })
-                    writer.frame(draw_instances(frame, boxes, scores, classes, self.class_names))
-                bar.update(len(batch))
-        return {"mode": s.mode, "frames": len(targets), "detections": detections, "peak_cached_frames": window.peak}
+                yield batch, frames, inputs
+
+        def write(item) -> None:
+            index, record, frame, boxes, scores, classes = item
+            try:
+                writer.record(record)
+                if writer.mp4_path is not None:
+                    with clock("draw"):
+                        picture = draw_boxes(frame, boxes, scores, classes, self.class_names)
+                    with clock("encode"):
+                        writer.frame(picture)
+            except Exception as e:
+                raise FrameFailure([index], timestamps, "drawing or writing", e) from e
+
+        detections = 0
+        output = consumer(write, depth=2 * s.batch_size if s.pipeline else 0, name="video-demo-writer")
+        start = time.perf_counter()
+        try:
+            with self._progress(len(targets), os.path.basename(reader.path)) as bar, \
+                    prefetched(batches(), depth, name="video-demo-decoder") as stream:  # fmt: skip
+                for batch, frames, inputs in stream:
+                    with clock("model"):
+                        try:
+                            found = self._detect_batch(inputs, frames.shape[1:3], device)
+                        except Exception as e:
+                            raise FrameFailure(batch, timestamps, "the model", e) from e
+                    for index, frame, (boxes, scores, classes) in zip(batch, frames, found):
+                        detections += len(scores)
+                        record = {
+                            "frame_index": int(index),
+                            "timestamp": round(float(timestamps[index]), 6),
+                            "boxes": boxes.round(2).tolist(),
+                            "scores": scores.round(4).tolist(),
+                            "classes": classes.tolist(),
+                            "class_names": [self._name(c) for c in classes],
+                        }
+                        output.submit((index, record, frame, boxes, scores, classes))
+                    bar.update(len(batch))
+        except BaseException:
+            output.close()  # the frames before the failure are written; an earlier failure there wins
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        output.close()
+        seconds = clock.rounded()
+        seconds["total"] = round(time.perf_counter() - start, 4)
+        return {"mode": s.mode, "frames": len(targets), "detections": detections, "peak_cached_frames": window.peak,
+                "frames_per_s": round(len(targets) / max(seconds["total"], 1e-9), 2), "seconds": seconds}  # fmt: skip
+
+    def _detect_batch(self, inputs: list[torch.Tensor], size: tuple[int, int], device) -> list[tuple]:
+        """Boxes, scores and classes (numpy, above the score threshold) of each input."""
+        h, w = size
+        images = [x.to(device, non_blocking=True).float() for x in inputs]
+        outputs = self.model([{"image": x, "height": h, "width": w} for x in images])
+        found = []
+        for out in outputs:
+            inst = out["instances"].to("cpu")
+            keep = inst.scores >= self.settings.score_threshold
+            found.append((inst.pred_boxes.tensor[keep].numpy(), inst.scores[keep].numpy(),
+                          inst.pred_classes[keep].numpy()))  # fmt: skip
+        return found
 
     def _classify(self, reader, timestamps: np.ndarray, writer: _Writer) -> dict:
         s = self.settings
@@ -330,7 +440,7 @@ class VideoDemoResult:
 
 
 def _describe(error: Exception) -> str:
-    return str(error) if isinstance(error, VideoReadError) else describe_failure(error)
+    return str(error) if isinstance(error, (VideoReadError, FrameFailure)) else describe_failure(error)
 
 
 def run_video_demo(
