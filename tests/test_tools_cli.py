@@ -23,6 +23,7 @@ pytest.importorskip("detectron2")
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
+import hiera_det.d2  # noqa: E402,F401  (registers the meta-architectures this file builds in-process)
 from hiera_det.config import get_hiera_cfg, merge_config  # noqa: E402
 from hiera_det.data.datasets.shapes import SHAPES_CLASSES, render_scene  # noqa: E402
 
