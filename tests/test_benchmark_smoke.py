@@ -285,3 +285,28 @@ def test_attention_variants_measure_the_math_path_against_sdpa(monkeypatch):
         assert r["median_ms"] > 0 and r["im/s"] > 0 and r["compile_s"] is None
     assert results["sdpa"]["rel_max_diff_vs_sdpa"] == 0.0
     assert 0 < results["math<=10000"]["rel_max_diff_vs_sdpa"] < 0.05
+
+
+def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
+    from benchmarks.shapes_learning import VARIANTS, read_run, schedule_overrides
+
+    rows = [
+        {"iteration": 19, "total_loss": 3.0, "loss_cls": 1.5, "time": 0.4, "fast_rcnn/false_negative": 1.0},
+        {"iteration": 39, "total_loss": 2.0, "loss_cls": 1.0, "time": 0.6, "fast_rcnn/false_negative": 0.9},
+        {"iteration": 39, "bbox/AP": 1.25, "bbox/AP50": 3.0, "segm/AP": 0.5, "bbox/AP-ring": 2.0},
+        {"iteration": 59, "total_loss": 1.5, "loss_cls": 0.8, "time": 0.5, "fast_rcnn/false_negative": 0.97},
+        {"iteration": 79, "total_loss": 1.2, "loss_cls": 0.6, "time": 0.5, "fast_rcnn/false_negative": 0.5},
+        {"iteration": 80, "bbox/AP": 4.0, "bbox/AP50": 9.0, "segm/AP": 2.0, "bbox/AP-ring": 8.0},
+    ]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n{\"iteration\": 9")
+    run = read_run(tmp_path, eval_period=40)
+    # the periodic evaluation (logged at 39) and the final one (logged at max_iter 80) both land on their iteration
+    assert run["evals"] == {
+        40: {"box_AP": 1.25, "box_AP50": 3.0, "mask_AP": 0.5, "box_AP_per_class": {"ring": 2.0}},
+        80: {"box_AP": 4.0, "box_AP50": 9.0, "mask_AP": 2.0, "box_AP_per_class": {"ring": 8.0}},
+    }
+    assert run["fg_rois_found_from"] == 80  # the dip at 40 did not last
+    assert run["iterations_done"] == 80 and run["s_per_iter"] == 0.5
+    assert schedule_overrides(800, 200) == ["SOLVER.MAX_ITER", "800", "SOLVER.STEPS", "(640, 744)",
+                                           "TEST.EVAL_PERIOD", "200", "SOLVER.CHECKPOINT_PERIOD", "8000"]
+    assert VARIANTS["ship"][1] == [] and all(len(o) % 2 == 0 for _, o in VARIANTS.values())
