@@ -1,6 +1,6 @@
 """HieraROIHeads' fast inference gives Detectron2's answers: top-k batched NMS against
 fast_rcnn_inference_single_image, separable mask pasting against paste_masks_in_image, and a whole tiny
-Mask R-CNN with both heads on the same weights."""
+Mask R-CNN with both heads on the same weights; and the switches TEST.PRECISION and SOLVER.COMPILE_BACKBONE."""
 
 import torch
 from detectron2.layers.mask_ops import paste_masks_in_image
@@ -113,3 +113,37 @@ def test_hiera_roi_heads_give_the_standard_heads_detections(tmp_path):
     assert torch.allclose(got.scores, want.scores) and torch.allclose(got.pred_boxes.tensor, want.pred_boxes.tensor)
     assert got.pred_masks.shape == want.pred_masks.shape == (len(want), 48, 40)
     assert torch.equal(got.pred_masks, want.pred_masks)  # on the CPU both paste with Detectron2's code
+
+
+def test_test_precision_switch():
+    import contextlib
+
+    import pytest
+
+    from hiera_det.config import get_hiera_cfg, validate_hiera_config
+    from hiera_det.detection.fast_inference import inference_autocast
+
+    cfg = get_hiera_cfg()
+    assert cfg.TEST.PRECISION == "float32"
+    assert isinstance(inference_autocast(cfg, "cuda"), contextlib.nullcontext)
+    cfg.TEST.PRECISION = "bfloat16"
+    context = inference_autocast(cfg, "cuda")
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    assert isinstance(inference_autocast(cfg, "cpu"), contextlib.nullcontext)  # ignored on the CPU
+    cfg.TEST.PRECISION = "half"
+    with pytest.raises(ValueError, match="TEST.PRECISION 'half' is unknown; choose one of"):
+        validate_hiera_config(cfg)
+
+
+def test_compile_backbone_keeps_parameter_names_and_refuses_models_without_backbone():
+    import pytest
+
+    from hiera_det.engine.trainer import compile_backbone
+
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    names = list(model.state_dict())
+    compile_backbone(model)  # compiles lazily, at the first call: nothing runs here
+    assert list(model.state_dict()) == names and model.backbone._compiled_call_impl is not None
+    with pytest.raises(ValueError, match="SOLVER.COMPILE_BACKBONE needs a model with a .backbone module"):
+        compile_backbone(torch.nn.Linear(2, 2))

@@ -10,6 +10,7 @@ which is what the tests (``tests/test_fast_inference.py``) and the GPU benchmark
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -25,6 +26,15 @@ from torchvision.ops import nms
 MIN_CANDIDATES = 1024
 # bytes of pasted masks produced at once (the masks of a crowded 4K image would not fit in one go)
 PASTE_CHUNK_BYTES = 1 << 30
+
+
+def inference_autocast(cfg, device: str | torch.device | None = None):
+    """The autocast context of ``TEST.PRECISION`` for inference on ``device`` (default ``MODEL.DEVICE``):
+    none for ``float32`` or off CUDA."""
+    device = torch.device(device if device is not None else cfg.MODEL.DEVICE)
+    if cfg.TEST.PRECISION == "float32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, cfg.TEST.PRECISION))
 
 
 def topk_batched_nms(
