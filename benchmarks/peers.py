@@ -166,11 +166,17 @@ def ours_fpn(attention: str = "mask_unit", name: str = "hiera_base_224"):
     return build
 
 
-def ours_detector(attention: str = "mask_unit"):
+def ours_detector(attention: str = "mask_unit", roi_heads: str | None = None):
+    """Our Mask R-CNN; ``roi_heads`` replaces the config's ``MODEL.ROI_HEADS.NAME`` (``HieraROIHeads``)."""
+
     def build(input_size, smoke):
         from detectron2.modeling import build_model
 
-        return build_model(_ours_cfg(attention, input_size, smoke, torch.get_default_device()))
+        cfg = _ours_cfg(attention, input_size, smoke, torch.get_default_device())
+        if roi_heads is not None:
+            cfg.defrost()
+            cfg.MODEL.ROI_HEADS.NAME = roi_heads
+        return build_model(cfg)
 
     return build
 

@@ -30,6 +30,7 @@ from pycocotools import mask as mask_utils
 from ..config import get_hiera_cfg, merge_config
 from ..data.custom import register_custom_datasets
 from ..data.image_io import read_image
+from ..detection.fast_inference import inference_autocast
 from ..engine.checkpointer import atomic_write, load_model_weights
 from .draw import draw_instances
 
@@ -152,7 +153,7 @@ class ImagePredictor:
         height, width = image.shape[:2]
         resize = inference_resize(height, width, self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST)
         tensor = torch.as_tensor(resize.apply_image(image).astype("float32").transpose(2, 0, 1))
-        with torch.no_grad():
+        with torch.no_grad(), inference_autocast(self.cfg):
             output = self.model([{"image": tensor, "height": height, "width": width}])[0]
         return output["instances"].to("cpu")
 

@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.samplers import ExactResumeTrainLoader
+from ..detection.fast_inference import inference_autocast
 from . import loaders
 from .checkpointer import AtomicDetectionCheckpointer
 from .optimizer import build_optimizer
@@ -41,6 +42,8 @@ class Trainer(DefaultTrainer):
                              f"{cfg.MODEL.DEVICE!r} (CUDA available: {torch.cuda.is_available()}); set SOLVER.AMP.ENABLED False")
 
         model = self.build_model(cfg)
+        if cfg.SOLVER.COMPILE_BACKBONE:
+            compile_backbone(model)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(
@@ -112,9 +115,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """Detectron2's evaluation, leaving the training RNG streams as they were (a resumed run would
-        otherwise diverge from one that evaluated in between)."""
-        with preserved_rng_state():
+        """Detectron2's evaluation under ``TEST.PRECISION``, leaving the training RNG streams as they were (a
+        resumed run would otherwise diverge from one that evaluated in between)."""
+        with preserved_rng_state(), inference_autocast(cfg):
             return super().test(cfg, model, evaluators)
 
     def train(self):
@@ -149,6 +152,17 @@ class Trainer(DefaultTrainer):
             return (f"The last checkpoint is {self.checkpointer.get_checkpoint_file()}: rerun the same command "
                     "with --resume to continue from it.")
         return "No checkpoint was saved yet: rerun without --resume."
+
+
+def compile_backbone(model) -> None:
+    """``torch.compile`` of ``model.backbone`` (trunk + FPN) with static shapes, in place, so that parameter
+    names, and the checkpoints written, stay those of the eager model. The proposal and RoI heads stay eager:
+    their shapes depend on the data."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        raise ValueError(f"SOLVER.COMPILE_BACKBONE needs a model with a .backbone module; "
+                         f"{type(model).__name__} has none: set SOLVER.COMPILE_BACKBONE False")
+    backbone.compile(dynamic=False)
 
 
 class PeakMemoryHook(HookBase):
