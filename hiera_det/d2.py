@@ -5,8 +5,9 @@
 * backbones ``build_hiera_backbone``, ``build_hiera_fpn_backbone``, ``build_hiera_retinanet_fpn_backbone``,
   ``build_hiera_video_backbone``, ``build_hiera_video_fpn_backbone`` (``hiera_det.detection.build``);
 * ROI heads ``HieraROIHeads`` (``hiera_det.detection.fast_inference``: Detectron2's standard heads with
-  top-k batched NMS and masks pasted on the GPU);
-* meta-architectures ``HieraVideoClassifier``, ``HieraClipDetector`` (``hiera_det.video.meta_arch``),
+  top-k batched NMS);
+* meta-architectures ``HieraRCNN`` (``hiera_det.detection.fast_inference``: GeneralizedRCNN pasting masks on
+  the GPU), ``HieraVideoClassifier``, ``HieraClipDetector`` (``hiera_det.video.meta_arch``),
   ``HieraActionDetector`` (``hiera_det.video.action_detector``) and ``HieraMAE`` (``hiera_det.pretraining``);
 * the ``hiera://NAME`` path handler, so that ``MODEL.WEIGHTS`` and every PathManager path take weights names;
 * the bundled datasets ``hiera_shapes_{train,val}`` and ``moving_shapes_{cls,kf}_{train,val}``
@@ -18,7 +19,7 @@ from detectron2.utils.file_io import PathManager
 from .checkpoint.path_handler import register_path_handler
 from .data.catalog import register_builtin_datasets
 from .detection import build as _backbones  # noqa: F401  (registers the backbones)
-from .detection import fast_inference as _roi_heads  # noqa: F401  (registers HieraROIHeads)
+from .detection import fast_inference as _fast_inference  # noqa: F401  (registers HieraROIHeads, HieraRCNN)
 from . import pretraining as _pretraining  # noqa: F401  (registers HieraMAE)
 from .video import action_detector as _action_detector  # noqa: F401  (registers HieraActionDetector)
 from .video import meta_arch as _meta_architectures  # noqa: F401  (registers the meta-architectures)

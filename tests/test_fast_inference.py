@@ -96,10 +96,12 @@ def test_hiera_roi_heads_give_the_standard_heads_detections(tmp_path):
 
     cfg = _ours_cfg("mask_unit", (64, 64), True, torch.device("cpu"))
     assert cfg.MODEL.ROI_HEADS.NAME == "HieraROIHeads"  # the packaged configs' default
+    assert cfg.MODEL.META_ARCHITECTURE == "HieraRCNN"
     torch.manual_seed(0)
     fast = build_model(cfg).eval()
     cfg.defrost()
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     standard = build_model(cfg).eval()
     with torch.no_grad():
         fast.roi_heads.box_predictor.cls_score.weight.mul_(20)  # distinct scores, no ties
@@ -113,6 +115,11 @@ def test_hiera_roi_heads_give_the_standard_heads_detections(tmp_path):
     assert torch.allclose(got.scores, want.scores) and torch.allclose(got.pred_boxes.tensor, want.pred_boxes.tensor)
     assert got.pred_masks.shape == want.pred_masks.shape == (len(want), 48, 40)
     assert torch.equal(got.pred_masks, want.pred_masks)  # on the CPU both paste with Detectron2's code
+    # without post-processing the outputs are Detectron2's own: per-box N x 1 x M x M mask probabilities
+    with torch.no_grad():
+        raw = fast.inference(inputs, do_postprocess=False)[0]
+    assert type(fast).__name__ == "HieraRCNN"
+    assert isinstance(raw.pred_masks, torch.Tensor) and raw.pred_masks.dim() == 4 and raw.pred_masks.shape[1] == 1
 
 
 def test_test_precision_switch():

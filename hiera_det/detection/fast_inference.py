@@ -1,5 +1,6 @@
-"""Mask R-CNN inference without the per-class loops: exact top-k batched NMS and masks pasted on the GPU by
-two small matrix products (``HieraROIHeads``, the ``MODEL.ROI_HEADS.NAME`` of the packaged configs).
+"""Mask R-CNN inference without the per-class loops: exact top-k batched NMS (``HieraROIHeads``, the
+``MODEL.ROI_HEADS.NAME`` of the packaged configs) and masks pasted on the GPU by two small matrix products
+(``HieraRCNN``, their ``MODEL.META_ARCHITECTURE``).
 
 Detectron2's ``fast_rcnn_inference`` hands every (proposal, class) pair above the score threshold to
 ``batched_nms``: with 1000 proposals x 80 classes and a low threshold that is up to 80,000 boxes, which
@@ -16,7 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import ROI_HEADS_REGISTRY
+from detectron2.modeling import META_ARCH_REGISTRY, ROI_HEADS_REGISTRY, GeneralizedRCNN
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import BitMasks, Boxes, Instances, ROIMasks
@@ -173,8 +175,8 @@ class TopKNMSOutputLayers(FastRCNNOutputLayers):
 
 @ROI_HEADS_REGISTRY.register()
 class HieraROIHeads(StandardROIHeads):
-    """``StandardROIHeads`` (same parameters, checkpoints and training) with the fast inference of this
-    module: ``TopKNMSOutputLayers`` for the boxes, ``GPUPastedMasks`` for the masks."""
+    """``StandardROIHeads`` (same parameters, checkpoints, training and outputs: ``pred_masks`` stays Detectron2's
+    N x 1 x M x M tensor) whose box inference runs ``TopKNMSOutputLayers``."""
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape: dict[str, ShapeSpec]):
@@ -182,11 +184,20 @@ class HieraROIHeads(StandardROIHeads):
         ret["box_predictor"] = TopKNMSOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
 
-    def _forward_mask(self, features, instances):
-        instances = super()._forward_mask(features, instances)
-        # a traced export (do_postprocess=False) keeps Detectron2's N x 1 x M x M tensor
-        if not self.training and self.mask_on and not torch.jit.is_tracing():
-            for inst in instances:
-                if inst.has("pred_masks") and isinstance(inst.pred_masks, torch.Tensor):
-                    inst.pred_masks = GPUPastedMasks(inst.pred_masks[:, 0])
-        return instances
+
+@META_ARCH_REGISTRY.register()
+class HieraRCNN(GeneralizedRCNN):
+    """``GeneralizedRCNN`` (same parameters, checkpoints, training, and outputs with ``do_postprocess=False``)
+    whose post-processing pastes masks with ``GPUPastedMasks``."""
+
+    @staticmethod
+    def _postprocess(instances, batched_inputs, image_sizes):
+        processed = []
+        for results, inputs, image_size in zip(instances, batched_inputs, image_sizes):
+            # the paste is the only change, so a traced export keeps Detectron2's own post-processing
+            if results.has("pred_masks") and isinstance(results.pred_masks, torch.Tensor) \
+                    and not torch.jit.is_tracing():
+                results.pred_masks = GPUPastedMasks(results.pred_masks[:, 0])
+            height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(results, height, width)})
+        return processed
