@@ -4,6 +4,8 @@
 
 * backbones ``build_hiera_backbone``, ``build_hiera_fpn_backbone``, ``build_hiera_retinanet_fpn_backbone``,
   ``build_hiera_video_backbone``, ``build_hiera_video_fpn_backbone`` (``hiera_det.detection.build``);
+* the mask head ``MaskRCNNGPUTargetsHead`` (``hiera_det.detection.mask_head``: polygon mask targets cut on
+  the GPU);
 * meta-architectures ``HieraVideoClassifier``, ``HieraClipDetector`` (``hiera_det.video.meta_arch``),
   ``HieraActionDetector`` (``hiera_det.video.action_detector``) and ``HieraMAE`` (``hiera_det.pretraining``);
 * the ``hiera://NAME`` path handler, so that ``MODEL.WEIGHTS`` and every PathManager path take weights names;
@@ -16,6 +18,7 @@ from detectron2.utils.file_io import PathManager
 from .checkpoint.path_handler import register_path_handler
 from .data.catalog import register_builtin_datasets
 from .detection import build as _backbones  # noqa: F401  (registers the backbones)
+from .detection import mask_head as _mask_head  # noqa: F401  (registers MaskRCNNGPUTargetsHead)
 from . import pretraining as _pretraining  # noqa: F401  (registers HieraMAE)
 from .video import action_detector as _action_detector  # noqa: F401  (registers HieraActionDetector)
 from .video import meta_arch as _meta_architectures  # noqa: F401  (registers the meta-architectures)

@@ -1,5 +1,6 @@
 """Detectron2's dataset mapper for image detectors, reading through ``image_io`` (clear errors, 16-bit
-scaling), with large-scale jitter for training when ``INPUT.LSJ.ENABLED``."""
+scaling), with large-scale jitter for training when ``INPUT.LSJ.ENABLED`` and polygon masks handed over as
+padded tensors when ``MODEL.ROI_MASK_HEAD.GPU_TARGETS``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import numpy as np
 import torch
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as d2_utils
+from detectron2.structures import PolygonMasks
 from pycocotools import mask as mask_utils
+
+from ..detection.mask_head import POLYGON_FIELD
+from ..detection.mask_targets import pack_polygons
 
 from .image_io import check_image_size, read_image
 
@@ -21,7 +26,14 @@ class CheckedDatasetMapper(DatasetMapper):
     Same constructor, configuration and output as ``DatasetMapper``; only the image reading differs (see the
     module docstring). Semantic-segmentation label files are read as Detectron2 reads them: as stored, since
     their values are class ids that must not be rescaled.
+
+    With ``polygon_tensors`` (``MODEL.ROI_MASK_HEAD.GPU_TARGETS``) polygon masks leave the worker as one
+    padded tensor per image (``instances.gt_polygons``, see ``hiera_det.detection.mask_targets``) instead of
+    ``gt_masks``: the main process then moves one tensor to the GPU instead of indexing Python lists of
+    polygons for every sampled proposal, and the mask head rasterises the targets there.
     """
+
+    polygon_tensors = False
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
@@ -50,6 +62,10 @@ class CheckedDatasetMapper(DatasetMapper):
             if self.instance_mask_format == "bitmask":
                 _polygons_to_rle(dataset_dict)
             self._transform_annotations(dataset_dict, transforms, image_shape)
+            instances = dataset_dict["instances"]
+            if self.polygon_tensors and isinstance(instances.get_fields().get("gt_masks"), PolygonMasks):
+                instances.set(POLYGON_FIELD, pack_polygons(instances.gt_masks.polygons))
+                instances.remove("gt_masks")
         return dataset_dict
 
 
@@ -81,8 +97,11 @@ def build_detection_train_mapper(cfg) -> CheckedDatasetMapper:
     """Detectron2's ``DatasetMapper`` for training, reading images through ``hiera_det.data.image_io`` (clear
     errors for unreadable files, 16-bit scaling); with ``INPUT.LSJ.ENABLED`` its augmentations are LSJ."""
     if not cfg.INPUT.LSJ.ENABLED:
-        return CheckedDatasetMapper(cfg, is_train=True)
-    # Cropping cuts instances, so boxes are recomputed from the cropped masks when there are masks.
-    return CheckedDatasetMapper(
-        cfg, is_train=True, augmentations=build_lsj_augmentations(cfg), recompute_boxes=cfg.MODEL.MASK_ON
-    )
+        mapper = CheckedDatasetMapper(cfg, is_train=True)
+    else:
+        # Cropping cuts instances, so boxes are recomputed from the cropped masks when there are masks.
+        mapper = CheckedDatasetMapper(
+            cfg, is_train=True, augmentations=build_lsj_augmentations(cfg), recompute_boxes=cfg.MODEL.MASK_ON
+        )
+    mapper.polygon_tensors = cfg.MODEL.MASK_ON and cfg.MODEL.ROI_MASK_HEAD.GPU_TARGETS
+    return mapper
