@@ -60,13 +60,11 @@ def test_targets_match_detectron2_cpu_crop_and_resize_on_random_polygons():
     iou = inter[sized] / union[sized]
     exact = (differing == 0).float().mean().item()
     pixels = 1 - differing.sum().item() / ours.numel()
-    # measured: pixels 0.99957, exact 0.837, IoU mean 0.989 / min 0.857 over 492 masks, at most 21 pixels off
-    # (a stretched near-horizontal edge: pycocotools rounds the edge to its 1/5-pixel grid, this does not)
-    assert pixels >= 0.999, pixels
-    assert exact >= 0.8, exact
-    assert iou.mean().item() >= 0.98 and iou.min().item() >= 0.8, (iou.mean().item(), iou.min().item())
-    assert differing.max().item() <= 32
-    assert differing[~sized].max().item() <= 8  # tiny masks: a few boundary pixels at most
+    # measured: one mask of 600 off by one pixel (float rounding at a tie); 0.998 exact on a real COCO-like batch
+    assert exact >= 0.99, exact
+    assert pixels >= 0.99999, pixels
+    assert iou.mean().item() >= 0.999 and iou.min().item() >= 0.99, (iou.mean().item(), iou.min().item())
+    assert differing.max().item() <= 2
 
 
 def test_even_odd_within_a_part_and_union_across_parts():
@@ -81,8 +79,7 @@ def test_even_odd_within_a_part_and_union_across_parts():
     assert ours[0].all() and ours[1].all()
     for index, polygons in enumerate([square, overlapping, bow_tie]):
         reference = rasterize_polygons_within_box(polygons, boxes[index].numpy().astype(float), SIDE)
-        # long diagonal edges: pycocotools rounds them to its 1/5-pixel grid, this does not
-        assert (ours[index] != reference).sum() <= (0 if index < 2 else 6), index
+        assert torch.equal(ours[index], reference), index
     assert 200 < ours[2].sum() < 400 and ours[2][14, 3] and not ours[2][3, 14]  # left and right triangles
 
 
@@ -91,8 +88,8 @@ def test_padding_changes_nothing_and_chunks_agree():
     instances, boxes = _random_case(rng, 40)
     boxes = torch.tensor(boxes, dtype=torch.float32)
     packed = pack_polygons(instances)
-    wider = pad_polygons([packed, torch.zeros(1, packed.shape[1] + 2, packed.shape[2] + 7, 2)])[0]
-    assert wider.shape[1:] == (packed.shape[1] + 2, packed.shape[2] + 7, 2)
+    wider = pad_polygons([packed, torch.zeros(1, packed.shape[1] + 7, 5)])[0]
+    assert wider.shape[1:] == (packed.shape[1] + 7, 5)
     expected = rasterize_polygons_in_boxes(packed, boxes, SIDE)
     assert torch.equal(rasterize_polygons_in_boxes(wider, boxes, SIDE), expected)
     import hiera_det.detection.mask_targets as module
@@ -102,7 +99,7 @@ def test_padding_changes_nothing_and_chunks_agree():
         assert torch.equal(rasterize_polygons_in_boxes(packed, boxes, SIDE), expected)
     finally:
         module._CHUNK_ELEMENTS = chunk
-    with pytest.raises(ValueError, match=r"polygons must be \(R, parts, vertices, 2\)"):
+    with pytest.raises(ValueError, match=r"polygons must be \(R, edges, 5\)"):
         rasterize_polygons_in_boxes(packed, boxes[:3], SIDE)
 
 
@@ -177,7 +174,7 @@ def test_training_step_uses_polygon_tensors_from_the_loader(tmp_path):
         mapped = build_detection_train_mapper(cfg)(record)
         fields = mapped["instances"].get_fields()
         if gpu_targets:
-            assert "gt_masks" not in fields and fields["gt_polygons"].shape == (2, 2, 5, 2)
+            assert "gt_masks" not in fields and fields["gt_polygons"].shape == (2, 7, 5)
         else:
             assert isinstance(fields["gt_masks"], PolygonMasks) and "gt_polygons" not in fields
         torch.manual_seed(0)
@@ -214,3 +211,57 @@ def test_targets_on_cuda_equal_the_cpu_ones():
     packed, boxes = pack_polygons(instances), torch.tensor(boxes, dtype=torch.float32)
     cpu = rasterize_polygons_in_boxes(packed, boxes, SIDE)
     assert torch.equal(rasterize_polygons_in_boxes(packed.cuda(), boxes.cuda(), SIDE).cpu(), cpu)
+
+
+def test_clipped_bounds_of_polygons_cut_by_the_image():
+    from hiera_det.detection.mask_targets import clipped_bounds
+
+    # a U whose arms leave the image on the left (100 x 80) and whose bottom bar stays inside: the box of
+    # what is inside starts at the arms' tops, not at the side where the arms were cut
+    u_shape = np.array([[-20, 10], [30, 10], [30, 70], [-20, 70], [-20, 60], [20, 60], [20, 20], [-20, 20]], float)
+    assert np.allclose(clipped_bounds(u_shape, 100, 80), [0, 10, 30, 70])
+    # a triangle covering the image's bottom-right corner: the corner is an extreme
+    corner = np.array([[60, 90], [110, 40], [110, 90]], float)
+    assert np.allclose(clipped_bounds(corner, 100, 80), [70, 50, 100, 80])
+    assert clipped_bounds(np.array([[-30, -30], [-10, -30], [-10, -10]], float), 100, 80) is None
+    inside = np.array([[5, 6], [50, 6], [20, 40]], float)
+    assert np.allclose(clipped_bounds(inside, 100, 80), [5, 6, 50, 40])
+
+
+def test_lsj_mapper_gives_detectron2s_instances_without_cropping_polygons(tmp_path):
+    """Same instances, classes and boxes (up to the slivers shapely's clean-up removes) as Detectron2's
+    polygon path, which crops with shapely."""
+    pytest.importorskip("shapely")
+    import random
+
+    import cv2
+
+    from hiera_det.config import get_hiera_cfg, merge_config
+    from hiera_det.data.image_mapper import build_detection_train_mapper
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "image.png"
+    cv2.imwrite(str(path), np.zeros((120, 160, 3), np.uint8))
+    annotations = []
+    for k in range(12):
+        parts = [_polygon(rng, concave=True) * 0.6 for _ in range(int(rng.integers(1, 3)))]
+        points = np.concatenate([p.reshape(-1, 2) for p in parts])
+        box = [*points.min(0), *(points.max(0) - points.min(0))]
+        annotations.append({"bbox": box, "bbox_mode": 1, "category_id": k % 3, "segmentation": [p.tolist() for p in parts]})
+    record = {"file_name": str(path), "height": 120, "width": 160, "image_id": 0, "annotations": annotations}
+    cfg = get_hiera_cfg()
+    merge_config(cfg, "hiera_fpn.yaml", ["MODEL.DEVICE", "cpu", "INPUT.LSJ.IMAGE_SIZE", "128",
+                                         "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+    ours, theirs = build_detection_train_mapper(cfg), build_detection_train_mapper(cfg)
+    theirs.polygon_tensors = False
+    compared = 0
+    for seed in range(6):
+        for mapper in (ours, theirs):
+            random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+            mapper.result = mapper(dict(record, annotations=[dict(a) for a in annotations]))["instances"]
+        a, b = ours.result, theirs.result
+        assert len(a) == len(b) and torch.equal(a.gt_classes, b.gt_classes)
+        assert "gt_masks" not in a.get_fields() and len(a.gt_polygons) == len(a)
+        assert (a.gt_boxes.tensor - b.gt_boxes.tensor).abs().max().item() <= 2.0 if len(a) else True
+        compared += len(a)
+    assert compared > 20

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as d2_utils
-from detectron2.structures import PolygonMasks
+from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_utils
 
 from ..detection.mask_head import POLYGON_FIELD
-from ..detection.mask_targets import pack_polygons
+from ..detection.mask_targets import clipped_bounds, pack_polygons
 
 from .image_io import check_image_size, read_image
 
@@ -30,7 +30,10 @@ class CheckedDatasetMapper(DatasetMapper):
     With ``polygon_tensors`` (``MODEL.ROI_MASK_HEAD.GPU_TARGETS``) polygon masks leave the worker as one
     padded tensor per image (``instances.gt_polygons``, see ``hiera_det.detection.mask_targets``) instead of
     ``gt_masks``: the main process then moves one tensor to the GPU instead of indexing Python lists of
-    polygons for every sampled proposal, and the mask head rasterises the targets there.
+    polygons for every sampled proposal, and the mask head rasterises the targets there. The polygons are
+    transformed but not cropped: targets are rasterised inside proposal boxes, which lie in the image, so
+    only the boxes recomputed from the masks need the crop, and those come from the polygons' clipped
+    bounds. So no shapely (which cropping a polygon needs in Detectron2) and no per-instance geometry.
     """
 
     polygon_tensors = False
@@ -59,14 +62,48 @@ class CheckedDatasetMapper(DatasetMapper):
             dataset_dict.pop("annotations", None)
             return dataset_dict
         if "annotations" in dataset_dict:
+            if self._wants_polygon_tensors(dataset_dict["annotations"]):
+                dataset_dict["instances"] = self._polygon_tensor_instances(dataset_dict, transforms, image_shape)
+                return dataset_dict
             if self.instance_mask_format == "bitmask":
                 _polygons_to_rle(dataset_dict)
             self._transform_annotations(dataset_dict, transforms, image_shape)
-            instances = dataset_dict["instances"]
-            if self.polygon_tensors and isinstance(instances.get_fields().get("gt_masks"), PolygonMasks):
-                instances.set(POLYGON_FIELD, pack_polygons(instances.gt_masks.polygons))
-                instances.remove("gt_masks")
         return dataset_dict
+
+    def _wants_polygon_tensors(self, annotations: list[dict]) -> bool:
+        return (self.polygon_tensors and self.use_instance_mask and self.instance_mask_format == "polygon"
+                and not self.use_keypoint
+                and all(isinstance(a.get("segmentation"), list) for a in annotations if not a.get("iscrowd", 0)))
+
+    def _polygon_tensor_instances(self, dataset_dict: dict, transforms, image_shape) -> Instances:
+        """Instances with ``gt_boxes``, ``gt_classes`` and packed ``gt_polygons`` (see the class docstring);
+        the same boxes and the same instances kept as Detectron2's polygon path gives."""
+        height, width = image_shape
+        boxes, classes, polygons = [], [], []
+        for annotation in dataset_dict.pop("annotations"):
+            if annotation.get("iscrowd", 0):
+                continue
+            parts = [transforms.apply_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2))
+                     for p in annotation["segmentation"]]
+            if self.recompute_boxes:
+                bounds = [b for b in (clipped_bounds(p, width, height) for p in parts) if b is not None]
+                if not bounds:
+                    continue  # cropped away
+                bounds = np.stack(bounds)
+                box = np.concatenate([bounds[:, :2].min(0), bounds[:, 2:].max(0)])
+            else:
+                box = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
+                box = np.minimum(transforms.apply_box(np.array([box]))[0].clip(min=0), [width, height] * 2)
+            if box[2] - box[0] <= 1e-5 or box[3] - box[1] <= 1e-5:
+                continue  # Detectron2's filter_empty_instances drops these
+            boxes.append(box)
+            classes.append(annotation["category_id"])
+            polygons.append([p.reshape(-1) for p in parts])
+        instances = Instances(image_shape)
+        instances.gt_boxes = Boxes(torch.as_tensor(np.array(boxes, dtype=np.float32).reshape(-1, 4)))
+        instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        instances.set(POLYGON_FIELD, pack_polygons(polygons))
+        return instances
 
 
 def _polygons_to_rle(dataset_dict: dict) -> None:
