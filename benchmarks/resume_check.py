@@ -131,6 +131,8 @@ def kill_rank_after_checkpoint(job, checkpoint: str, timeout: float) -> dict:
     result["others_stopped_after_s"] = round(time.monotonic() - killed_at, 1)
     result["exit_code"] = process.returncode
     result["resume_hint"] = next((line.strip() for line in text.splitlines() if "--resume" in line), None)
+    if result["resume_hint"] is None:
+        result["log_tail"] = text[-1500:]  # how the run ended instead
     return result
 
 

@@ -181,8 +181,9 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
     "MODEL.ROI_MASK_HEAD": _keys("MODEL.ROI_MASK_HEAD", [
         ("GPU_TARGETS", False, "training: polygon masks leave the loader as padded tensors and the mask head "
          "rasterises its targets inside the sampled RoIs on the GPU, instead of Detectron2 cutting them per "
-         "instance with pycocotools on the CPU in the main process (about 99.96% of the target pixels "
-         "agree). Needs `NAME: MaskRCNNGPUTargetsHead` (the Hiera configs set both); no effect on bitmasks"),
+         "instance with pycocotools on the CPU in the main process (the same targets: 99.8% of masks identical, "
+         "the rest one pixel off). Polygons are then not cropped by LSJ, so training needs no shapely. Needs "
+         "`NAME: MaskRCNNGPUTargetsHead` (the Hiera configs set both); no effect on bitmasks"),
     ]),
     "DATASETS": _keys("DATASETS", [
         ("CUSTOM", [], "your own datasets, registered without code: `NAME=ANNOTATIONS.json:IMAGE_ROOT` (COCO "
