@@ -8,8 +8,9 @@ step for the same config, and distributed-evaluation agreement; written as a jso
 Models (per-GPU batch 8, ``SOLVER.IMS_PER_BATCH`` = 8 N, random weights):
 
 * ``maskrcnn``: ``hiera_fpn.yaml`` (Hiera-B, 1024 LSJ, fp16 AMP) on ``benchmarks.coco_like`` JPEGs with polygon
-  masks; ``maskrcnn_bitmask`` is the same with ``INPUT.MASK_FORMAT bitmask`` (masks rasterised in the
-  loader workers, mask targets cut on the GPU instead of from polygons in the main process);
+  masks, whose mask targets the mask head cuts on the GPU (``MODEL.ROI_MASK_HEAD.GPU_TARGETS``, the config's
+  default); ``maskrcnn_bitmask`` is the way before it (``INPUT.MASK_FORMAT bitmask``: masks rasterised whole
+  in the loader workers, targets cut from them by ROIAlign);
 * ``video_cls``: ``video/hiera_base_16x224_k400.yaml`` on frame-folder moving-shapes clips (sampling rate 2);
 * ``clip_det``: ``video/hiera_base_16x224_ava_keyframe.yaml`` on the keyframes of those clips.
 
@@ -44,8 +45,10 @@ _COMMON = ["MODEL.WEIGHTS", "", "MODEL.HIERA.WEIGHTS", "", "SOLVER.STEPS", "()",
 _VIDEO = ["MODEL.HIERA_VIDEO.SAMPLING_RATE", "2"]
 MODELS = {
     "maskrcnn": dict(config="hiera_fpn.yaml", train="coco_like_train", test="coco_like_val", opts=[]),
+    # before GPU mask targets: LSJ crops the masks, so they are rasterised in the workers as bitmasks
     "maskrcnn_bitmask": dict(config="hiera_fpn.yaml", train="coco_like_train", test="coco_like_val",
-                             opts=["INPUT.MASK_FORMAT", "bitmask"]),
+                             opts=["INPUT.MASK_FORMAT", "bitmask", "MODEL.ROI_MASK_HEAD.GPU_TARGETS", "False",
+                                   "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]),
     "video_cls": dict(config="video/hiera_base_16x224_k400.yaml", train="clips_train", test="clips_val", opts=_VIDEO),
     # the class count of a keyframes spec is not fitted to the data at registration (its classes are read
     # lazily), so it is given: the six moving-shapes classes
@@ -145,6 +148,7 @@ class Job:
     ended: float = 0.0
     process: subprocess.Popen | None = None
     result: dict = field(default_factory=dict)
+    result_file: Path | None = None  # what a script job writes (json)
 
 
 def _environment(gpus: list[int], smoke: bool) -> dict:
@@ -188,11 +192,31 @@ def eval_job(name, model, gpus, args, weights: Path) -> Job:
     return Job(name, "eval", model, gpus, out, command, _environment(gpus, args.smoke))
 
 
-def model_only_job(name, model, gpu, args, per_gpu) -> Job:
+def script_job(name, module, gpus, args, arguments, kind="model_only", model="maskrcnn") -> Job:
+    """``python -m module ... --out RESULT.json`` on ``gpus``; its json is the job's result."""
     out = args.work / name
-    command = [sys.executable, "-m", "benchmarks.model_only", "--model", model, "--data", str(args.data),
-               "--batch", str(per_gpu), "--out", str(out / "model_only.json")] + (["--smoke"] if args.smoke else [])
-    return Job(name, "model_only", model, [gpu], out, command, _environment([gpu], args.smoke))
+    command = [sys.executable, "-m", module, *arguments, "--out", str(out / "result.json")]
+    job = Job(name, kind, model, gpus, out, command, _environment(gpus, args.smoke))
+    job.result_file = out / "result.json"
+    return job
+
+
+def model_only_job(name, model, gpu, args, per_gpu) -> Job:
+    return script_job(name, "benchmarks.model_only", [gpu], args, ["--model", model, "--data", str(args.data),
+                      "--batch", str(per_gpu)] + (["--smoke"] if args.smoke else []))  # fmt: skip
+
+
+def mask_targets_job(name, gpu, args) -> Job:
+    smoke = ["--images", "2", "--rois", "32", "--repeats", "1"] if args.smoke else []
+    return script_job(name, "benchmarks.mask_targets_speed", [gpu], args, ["--data", str(args.data), *smoke],
+                      kind="mask_targets")
+
+
+def resume_job(name, mode, gpus, args) -> Job:
+    """``benchmarks.resume_check`` on absolute GPU ids (it sets ``CUDA_VISIBLE_DEVICES`` per run itself)."""
+    smoke = ["--smoke", "--iters", "10", "--period", "4", "--workers", "1"] if args.smoke else []
+    return script_job(name, "benchmarks.resume_check", gpus, args, ["--mode", mode, "--data", str(args.data),
+                      "--work", str(args.work), "--gpus", ",".join(map(str, gpus)), *smoke], kind="resume")  # fmt: skip
 
 
 def _metrics(output_dir: Path) -> list[dict]:
@@ -303,7 +327,7 @@ def run_phase(jobs: list[Job], args, sampler, skip: int, deadline: float) -> Non
         elif job.kind == "eval":
             job.result = summarize_eval(job, log)
         else:
-            job.result = json.loads((job.output_dir / "model_only.json").read_text())
+            job.result = json.loads(job.result_file.read_text())
         job.result.update(name=job.name, kind=job.kind, model=job.model, gpus_used=job.gpus,
                           wall_s=round(job.ended - job.started, 1))
         print(f"[{time.strftime('%H:%M:%S')}] {job.name}: {json.dumps(_headline(job.result))}", flush=True)
@@ -311,43 +335,60 @@ def run_phase(jobs: list[Job], args, sampler, skip: int, deadline: float) -> Non
 
 def _headline(result: dict) -> dict:
     keys = ("status", "images_per_s", "loader_share", "peak_mem_mib_per_rank", "gpu_util_percent", "metrics",
-            "synthetic_images_per_s", "real_batch_images_per_s", "wall_s")
+            "synthetic_images_per_s", "real_batch_images_per_s", "detectron2_cpu", "gpu_targets_on_cuda", "agreement",
+            "data_order", "wall_s")
     return {k: result[k] for k in keys if k in result}
 
 
 def plan(args) -> list[list]:
-    """Phases in priority order, each a list of (name, builder) run together on disjoint GPUs: the image
-    model on 1 GPU beside its model-only step, on 2 beside the bitmask variant, on 4 alone; the video models
-    on 1 and 2 GPUs side by side; evaluation of the same weights on 1 GPU and on the others; the video models
-    on 4 GPUs."""
+    """Phases in priority order, each a list of (name, builder) run together on disjoint GPUs.
+
+    With 4 GPUs: the image model on 1 GPU beside its model-only step, the way before GPU mask targets
+    (bitmasks) and the mask-target timing; on 2 GPUs beside the 2-GPU kill-and-resume check; on 4 alone; the
+    video classifier on 1 and 2 and the clip detector on 1; the video models on 4; the 2-GPU checkpoint
+    resumed on 1 and 4; evaluation of the same weights on 1 GPU and on 3. With 2 GPUs the same, fewer side
+    by side.
+    """
     n, iters, batch = args.gpus, args.iters, args.per_gpu
 
     def train(model, gpus):
         name = f"{model}_{len(gpus)}gpu"
         return name, lambda: train_job(name, model, gpus, args, iters, batch)
 
-    counts = [c for c in (2, 4) if c <= n]
+    def gpu(k):
+        return k % n
+
     weights = args.work / "maskrcnn_1gpu" / "model_final.pth"
-    phases = [[train("maskrcnn", [0]),
-               ("model_only_maskrcnn", lambda: model_only_job("model_only_maskrcnn", "maskrcnn", 1 % n, args, batch))]]
-    for c in counts:
-        beside = [train("maskrcnn_bitmask", [2])] if c == 2 and n >= 3 else []
-        phases.append([train("maskrcnn", list(range(c)))] + beside)
-    if n < 3:
-        phases.append([train("maskrcnn_bitmask", [0])])
-    phases.append([train("video_cls", [0]), train("clip_det", [1 % n])])
-    if n >= 4:
-        phases.append([train("video_cls", [0, 1]), train("clip_det", [2, 3])])
-    elif n == 2:
-        phases += [[train("video_cls", [0, 1])], [train("clip_det", [0, 1])]]
+    model_only = ("model_only_maskrcnn", lambda: model_only_job("model_only_maskrcnn", "maskrcnn", gpu(1), args, batch))
+    targets = ("mask_targets", lambda: mask_targets_job("mask_targets", gpu(3), args))
+    resume_same = ("resume_2gpu", lambda: resume_job("resume_2gpu", "same", [gpu(2), gpu(3)], args))
+    resume_across = ("resume_across", lambda: resume_job("resume_across", "across", list(range(n)), args))
     others = list(range(1, n)) if n > 2 else list(range(n))
     evals = [("eval_maskrcnn_1gpu", lambda: eval_job("eval_maskrcnn_1gpu", "maskrcnn", [0], args, weights)),
              (f"eval_maskrcnn_{len(others)}gpu",
               lambda: eval_job(f"eval_maskrcnn_{len(others)}gpu", "maskrcnn", others, args, weights))]
-    phases += [evals] if n > 2 else [[evals[0]], [evals[1]]]
     if n >= 4:
-        phases += [[train("video_cls", list(range(4)))], [train("clip_det", list(range(4)))]]
-    return phases
+        return [
+            [train("maskrcnn", [0]), model_only, train("maskrcnn_bitmask", [2]), targets],
+            [train("maskrcnn", [0, 1]), resume_same],
+            [train("maskrcnn", [0, 1, 2, 3])],
+            [train("video_cls", [0]), train("video_cls", [1, 2]), train("clip_det", [3])],
+            [train("video_cls", [0, 1, 2, 3])],
+            [train("clip_det", [0, 1, 2, 3])],
+            [resume_across],
+            evals,
+        ]
+    return [
+        [train("maskrcnn", [0]), model_only],
+        [train("maskrcnn", [0, 1])],
+        [train("maskrcnn_bitmask", [0]), targets],
+        [resume_same],
+        [train("video_cls", [0]), train("clip_det", [1 % n])],
+        [train("video_cls", [0, 1])],
+        [train("clip_det", [0, 1])],
+        [resume_across],
+        [evals[0]], [evals[1]],
+    ]
 
 
 def loss_curve_plan(args, model: str) -> list[list]:
@@ -448,6 +489,35 @@ def markdown(report: dict) -> str:
                 lines.append(f"- {key}: {mo[key]}")
         for key, ratio in d["end_to_end_vs_model_only"].items():
             lines.append(f"- end-to-end / {key}: {ratio}")
+    targets = results.get("mask_targets")
+    if targets and targets.get("status", "ok") == "ok" and "detectron2_cpu" in targets:
+        cuda = targets.get("gpu_targets_on_cuda", {}).get("median_ms", "not measured")
+        lines += ["", f"Mask targets of one batch ({targets['images']} images, {targets['rois']} foreground RoIs, "
+                  f"{targets['mask_side']}x{targets['mask_side']}; benchmarks/mask_targets_speed.py): Detectron2 "
+                  f"on the CPU {targets['detectron2_cpu']['median_ms']} ms, hiera_det's on the GPU {cuda} ms "
+                  f"(on the CPU {targets['gpu_targets_on_cpu']['median_ms']} ms); agreement {targets['agreement']}"]
+    same = results.get("resume_2gpu")
+    if same and same.get("status") == "ok":
+        order, losses = same["data_order"], same["losses"]
+        lines += ["", f"Kill and resume on 2 GPUs (benchmarks/resume_check.py): {same['kill'].get('killed')} killed "
+                  f"with SIGKILL after the first checkpoint, the other stopped after "
+                  f"{same['kill'].get('others_stopped_after_s')} s (exit {same['kill'].get('exit_code')}); resumed "
+                  f"from iteration {same.get('resumed_from')}; data order identical to the uninterrupted run: "
+                  f"{order['identical']} ({order['batches_compared']} global batches); windowed losses differ by "
+                  f"{losses['max_diff_before_kill']} before the kill (same computation: the kernels' "
+                  f"nondeterminism) and {losses['max_diff_after_resume']} after the resume: within nondeterminism "
+                  f"{losses['within_nondeterminism']}"]
+    elif same:
+        lines += ["", f"Kill and resume on 2 GPUs: {same.get('status')}"]
+    across = results.get("resume_across")
+    if across and across.get("status") == "ok":
+        lines += ["", "The 2-GPU checkpoint resumed on other GPU counts:", ""]
+        for key, value in across.items():
+            if key.startswith("on_"):
+                lines.append(f"- {key[3:]} GPU(s): exit {value['exit_code']}, same global batches "
+                             f"{value['same_global_batches']}; message: `{value['message']}`")
+    elif across:
+        lines += ["", f"The 2-GPU checkpoint resumed on other GPU counts: {across.get('status')}"]
     if d["eval_agreement"]:
         agreement = d["eval_agreement"]
         lines += ["", f"Distributed evaluation ({' vs '.join(agreement['runs'])}, same weights): same metrics "
@@ -459,7 +529,7 @@ def markdown(report: dict) -> str:
                   f"by {curves['seed_spread']}: within the spread {curves['within_spread']}", "",
                   f"| iteration | 1 GPU seed 0 | 1 GPU seed 1 | {curves['gpus']} GPUs seed 0 |", "|---|---|---|---|"]
         lines += [f"| {w} | {a} | {b} | {c} |" for w, a, b, c in curves["windows"]]
-    skipped = [f"{k} ({v['status']})" for k, v in results.items() if v.get("status") not in ("ok",)]
+    skipped = [f"{k} ({v.get('status')})" for k, v in results.items() if v.get("status") != "ok"]
     if skipped:
         lines += ["", "Not measured: " + "; ".join(skipped)]
     return "\n".join(lines) + "\n"

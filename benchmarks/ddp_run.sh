@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end DDP training benchmark in one command, on a machine with N CUDA GPUs, PyTorch, Python 3.12 and no
 # network (the project's device machine). Installs the offline wheels (as gpu_run.sh: detectron2 under
-# $WHEELS/d2, fvcore, iopath, pycocotools, ...; plus shapely, which Detectron2's LSJ crop of polygon masks
-# needs, from $EXTRA_WHEELS), generates COCO-like data (benchmarks/coco_like.py), then runs
-# benchmarks/ddp.py: tools/train_net.py --num-gpus 1, 2 (and 4) for the image Mask R-CNN, the video clip
-# classifier and the clip-to-keyframe detector, the model-only step, distributed evaluation on 1 and N
-# GPUs, and the loader profile while time is left.
+# $WHEELS/d2, fvcore, iopath, pycocotools, ...; plus shapely from $EXTRA_WHEELS, which only the Detectron2
+# polygon path that benchmarks/mask_targets_speed.py times needs), generates COCO-like data
+# (benchmarks/coco_like.py), then runs benchmarks/ddp.py: tools/train_net.py --num-gpus 1, 2 (and 4) for the
+# image Mask R-CNN (GPU mask targets, and the bitmask way before them), the video clip classifier and the
+# clip-to-keyframe detector, the model-only step, the mask-target timing, the 2-GPU kill-and-resume check and
+# the 2-GPU checkpoint resumed on 1 and N GPUs (benchmarks/resume_check.py), distributed evaluation on 1 and
+# N-1 GPUs, and the loader profile while time is left.
 #
 #   bash benchmarks/ddp_run.sh N [extra benchmarks/ddp.py arguments]
 #

@@ -4,8 +4,8 @@ with an infinitely fast loader).
 
 For Mask R-CNN three inputs: ``synthetic`` is the ``maskrcnn_train_1024`` case of ``benchmarks.cases``
 (random images, 8 box-shaped instances as bitmasks: what ``tools/benchmark.py`` measures); ``real_batch`` is
-one batch from the run's own loader (COCO-like polygon masks, whose mask targets the ROI head cuts on the CPU);
-``real_batch_bitmask`` the same batch with ``INPUT.MASK_FORMAT bitmask``.
+one batch from the run's own loader (COCO-like polygon masks as padded tensors, whose mask targets the mask
+head cuts on the GPU); ``real_batch_bitmask`` the same batch with ``INPUT.MASK_FORMAT bitmask``.
 
     python -m benchmarks.model_only --model maskrcnn --data /tmp/coco_like --batch 8 --out /tmp/mo.json
 """

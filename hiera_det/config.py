@@ -34,6 +34,7 @@ IMAGE_POS_EMBEDS = ("absolute", "absolute_win")
 OPTIMIZERS = ("ADAMW", "SGD")
 AMP_PRECISIONS = ("float16", "bfloat16")
 TEST_PRECISIONS = ("float32",) + AMP_PRECISIONS
+GPU_TARGET_MASK_HEADS = ("MaskRCNNGPUTargetsHead",)  # hiera_det.detection.mask_head
 TEMPORAL_POOLS = ("mean", "max", "keyframe", "learned")
 IMAGE_ARCHITECTURES = tuple(n for n, spec in ARCHITECTURES.items() if len(spec["input_size"]) == 2)
 VIDEO_ARCHITECTURES = tuple(n for n, spec in ARCHITECTURES.items() if len(spec["input_size"]) == 3)
@@ -177,6 +178,13 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
          "each keyframe; 0 keeps all (PySlowFast's in-memory scoring)"),
         ("IGNORE_KEYFRAMES_WITHOUT_GROUNDTRUTH", False, "False: detections on keyframes without ground truth "
          "are false positives (the v2.2 evaluator with the excluded-timestamps file); True: ignored (2020+)"),
+    ]),
+    "MODEL.ROI_MASK_HEAD": _keys("MODEL.ROI_MASK_HEAD", [
+        ("GPU_TARGETS", False, "training: polygon masks leave the loader as padded tensors and the mask head "
+         "rasterises its targets inside the sampled RoIs on the GPU, instead of Detectron2 cutting them per "
+         "instance with pycocotools on the CPU in the main process (the same targets: 99.8% of masks identical, "
+         "the rest one pixel off). Polygons are then not cropped by LSJ, so training needs no shapely. Needs "
+         "`NAME: MaskRCNNGPUTargetsHead` (the Hiera configs set both); no effect on bitmasks"),
     ]),
     "DATASETS": _keys("DATASETS", [
         ("CUSTOM", [], "your own datasets, registered without code: `NAME=ANNOTATIONS.json:IMAGE_ROOT` (COCO "
@@ -371,6 +379,11 @@ def validate_hiera_config(cfg: CN) -> None:
     if is_video_config(cfg):
         _validate_video(cfg)
         validate_ava_config(cfg)
+    mask_head = cfg.MODEL.ROI_MASK_HEAD
+    if cfg.MODEL.MASK_ON and mask_head.GPU_TARGETS and mask_head.NAME not in GPU_TARGET_MASK_HEADS:
+        raise ValueError(f"MODEL.ROI_MASK_HEAD.GPU_TARGETS needs a mask head that reads polygon tensors, but NAME "
+                         f"is {mask_head.NAME!r}; set MODEL.ROI_MASK_HEAD.NAME to one of "
+                         f"{_choices(GPU_TARGET_MASK_HEADS)}, or GPU_TARGETS False")
     lsj = cfg.INPUT.LSJ
     if lsj.ENABLED and not (0 < lsj.MIN_SCALE <= lsj.MAX_SCALE and lsj.IMAGE_SIZE > 0):
         raise ValueError(f"INPUT.LSJ needs 0 < MIN_SCALE <= MAX_SCALE and IMAGE_SIZE > 0, got MIN_SCALE "

@@ -6,6 +6,8 @@
   ``build_hiera_video_backbone``, ``build_hiera_video_fpn_backbone`` (``hiera_det.detection.build``);
 * ROI heads ``HieraROIHeads`` (``hiera_det.detection.fast_inference``: Detectron2's standard heads with
   top-k batched NMS);
+* the mask head ``MaskRCNNGPUTargetsHead`` (``hiera_det.detection.mask_head``: polygon mask targets cut on
+  the GPU);
 * meta-architectures ``HieraRCNN`` (``hiera_det.detection.fast_inference``: GeneralizedRCNN pasting masks on
   the GPU), ``HieraVideoClassifier``, ``HieraClipDetector`` (``hiera_det.video.meta_arch``),
   ``HieraActionDetector`` (``hiera_det.video.action_detector``) and ``HieraMAE`` (``hiera_det.pretraining``);
@@ -20,6 +22,7 @@ from .checkpoint.path_handler import register_path_handler
 from .data.catalog import register_builtin_datasets
 from .detection import build as _backbones  # noqa: F401  (registers the backbones)
 from .detection import fast_inference as _fast_inference  # noqa: F401  (registers HieraROIHeads, HieraRCNN)
+from .detection import mask_head as _mask_head  # noqa: F401  (registers MaskRCNNGPUTargetsHead)
 from . import pretraining as _pretraining  # noqa: F401  (registers HieraMAE)
 from .video import action_detector as _action_detector  # noqa: F401  (registers HieraActionDetector)
 from .video import meta_arch as _meta_architectures  # noqa: F401  (registers the meta-architectures)

@@ -70,8 +70,14 @@ def test_photos_register_check_and_fit_the_config(photos):
     notes = fit_config_to_data(cfg, explicit_keys=set())
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(CATEGORIES)
     assert any("MODEL.ROI_HEADS.NUM_CLASSES 80 -> 7" in n for n in notes)
-    assert cfg.INPUT.MASK_FORMAT == "bitmask"  # polygons cropped by large-scale jitter
-    assert any("polygons, cropped" in n for n in notes)
+    # polygons stay polygons under large-scale jitter: the mask head cuts its targets from them on the GPU
+    assert cfg.INPUT.MASK_FORMAT == "polygon" and cfg.MODEL.ROI_MASK_HEAD.GPU_TARGETS
+    assert not any("polygons, cropped" in n for n in notes)
+    # Detectron2's CPU targets would need the polygons cropped (shapely): bitmasks instead
+    cfg = _cfg(_photo_specs(photos), ["mine_train"], opts=["MODEL.ROI_MASK_HEAD.GPU_TARGETS", "False",
+                                                           "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"])
+    notes = fit_config_to_data(cfg, explicit_keys=set())
+    assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("polygons, cropped" in n for n in notes)
 
 
 def test_user_class_count_that_disagrees_names_both(photos):

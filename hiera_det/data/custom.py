@@ -264,9 +264,12 @@ def fit_config_to_data(cfg, explicit_keys: set[str]) -> list[str]:
     formats = {mask_format_of(j) for j in jsons} - {None}
     if formats and cfg.MODEL.MASK_ON:
         # RLE masks need bitmasks; so do polygons under cropping augmentations (cropping a polygon needs
-        # shapely, which Detectron2 does not install, and large-scale jitter crops every image)
+        # shapely, which Detectron2 does not install, and large-scale jitter crops every image), unless the
+        # mask head cuts its targets on the GPU (the loader then does not crop polygons)
         cropping = cfg.INPUT.LSJ.ENABLED or cfg.INPUT.CROP.ENABLED
-        reason = "RLE" if "bitmask" in formats else "polygons, cropped by the augmentations" if cropping else None
+        uncropped = cfg.MODEL.ROI_MASK_HEAD.GPU_TARGETS
+        reason = "RLE" if "bitmask" in formats else \
+            "polygons, cropped by the augmentations" if cropping and not uncropped else None
         wanted = "bitmask" if reason else "polygon"
         if cfg.INPUT.MASK_FORMAT != wanted and reason:
             if "INPUT.MASK_FORMAT" in explicit_keys:
