@@ -184,7 +184,8 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
          "rasterises its targets inside the sampled RoIs on the GPU, instead of Detectron2 cutting them per "
          "instance with pycocotools on the CPU in the main process (the same targets: 99.8% of masks identical, "
          "the rest one pixel off). Polygons are then not cropped by LSJ, so training needs no shapely. Needs "
-         "`NAME: MaskRCNNGPUTargetsHead` (the Hiera configs set both); no effect on bitmasks"),
+         "`NAME: MaskRCNNGPUTargetsHead` (the Hiera configs set both); no effect on bitmasks or with `MODEL.DEVICE cpu` "
+         "(Detectron2's per-instance cut is faster on the CPU)"),
     ]),
     "DATASETS": _keys("DATASETS", [
         ("CUSTOM", [], "your own datasets, registered without code: `NAME=ANNOTATIONS.json:IMAGE_ROOT` (COCO "
@@ -371,6 +372,18 @@ def validate_ava_config(cfg: CN) -> None:
     if a.FRAME_RATE <= 0 or not 0.0 <= a.TRAIN_BOX_JITTER < 0.5 or not 0.0 <= a.MIN_BOX_AREA_KEPT <= 1.0:
         raise ValueError(f"INPUT.AVA needs FRAME_RATE > 0, 0 <= TRAIN_BOX_JITTER < 0.5 and 0 <= MIN_BOX_AREA_KEPT "
                          f"<= 1; got {a.FRAME_RATE}, {a.TRAIN_BOX_JITTER}, {a.MIN_BOX_AREA_KEPT}")
+
+
+def uses_gpu_mask_targets(cfg) -> bool:
+    """Whether training hands polygon masks over as tensors for the mask head to cut on the GPU: asked for
+    (``MODEL.ROI_MASK_HEAD.GPU_TARGETS``) and training on CUDA. On the CPU the vectorised cut is about 30x
+    slower than Detectron2's per-instance one (benchmarks/results/mask_targets_cpu2.json), so it is not used."""
+    import torch
+
+    # a machine without CUDA trains on the CPU whatever MODEL.DEVICE says (tools/train_net.py), and the loader
+    # and the dataset checks must agree with the model on it
+    on_cuda = str(cfg.MODEL.DEVICE).startswith("cuda") and torch.cuda.is_available()
+    return bool(cfg.MODEL.MASK_ON and cfg.MODEL.ROI_MASK_HEAD.GPU_TARGETS and on_cuda)
 
 
 def validate_hiera_config(cfg: CN) -> None:

@@ -61,7 +61,10 @@ def test_spec_forms(tmp_path):
             DatasetSpec.parse(bad)
 
 
-def test_photos_register_check_and_fit_the_config(photos):
+def test_photos_register_check_and_fit_the_config(photos, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine (nothing runs on it here)
     cfg = _cfg(_photo_specs(photos), ["mine_train"], ["mine_val"])
     prepare_datasets(cfg, ["mine_train", "mine_val"])
     check_datasets(cfg)
@@ -76,6 +79,11 @@ def test_photos_register_check_and_fit_the_config(photos):
     # Detectron2's CPU targets would need the polygons cropped (shapely): bitmasks instead
     cfg = _cfg(_photo_specs(photos), ["mine_train"], opts=["MODEL.ROI_MASK_HEAD.GPU_TARGETS", "False",
                                                            "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"])
+    notes = fit_config_to_data(cfg, explicit_keys=set())
+    assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("polygons, cropped" in n for n in notes)
+    # so do they on the CPU, where Detectron2's targets are the faster ones
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _cfg(_photo_specs(photos), ["mine_train"])
     notes = fit_config_to_data(cfg, explicit_keys=set())
     assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("polygons, cropped" in n for n in notes)
 

@@ -171,7 +171,10 @@ def test_training_step_uses_polygon_tensors_from_the_loader(tmp_path):
     losses = {}
     for gpu_targets in (True, False):
         cfg = configured(gpu_targets)
-        mapped = build_detection_train_mapper(cfg)(record)
+        mapper = build_detection_train_mapper(cfg)
+        assert not mapper.polygon_tensors  # on the CPU the targets are Detectron2's (faster there) ...
+        mapper.polygon_tensors = gpu_targets  # ... but the GPU path runs on the CPU too, so compare it here
+        mapped = mapper(record)
         fields = mapped["instances"].get_fields()
         if gpu_targets:
             assert "gt_masks" not in fields and fields["gt_polygons"].shape == (2, 7, 5)
@@ -253,7 +256,7 @@ def test_lsj_mapper_gives_detectron2s_instances_without_cropping_polygons(tmp_pa
     merge_config(cfg, "hiera_fpn.yaml", ["MODEL.DEVICE", "cpu", "INPUT.LSJ.IMAGE_SIZE", "128",
                                          "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
     ours, theirs = build_detection_train_mapper(cfg), build_detection_train_mapper(cfg)
-    theirs.polygon_tensors = False
+    ours.polygon_tensors, theirs.polygon_tensors = True, False  # MODEL.DEVICE cuda would choose the first
     compared = 0
     for seed in range(6):
         for mapper in (ours, theirs):

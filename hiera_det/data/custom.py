@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from detectron2.data import MetadataCatalog
 
+from ..config import uses_gpu_mask_targets
 from . import catalog
 from .datasets.kinetics import EVALUATOR_TYPE as VIDEO_CLASSIFICATION
 from .unlabeled import check_unlabeled, register_unlabeled
@@ -267,7 +268,7 @@ def fit_config_to_data(cfg, explicit_keys: set[str]) -> list[str]:
         # shapely, which Detectron2 does not install, and large-scale jitter crops every image), unless the
         # mask head cuts its targets on the GPU (the loader then does not crop polygons)
         cropping = cfg.INPUT.LSJ.ENABLED or cfg.INPUT.CROP.ENABLED
-        uncropped = cfg.MODEL.ROI_MASK_HEAD.GPU_TARGETS
+        uncropped = uses_gpu_mask_targets(cfg)
         reason = "RLE" if "bitmask" in formats else \
             "polygons, cropped by the augmentations" if cropping and not uncropped else None
         wanted = "bitmask" if reason else "polygon"

@@ -14,6 +14,7 @@ from detectron2.data import detection_utils as d2_utils
 from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_utils
 
+from ..config import uses_gpu_mask_targets
 from ..detection.mask_head import POLYGON_FIELD
 from ..detection.mask_targets import clipped_bounds, pack_polygons
 
@@ -140,5 +141,5 @@ def build_detection_train_mapper(cfg) -> CheckedDatasetMapper:
         mapper = CheckedDatasetMapper(
             cfg, is_train=True, augmentations=build_lsj_augmentations(cfg), recompute_boxes=cfg.MODEL.MASK_ON
         )
-    mapper.polygon_tensors = cfg.MODEL.MASK_ON and cfg.MODEL.ROI_MASK_HEAD.GPU_TARGETS
+    mapper.polygon_tensors = uses_gpu_mask_targets(cfg)
     return mapper
