@@ -85,7 +85,7 @@ def _render_clip(key: tuple[int, int, int]):
     return frames
 
 
-def prepare(data_dir: Path, tiny: bool, workers: int) -> dict:
+def prepare(data_dir: Path, tiny: bool, workers: int, images: bool = True) -> dict:
     """Render the in-memory data once (uint8 .npy files) and generate the hiera_shapes files."""
     from multiprocessing import Pool
 
@@ -99,11 +99,12 @@ def prepare(data_dir: Path, tiny: bool, workers: int) -> dict:
     start = time.perf_counter()
     data_dir.mkdir(parents=True, exist_ok=True)
     cfg = merge_config(get_hiera_cfg(), resolve_config_file(DETECTOR), [])
-    prepare_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    if images:
+        prepare_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     # the labeled clips are the bundled moving_shapes_cls videos, rendered again from the generator's seeds
     # (train stream 0, val stream 1) without the mp4 round trip
     todo = {
-        "unlabeled_images": (_render_image, range(SIZES["unlabeled_images"][k])),
+        "unlabeled_images": (_render_image, range(SIZES["unlabeled_images"][k] if images else 0)),
         "unlabeled_clips": (_render_clip, [(UNLABELED_SEED, 2, i) for i in range(SIZES["unlabeled_clips"][k])]),
         "train_clips": (_render_clip, [(0, 0, i) for i in range(SIZES["train_clips"][k])]),
         "val_clips": (_render_clip, [(0, 1, i) for i in range(SIZES["val_clips"][k])]),
@@ -111,12 +112,12 @@ def prepare(data_dir: Path, tiny: bool, workers: int) -> dict:
     with Pool(workers) as pool:
         for name, (render, keys) in todo.items():
             path = data_dir / f"{name}.npy"
-            if not path.is_file():
+            if keys and not path.is_file():
                 np.save(path, np.stack(pool.map(render, keys, chunksize=16)))
     for split in ("train", "val"):
         count = SIZES[f"{split}_clips"][k]
         np.save(data_dir / f"{split}_labels.npy", np.arange(count) % 6)
-    if tiny:  # three held-out images: a CPU evaluation of the untrained detector takes seconds per image
+    if tiny and images:  # three held-out images: a CPU evaluation of the untrained detector takes seconds per image
         from detectron2.data import MetadataCatalog
 
         meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
@@ -355,9 +356,12 @@ def run_video(job: dict) -> dict:
         batch = [{"clip": c, "label": train_labels[i]} for c, i in zip(clips, index.tolist())]
         return model(batch)["loss_cls"]
 
-    result = _train(cfg, model, step, job["iters"] or cfg.SOLVER.MAX_ITER, job["name"])
     val = ClipBatches(torch.from_numpy(np.load(data / "val_clips.npy")).to(device), v.NUM_FRAMES, v.SAMPLING_RATE)
     val_labels = torch.from_numpy(np.load(data / "val_labels.npy")).to(device)
+    probe_clips = val.take(torch.arange(min(60, len(val_labels)), device=device), train=False)
+    init_similarity = pooled_feature_similarity(model, probe_clips)
+    result = _train(cfg, model, step, job["iters"] or cfg.SOLVER.MAX_ITER, job["name"])
+    result["pooled_feature_cosine"] = {"init": init_similarity, "final": pooled_feature_similarity(model, probe_clips)}
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -366,6 +370,24 @@ def run_video(job: dict) -> dict:
             predicted = torch.stack([s["scores"] for s in scores]).argmax(1)
             correct += int((predicted == val_labels[chunk]).sum())
     return {**result, "top1": round(100.0 * correct / len(val_labels), 2), "val_clips": len(val_labels)}
+
+
+def pooled_feature_similarity(model, clips) -> float:
+    """Mean cosine similarity between the classifier inputs (final norm of the pooled last stage) of
+    different clips: near 1 when the features barely tell clips apart (the collapse that keeps the loss at
+    ln(classes))."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        x = (clips - model.pixel_mean) / model.pixel_std
+        pooled = model.trunk(x)["stage4"].flatten(2).mean(-1)
+        z = torch.nn.functional.normalize(model.trunk.norm(pooled).float(), dim=1)
+        n = len(z)
+        similarity = ((z @ z.T).sum() - n) / (n * (n - 1))
+    model.train(was_training)
+    return round(float(similarity), 4)
 
 
 def run_detection(job: dict) -> dict:
@@ -458,27 +480,41 @@ def plan_jobs(args, work: Path) -> list[dict]:
         "video_mae_r75": dict(task="video", config=VIDEO_MAE, opts=video_opts + ["MODEL.MAE.MASK_RATIO", 0.75],
                               data=str(data / "unlabeled_clips.npy"), batch=SIZES["video_batch"][k]),
     }
+    arms = {  # arm -> {task: (checkpoint or "", the pre-training job it needs, fine-tune overrides)}
+        "scratch": {"image": ("", None, []), "video": ("", None, [])},
+        "mae": {"image": ("image_mae.pth", "image_mae", []), "video": ("video_mae.pth", "video_mae", [])},
+        "mae_half_time": {"image": ("image_mae_short.pth", "image_mae_short", []),
+                          "video": ("video_mae_short.pth", "video_mae_short", [])},
+        "mae_600_images": {"image": ("image_mae_600.pth", "image_mae_600", [])},
+        "mae_ratio_0.75": {"video": ("video_mae_r75.pth", "video_mae_r75", [])},
+    }
+    if args.diagnose_video:
+        # Is it the features or the fine-tuning? The recipe's lr (1e-4, set for random init) against 10x, and
+        # a linear probe (trunk frozen: only the final norm and the head train) of both initialisations.
+        pretrains = {"video_mae": pretrains["video_mae"]}
+        high_lr = ["SOLVER.BASE_LR", 1e-3]
+        probe = ["MODEL.HIERA.FREEZE_AT", 5, "SOLVER.BASE_LR", 1e-3]
+        arms = {
+            "scratch": {"video": ("", None, [])},
+            "mae": {"video": ("video_mae.pth", "video_mae", [])},
+            "scratch_lr_1e-3": {"video": ("", None, high_lr)},
+            "mae_lr_1e-3": {"video": ("video_mae.pth", "video_mae", high_lr)},
+            "scratch_linear_probe": {"video": ("", None, probe)},
+            "mae_linear_probe": {"video": ("video_mae.pth", "video_mae", probe)},
+        }
     jobs = []
     for name, spec in pretrains.items():
         jobs.append(dict(name=f"pretrain_{name}", kind="pretrain", deps=[], **{**common, **spec},
                          checkpoint=str(work / f"{name}.pth")))
-    arms = {  # arm -> (task, checkpoint or "", the pre-training job it needs)
-        "scratch": {"image": ("", None), "video": ("", None)},
-        "mae": {"image": ("image_mae.pth", "image_mae"), "video": ("video_mae.pth", "video_mae")},
-        "mae_half_time": {"image": ("image_mae_short.pth", "image_mae_short"),
-                          "video": ("video_mae_short.pth", "video_mae_short")},
-        "mae_600_images": {"image": ("image_mae_600.pth", "image_mae_600")},
-        "mae_ratio_0.75": {"video": ("video_mae_r75.pth", "video_mae_r75")},
-    }
     for arm, tasks in arms.items():
         for seed in args.seeds:
-            for task, (checkpoint, pretrain) in tasks.items():
+            for task, (checkpoint, pretrain, arm_opts) in tasks.items():
                 name = f"{'detection' if task == 'image' else 'video'}_{arm}_seed{seed}"
                 job = dict(name=name, arm=arm, seed=seed, threads=args.threads,
                            weights=str(work / checkpoint) if checkpoint else "",
                            deps=[f"pretrain_{pretrain}"] if pretrain else [])
                 if task == "image":
-                    opts = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", args.loader_workers]
+                    opts = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", args.loader_workers] + arm_opts
                     if args.tiny:
                         images = (data / "val_tiny_images").read_text()
                         opts += ["DATASETS.CUSTOM", f"['shapes_val_tiny={data / 'val_tiny.json'}:{images}']",
@@ -486,7 +522,7 @@ def plan_jobs(args, work: Path) -> list[dict]:
                     job.update(kind="detection", iters=args.detection_iters, opts=opts,
                                output_dir=str(work / "runs" / name))
                 else:
-                    opts = ["MODEL.DEVICE", device] + (["SOLVER.IMS_PER_BATCH", 4] if args.tiny else [])
+                    opts = ["MODEL.DEVICE", device] + (["SOLVER.IMS_PER_BATCH", 4] if args.tiny else []) + arm_opts
                     job.update(kind="video", iters=args.video_iters, opts=opts, data_dir=str(data))
                 jobs.append(job)
     return jobs
@@ -639,6 +675,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-lr", type=float, default=1.5e-3)
     parser.add_argument("--detection-iters", type=int, default=None, help="default: the recipe's SOLVER.MAX_ITER")
     parser.add_argument("--video-iters", type=int, default=None, help="default: the recipe's SOLVER.MAX_ITER")
+    parser.add_argument("--diagnose-video", action="store_true",
+                        help="video only: MAE vs random init at the recipe's lr, at 10x, and as linear probes")
     parser.add_argument("--deadline", type=float, default=420.0, help="seconds after start: stop what still runs")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -653,7 +691,8 @@ def main(argv=None) -> int:
         args.pretrain_seconds = min(args.pretrain_seconds, 1.0)
     import torch
 
-    prepared = prepare(work / "data", args.tiny, workers=max(1, min(12, (os.cpu_count() or 2) - 1)))
+    prepared = prepare(work / "data", args.tiny, workers=max(1, min(12, (os.cpu_count() or 2) - 1)),
+                       images=not args.diagnose_video)
     print(f"data ready: {prepared}", flush=True)
     if args.prepare_only:
         return 0

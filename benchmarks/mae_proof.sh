@@ -6,6 +6,7 @@
 # mae_proof.{json,md}, mae_proof_logs.tar.gz and nvidia-smi.txt under $OUT (default benchmarks/results).
 #
 #   WHEELS=../../.whl OUT=/tmp/out BUDGET=480 bash benchmarks/mae_proof.sh [extra mae_proof.py arguments]
+#   SPEED=0 BUDGET=180 bash benchmarks/mae_proof.sh --diagnose-video --pretrain-seconds 50   # the video follow-up
 #
 # BUDGET (seconds) bounds the whole script: mae_proof.py stops what still runs 25 s before it.
 set -uo pipefail
@@ -24,15 +25,19 @@ export PYTHONUNBUFFERED=1
 export DETECTRON2_DATASETS=${DETECTRON2_DATASETS:-$work/datasets}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/nvidia-smi.txt" 2>&1
 
-"$python" benchmarks/mae_speed.py --out "$out/mae_speed.json" >"$work/mae_speed.log" 2>&1 &
-speed=$!
-"$python" benchmarks/mae_proof.py --prepare-only --out "$out" --work "$work"
-wait "$speed"
-echo "mae_speed.py exited with $? after ${SECONDS} s"; tail -n 30 "$work/mae_speed.log"
+if [ "${SPEED:-1}" = 1 ]; then  # SPEED=0 skips the speed comparison
+  "$python" benchmarks/mae_speed.py --out "$out/mae_speed.json" >"$work/mae_speed.log" 2>&1 &
+  speed=$!
+fi
+"$python" benchmarks/mae_proof.py --prepare-only --out "$out" --work "$work" "$@"
+if [ "${SPEED:-1}" = 1 ]; then
+  wait "$speed"
+  echo "mae_speed.py exited with $? after ${SECONDS} s"; tail -n 30 "$work/mae_speed.log"
+fi
 "$python" benchmarks/mae_proof.py --out "$out" --work "$work" --deadline $((budget - SECONDS - 25)) "$@" \
   2>&1 | tee "$work/mae_proof.log"
 status=${PIPESTATUS[0]}
-tar -czf "$out/mae_proof_logs.tar.gz" -C "$work" logs mae_proof.log mae_speed.log \
+tar -czf "$out/mae_proof_logs.tar.gz" -C "$work" logs mae_proof.log $(cd "$work" && ls mae_speed.log 2>/dev/null) \
   $(cd "$work" && ls runs/*/log.txt 2>/dev/null) 2>/dev/null
 echo "total ${SECONDS} s"
 exit "$status"
