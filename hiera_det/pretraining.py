@@ -21,7 +21,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 
-from .config import trunk_input_size, validate_hiera_config
+from .detection.trunk import trunk_overrides
 from .modeling.mae import MAEOutput, MaskedAutoencoderHiera, build_mae
 
 logger = logging.getLogger(__name__)
@@ -29,16 +29,10 @@ logger = logging.getLogger(__name__)
 
 def build_mae_from_cfg(cfg) -> MaskedAutoencoderHiera:
     """The MAE model of ``MODEL.HIERA`` + ``MODEL.MAE``, with ``MODEL.HIERA.WEIGHTS`` loaded."""
-    validate_hiera_config(cfg)
     h, m = cfg.MODEL.HIERA, cfg.MODEL.MAE
     model = build_mae(
         h.NAME,
-        input_size=trunk_input_size(cfg),
-        stages=tuple(h.STAGES) or None,
-        embed_dim=h.EMBED_DIM or None,
-        num_heads=h.NUM_HEADS or None,
-        drop_path_rate=h.DROP_PATH_RATE,
-        activation_checkpointing=h.ACTIVATION_CHECKPOINTING,
+        **trunk_overrides(cfg),
         mask_ratio=m.MASK_RATIO,
         norm_pix_loss=m.NORM_PIX_LOSS,
         decoder_embed_dim=m.DECODER_EMBED_DIM,

@@ -91,9 +91,65 @@ def test_bad_mask_ratio_and_mask():
         model(torch.randn(1, 3, 64, 64), visible=torch.ones(1, 3, dtype=torch.bool))
 
 
-def test_windowed_layout_is_refused():
-    with pytest.raises(ValueError, match="mask-unit layout"):
-        MaskedAutoencoderHiera(**TINY, input_size=(64, 64), attention="window", window_spec=(8, 4, 4, 2))
+WINDOW = dict(attention="window", window_spec=(8, 4, 4, 2), global_blocks=(4,))
+
+
+def test_windowed_masking_invariants():
+    """Dense masking of the windowed layout: every token enters the encoder, hidden units as the mask token."""
+    model = tiny_mae(False, input_size=(96, 64), **WINDOW)
+    assert model.windowed and model.mask_ratio == 0.6 and model.num_units == 6
+    visible = model.random_mask(3, generator=torch.Generator().manual_seed(0))
+    keep = int(model.num_units * (1 - model.mask_ratio))
+    assert (visible.sum(1) == keep).all()
+
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(3, 3, *model.input_size)
+    model.eval()
+    with torch.no_grad():
+        out = model(x, visible=visible)
+    tokens = seen[0]
+    assert tokens.shape[:3] == (3, 24, 16)  # the whole grid, hidden units included
+    # hidden tokens are the mask token plus the position embedding, wherever the unit is
+    hidden = ~model.token_mask(visible, model.unit_size)
+    expected = model.encoder_mask_token.view(-1) + model.pos_embed_for((24, 16)).movedim(1, -1)[0]
+    torch.testing.assert_close(tokens[hidden], expected.expand(3, -1, -1, -1)[hidden])
+
+    # units are whole: the hidden pixels (the patch kernel's overlap included) change nothing
+    pixel_visible = model.token_mask(visible, [u * p for u, p in zip(model.unit_size, model.patch_stride)])
+    changed = x + (~pixel_visible).unsqueeze(1).float() * 5.0
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_encoder(x, visible), model.forward_encoder(changed, visible))
+
+    # the loss covers the hidden units' tokens only
+    final_hidden = ~out.token_visible
+    assert final_hidden.sum(1).tolist() == [(model.num_units - keep) * math.prod(model.final_unit_size)] * 3
+    squared = (out.pred - out.target).pow(2).mean(-1)
+    torch.testing.assert_close(out.loss, squared[final_hidden].mean())
+    pred = out.pred.detach().requires_grad_(True)
+    loss = (pred[final_hidden] - out.target[final_hidden]).pow(2).mean()
+    loss.backward()
+    assert pred.grad[out.token_visible].abs().max() == 0 and pred.grad[final_hidden].abs().max() > 0
+
+
+def test_windowed_mae_trains_and_needs_whole_units():
+    torch.manual_seed(0)
+    model = tiny_mae(False, **WINDOW)
+    # stripes: the hidden units are predictable from where they are
+    x = torch.sin(torch.arange(64.0) / 3).view(1, 1, 1, 64).expand(2, 3, 64, 64)
+    visible = model.random_mask(2, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        loss = model(x, visible).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert model.encoder_mask_token.grad is not None and model.encoder_mask_token.grad.abs().sum() > 0
+    assert losses[-1] < 0.8 * losses[0], losses
+    with pytest.raises(ValueError, match="multiple of it"):
+        tiny_mae(False, input_size=(48, 64), **WINDOW)
 
 
 def test_unpatchify_inverts_targets():
@@ -125,24 +181,28 @@ def test_official_mae_checkpoint_loads_with_decoder_and_trains(tmp_path):
     assert ours(x, visible).loss.item() < first.item()
 
 
-@pytest.mark.parametrize("target", ["image", "image_window", "video"])
+@pytest.mark.parametrize("target", ["image", "image_window", "window_mae_window", "video"])
 def test_our_mae_checkpoint_loads_into_trunks_dropping_the_decoder(target):
     from hiera_det.checkpoint import load_checkpoint
     from hiera_det.modeling import Hiera
 
     video = target == "video"
-    mae = tiny_mae(video)
+    mae = tiny_mae(video, **(WINDOW if target == "window_mae_window" else {}))
     written = {"model": {f"mae.{k}": v for k, v in mae.state_dict().items()}, "iteration": 10}
     trunk_args = dict(embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), num_classes=0)
     if video:
         geometry = {**VIDEO, "input_size": (8, 64, 64)}
         trunk = Hiera(**trunk_args, **geometry, pos_embed="separate")
-    elif target == "image_window":
-        trunk = Hiera(**trunk_args, input_size=(64, 64), attention="window", window_spec=(8, 4, 4, 2))
+    elif target in ("image_window", "window_mae_window"):
+        # a detector trunk: other input size, three q-pools
+        trunk = Hiera(**trunk_args, input_size=(128, 96), **WINDOW)
     else:
         trunk = Hiera(**trunk_args, input_size=(64, 64))
     report = load_checkpoint(trunk, written, strict=True)
     dropped = report.dropped["MAE decoder, mask token, fusion heads and encoder_norm"]
     assert "decoder_pred.weight" in dropped and "mask_token" in dropped and "encoder_norm.weight" in dropped
+    assert ("encoder_mask_token" in dropped) == (target == "window_mae_window")
     assert "MAE decoder" in str(report)
     torch.testing.assert_close(trunk.blocks[1].attn.qkv.weight, mae.blocks[1].attn.qkv.weight)
+    if target == "window_mae_window":
+        torch.testing.assert_close(trunk.pos_embed_window, mae.pos_embed_window)

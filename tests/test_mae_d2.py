@@ -106,3 +106,20 @@ def test_mae_weights_go_into_detector_and_video_classifier(tmp_path):
     report = load_checkpoint(classifier, str(path))
     assert "mask_token" in report.dropped[MAE_REASON] and not report.unexpected_keys
     torch.testing.assert_close(classifier.trunk.pos_embed_temporal, video_mae.mae.pos_embed_temporal)
+
+
+def test_windowed_mae_weights_go_into_windowed_detector(tmp_path):
+    window = ["MODEL.HIERA.ATTENTION", "window", "MODEL.HIERA.POS_EMBED", "absolute_win",
+              "MODEL.HIERA.WINDOW_SPEC", "[8, 4, 4, 2]", "MODEL.HIERA.GLOBAL_BLOCKS", "[3]"]
+    tiny = ["MODEL.HIERA.STAGES", "[1, 1, 1, 1]", "MODEL.HIERA.EMBED_DIM", "32", "MODEL.HIERA.NUM_HEADS", "1"]
+    mae = build_model(_cfg("mae/shapes_tiny_window_mae.yaml"))
+    assert mae.mae.windowed
+    path = tmp_path / "window_mae.pth"
+    torch.save({"model": mae.state_dict(), "iteration": 5}, path)
+    detector = build_model(_cfg("shapes/hiera_tiny_shapes.yaml", *tiny, *window, "MODEL.DEVICE", "cpu"))
+    report = load_checkpoint(detector.backbone.bottom_up, str(path), strict=True)
+    dropped = report.dropped[MAE_REASON]
+    assert "encoder_mask_token" in dropped and "decoder_pred.weight" in dropped and "MAE decoder" in str(report)
+    trunk = detector.backbone.bottom_up.trunk
+    torch.testing.assert_close(trunk.pos_embed_window, mae.mae.pos_embed_window)
+    torch.testing.assert_close(trunk.blocks[3].attn.qkv.weight, mae.mae.blocks[3].attn.qkv.weight)

@@ -36,7 +36,7 @@ FORMAT_HELP = (
 # Prefixes under which a Detectron2 model (ours or another's) keeps the Hiera trunk, most specific first.
 TRUNK_PREFIXES = ("backbone.bottom_up.trunk.", "backbone.trunk.", "trunk.", "mae.")
 SAM2_TRUNK_PREFIX = "image_encoder.trunk."
-_MAE_PARTS = ("decoder_", "mask_token", "encoder_norm.", "multi_scale_fusion_heads.")
+_MAE_PARTS = ("decoder_", "mask_token", "encoder_mask_token", "encoder_norm.", "multi_scale_fusion_heads.")
 MAE_DROP_REASON = "MAE decoder, mask token, fusion heads and encoder_norm"
 _HF_PRETRAINING_PARTS = ("encoder_norm.", "multiscale_fusion.", "decoder.")
 

@@ -12,14 +12,13 @@ from ..modeling import Hiera, build_hiera
 logger = logging.getLogger(__name__)
 
 
-def build_trunk(cfg, num_classes: int = 0, in_chans: int = 3) -> Hiera:
-    """The Hiera of ``cfg.MODEL.HIERA`` (a video trunk when ``NAME`` is ``*_16x224``), with
-    ``MODEL.HIERA.WEIGHTS`` loaded. ``num_classes`` > 0 keeps the classifier head (video classifier)."""
+def trunk_overrides(cfg, **extra) -> dict:
+    """``build_hiera`` arguments of ``cfg.MODEL.HIERA`` (the trunk's size, depth, width and, for images, its
+    attention layout), plus ``extra``; unset keys are left out rather than passed as None, so that the
+    architecture (and its window presets) fills them."""
     validate_hiera_config(cfg)
     h = cfg.MODEL.HIERA
     overrides = dict(
-        num_classes=num_classes,
-        in_chans=in_chans,
         input_size=trunk_input_size(cfg),
         drop_path_rate=h.DROP_PATH_RATE,
         stages=tuple(h.STAGES) or None,
@@ -27,18 +26,25 @@ def build_trunk(cfg, num_classes: int = 0, in_chans: int = 3) -> Hiera:
         num_heads=h.NUM_HEADS or None,
         activation_checkpointing=h.ACTIVATION_CHECKPOINTING,
     )
-    if is_video_config(cfg):
-        overrides["head_dropout"] = cfg.MODEL.HIERA_VIDEO.HEAD_DROPOUT
-    else:
+    if not is_video_config(cfg):
         overrides.update(
             attention=h.ATTENTION,
             pos_embed=h.POS_EMBED or None,
             window_spec=tuple(h.WINDOW_SPEC) or None,
             global_blocks=tuple(h.GLOBAL_BLOCKS) or None,
         )
-    # unset keys are left out rather than passed as None, so that the architecture (and its window presets)
-    # fills them
-    trunk = build_hiera(h.NAME, **{k: v for k, v in overrides.items() if v is not None})
+    overrides.update(extra)
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def build_trunk(cfg, num_classes: int = 0, in_chans: int = 3) -> Hiera:
+    """The Hiera of ``cfg.MODEL.HIERA`` (a video trunk when ``NAME`` is ``*_16x224``), with
+    ``MODEL.HIERA.WEIGHTS`` loaded. ``num_classes`` > 0 keeps the classifier head (video classifier)."""
+    h = cfg.MODEL.HIERA
+    extra = dict(num_classes=num_classes, in_chans=in_chans)
+    if is_video_config(cfg):
+        extra["head_dropout"] = cfg.MODEL.HIERA_VIDEO.HEAD_DROPOUT
+    trunk = build_hiera(h.NAME, **trunk_overrides(cfg, **extra))
     if h.WEIGHTS:
         from ..checkpoint import load_checkpoint
 

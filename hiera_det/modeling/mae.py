@@ -6,9 +6,9 @@ writes load into every hiera_det backbone through ``load_checkpoint`` (which dro
 
 * masking: whole mask units are hidden, ``mask_ratio`` of them per sample (0.6 for images and 0.9 for video
   in the paper). The pixels under hidden units are zeroed before the patch convolution, whose kernel overlaps
-  unit borders, and after it the hidden units are *dropped* from the unrolled ``[B, units, L, C]`` tokens:
-  the blocks run on the visible units only (mask-unit attention never crosses a unit, global attention runs
-  over the visible tokens);
+  unit borders. In the mask-unit layout the hidden units are then *dropped* from the unrolled
+  ``[B, units, L, C]`` tokens: the blocks run on the visible units only (mask-unit attention never crosses a
+  unit, global attention runs over the visible tokens);
 * multi-scale fusion: each stage output before the last q-pool is strided down to the final unit size by a
   convolution and summed with the last stage, then normalised (``encoder_norm``);
 * decoder: a linear embedding, a learned mask token in every hidden unit, a position embedding, plain global
@@ -16,8 +16,11 @@ writes load into every hiera_det backbone through ``load_checkpoint`` (which dro
   token (video: of the first frame of each temporal patch, as the official model does);
 * loss: mean squared error on the hidden tokens only, against per-patch normalised pixels by default.
 
-Only the mask-unit (unrolled) layout is supported: the windowed HieraDet layout has no mask units to drop
-(``docs/mae.md`` says how it would differ).
+The windowed HieraDet layout (``attention="window"``, images) cannot drop tokens: its windows are cut from
+the complete grid. It masks densely instead (as SimMIM and ConvNeXt V2 do), at the same mask-unit
+granularity: every token of a hidden unit is replaced by a learned ``encoder_mask_token`` before the
+position embedding, and the encoder runs on the whole grid. Fusion, decoder and loss are the same
+(``docs/mae.md``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .hiera import Hiera, HieraBlock
 from .specs import hiera_kwargs
-from .token_layout import GLOBAL
+from .token_layout import GLOBAL, UnrolledLayout
 
 DEFAULT_MASK_RATIO = {2: 0.6, 3: 0.9}  # images, video (Ryali et al. 2023, section 4)
 
@@ -75,18 +78,24 @@ class MaskedAutoencoderHiera(Hiera):
         q_pool: int = 2,
         **hiera_args,
     ):
-        if hiera_args.get("attention", "mask_unit") != "mask_unit":
-            raise ValueError(
-                "MAE pre-training needs the mask-unit layout (attention='mask_unit'): the windowed HieraDet "
-                "layout has no mask units to drop; pre-train with mask units, then load the weights into a "
-                "windowed model (load_checkpoint converts the position embedding)"
-            )
         hiera_args["num_classes"] = 0
         super().__init__(q_pool=q_pool, **hiera_args)
         del self.norm  # MAE normalises the fused features instead (encoder_norm)
         self.mask_ratio = check_mask_ratio(DEFAULT_MASK_RATIO[self.ndim] if mask_ratio is None else mask_ratio)
         self.norm_pix_loss = norm_pix_loss
-        self.unit_size = self.layout.unit_size()
+        self.windowed = self.attention == "window"
+        # the mask unit of the paper: what the three q-pools of a four-stage trunk shrink to one token
+        self.unit_size = tuple(s ** (len(self.stage_ends) - 1) for s in self.q_stride)
+        if self.windowed:
+            # dense masking: the whole grid enters the encoder, hidden tokens replaced by this learned token
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, self.blocks[0].dim))
+            self.size_multiple = tuple(u * p for u, p in zip(self.unit_size, self.patch_stride))
+            bad = [s for s, m in zip(self.input_size, self.size_multiple) if s % m]
+            if bad:
+                raise ValueError(
+                    f"windowed MAE masks units of {self.size_multiple} px, so input_size {self.input_size} must "
+                    f"be a multiple of it; use e.g. {tuple(max(m, s // m * m) for s, m in zip(self.input_size, self.size_multiple))}"
+                )
         self.unit_grid = tuple(t // u for t, u in zip(self.token_grid, self.unit_size))
         self.num_units = math.prod(self.unit_grid)
         pool = [s**q_pool for s in self.q_stride]
@@ -115,6 +124,8 @@ class MaskedAutoencoderHiera(Hiera):
             HieraBlock(decoder_embed_dim, decoder_embed_dim, decoder_num_heads, GLOBAL, False, mlp_ratio, 0.0, norm_eps)
             for _ in range(decoder_depth)
         )
+        # the decoder's blocks see one sequence of every token: global attention in either trunk layout
+        self.decoder_layout = UnrolledLayout(self.q_stride, len(self.stage_ends) - 1)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=norm_eps)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.pred_stride ** min(2, self.ndim) * self.in_chans)
         self._init_mae_weights()
@@ -122,6 +133,8 @@ class MaskedAutoencoderHiera(Hiera):
     def _init_mae_weights(self):
         # The official MAE initialisation: xavier linears (and the patch embedding seen as a linear).
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if self.windowed:
+            nn.init.trunc_normal_(self.encoder_mask_token, std=0.02)
         nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -170,7 +183,8 @@ class MaskedAutoencoderHiera(Hiera):
 
     # --------------------------------------------------------------------------------------------- encoder
     def forward_encoder(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Fused, normalised features of the visible units, ``[B, visible units, final tokens, C]``."""
+        """Fused, normalised features: ``[B, visible units, final tokens, C]`` of the visible units (mask-unit
+        layout), or ``[B, *final grid, C]`` of every token (windowed layout, hidden units included)."""
         self.check_input(x)
         if tuple(x.shape[2:]) != self.input_size:
             raise ValueError(
@@ -181,9 +195,14 @@ class MaskedAutoencoderHiera(Hiera):
         pixel_visible = self.token_mask(visible, [u * p for u, p in zip(self.unit_size, self.patch_stride)])
         x = x * pixel_visible.unsqueeze(1).to(x.dtype)
         x = self.patch_embed.proj(x).movedim(1, -1)
+        if self.windowed:
+            # before the position embedding, so that each mask token still knows where it is
+            seen = self.token_mask(visible, self.unit_size).unsqueeze(-1)
+            x = torch.where(seen, x, self.encoder_mask_token.to(x.dtype))
         x = x + self.pos_embed_for(x.shape[1:-1]).movedim(1, -1).to(x.dtype)
         x, _ = self.layout.enter(x)
-        x = x[visible].view(B, -1, *x.shape[2:])  # drop the hidden units: the blocks never see them
+        if not self.windowed:
+            x = x[visible].view(B, -1, *x.shape[2:])  # drop the hidden units: the blocks never see them
         units = x.shape[1]
         heads = iter(self.multi_scale_fusion_heads)
         fused = 0.0
@@ -193,32 +212,52 @@ class MaskedAutoencoderHiera(Hiera):
             x = checkpoint(block, x, self.layout, use_reentrant=False) if checkpointing else block(x, self.layout)
             pooled += int(block.q_pool)
             if i in self.fused_stages:
-                # each unit's tokens back onto the unit's own grid, [B * units, *unit grid, C]
-                per_unit = x.reshape(B * units, 1, *x.shape[2:])
-                grid = self.layout.to_grid(per_unit, (1,) * self.ndim, pooled).flatten(1, -2)
-                head = next(heads)
-                if not isinstance(head, nn.Identity):
-                    unit_grid = [u // s**pooled for u, s in zip(self.unit_size, self.q_stride)]
-                    grid = grid.view(B * units, *unit_grid, -1).movedim(-1, 1)
-                    grid = head(grid).movedim(1, -1).flatten(1, -2)
-                fused = fused + grid
+                fused = fused + (self._fuse_grid(x, next(heads)) if self.windowed
+                                 else self._fuse_units(x, next(heads), B, units, pooled))
+        if self.windowed:
+            return self.encoder_norm(fused)
         return self.encoder_norm(fused).view(B, units, -1, fused.shape[-1])
+
+    def _fuse_units(self, x: torch.Tensor, head: nn.Module, B: int, units: int, pooled: int) -> torch.Tensor:
+        """A stage output ``[B, units, L, C]`` -> ``[B * units, final unit tokens, C]``."""
+        # each unit's tokens back onto the unit's own grid, [B * units, *unit grid, C]
+        per_unit = x.reshape(B * units, 1, *x.shape[2:])
+        grid = self.layout.to_grid(per_unit, (1,) * self.ndim, pooled).flatten(1, -2)
+        if isinstance(head, nn.Identity):
+            return grid
+        unit_grid = [u // s**pooled for u, s in zip(self.unit_size, self.q_stride)]
+        grid = grid.view(B * units, *unit_grid, -1).movedim(-1, 1)
+        return head(grid).movedim(1, -1).flatten(1, -2)
+
+    def _fuse_grid(self, x: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        """A windowed stage output ``[B, H, W, C]`` -> ``[B, *final grid, C]``: the kernel is the stride, so
+        no output mixes two mask units, as in the mask-unit layout."""
+        if isinstance(head, nn.Identity):
+            return x
+        return head(x.movedim(-1, 1)).movedim(1, -1)
 
     # --------------------------------------------------------------------------------------------- decoder
     def forward_decoder(self, latent: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Pixel predictions ``[B, final tokens, pixels]`` for every token, in raster order."""
         x = self.decoder_embed(latent)
-        B, _, L, C = x.shape
-        full = self.mask_token.to(x.dtype).expand(B, self.num_units, L, C).clone()
-        full[visible] = x.flatten(0, 1)
-        # units -> spatial grid: within a unit the final tokens are already in raster order
-        full = full.view(B, *self.unit_grid, *self.final_unit_size, C)
-        D = self.ndim
-        order = [0] + [a for d in range(D) for a in (1 + d, 1 + D + d)] + [1 + 2 * D]
-        x = full.permute(order).reshape(B, -1, C) + self.decoder_pos_embed.to(x.dtype)
+        B, C = x.shape[0], x.shape[-1]
+        if self.windowed:
+            # the encoder's outputs at hidden units are replaced, as the mask-unit layout never has them
+            seen = self.token_mask(visible, self.final_unit_size).unsqueeze(-1)
+            x = torch.where(seen, x, self.mask_token.to(x.dtype)).reshape(B, -1, C)
+        else:
+            L = x.shape[2]
+            full = self.mask_token.to(x.dtype).expand(B, self.num_units, L, C).clone()
+            full[visible] = x.flatten(0, 1)
+            # units -> spatial grid: within a unit the final tokens are already in raster order
+            full = full.view(B, *self.unit_grid, *self.final_unit_size, C)
+            D = self.ndim
+            order = [0] + [a for d in range(D) for a in (1 + d, 1 + D + d)] + [1 + 2 * D]
+            x = full.permute(order).reshape(B, -1, C)
+        x = x + self.decoder_pos_embed.to(x.dtype)
         x = x.unsqueeze(1)  # one "unit" holding every token: the decoder blocks attend globally
         for block in self.decoder_blocks:
-            x = block(x, self.layout)
+            x = block(x, self.decoder_layout)
         return self.decoder_pred(self.decoder_norm(x.squeeze(1)))
 
     # ------------------------------------------------------------------------------------------------ loss

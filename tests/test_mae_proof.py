@@ -1,0 +1,78 @@
+"""benchmarks/mae_proof.py: the GPU-side data cutting, the plan of arms and the report, on tiny CPU inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import mae_proof
+
+
+def test_clip_batches_cut_like_the_recipe():
+    videos = torch.arange(16, dtype=torch.uint8).view(1, 16, 1, 1, 1).expand(3, 16, 64, 64, 3).contiguous()
+    clips = mae_proof.ClipBatches(videos, frames=8, rate=2, generator=torch.Generator().manual_seed(0))
+    test = clips.take(torch.arange(3), train=False)
+    assert test.shape == (3, 3, 8, 64, 64)
+    assert test[0, 0, :, 0, 0].tolist() == [0, 2, 4, 6, 8, 10, 12, 14]  # the centered 15-frame span
+    train, index = clips(5)
+    assert train.shape == (5, 3, 8, 64, 64) and index.shape == (5,)
+    # every frame of a clip comes from one start, every `rate` frames (a constant frame stays constant)
+    first = train[:, 0, :, 32, 32]
+    assert ((first[:, 1:] - first[:, :-1]) == 2).all() and set(first[:, 0].tolist()) <= {0.0, 1.0}
+
+
+def test_image_crops_stay_inside_and_have_the_size():
+    boxes = mae_proof.random_boxes(200, 48, 80, (0.35, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0), "cpu")
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= 80 + 1e-4).all() and (boxes[:, 4] <= 48 + 1e-4).all()
+    pool = torch.randint(0, 255, (4, 48, 80, 3), dtype=torch.uint8)
+    images = mae_proof.ImageBatches(pool, 32, torch.Generator().manual_seed(0))(6)
+    assert images.shape == (6, 3, 32, 32) and images.min() >= 0 and images.max() <= 255
+
+
+def test_plan_runs_every_arm_on_every_seed_after_its_pretraining(tmp_path):
+    args = Namespace(tiny=True, seeds=[0, 1], threads=1, pretrain_seconds=1.0, pretrain_max_iters=5, pretrain_lr=1e-3,
+                     loader_workers=0, detection_iters=2, video_iters=2, diagnose_video=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "val_tiny_images").write_text(str(tmp_path))
+    jobs = mae_proof.plan_jobs(args, tmp_path)
+    names = {j["name"] for j in jobs}
+    pretrains = [j for j in jobs if j["kind"] == "pretrain"]
+    assert len(pretrains) == 6 and len(jobs) == 6 + 2 * 8
+    for job in jobs:
+        assert set(job["deps"]) <= names
+        if job["kind"] != "pretrain" and job["arm"] != "scratch":
+            assert job["deps"] and Path(job["weights"]).name.startswith(job["deps"][0].removeprefix("pretrain_"))
+    assert {j["arm"] for j in jobs if j["kind"] == "video"} == {"scratch", "mae", "mae_half_time", "mae_ratio_0.75"}
+    args.diagnose_video = True
+    diagnosis = mae_proof.plan_jobs(args, tmp_path)
+    assert {j["kind"] for j in diagnosis} == {"pretrain", "video"} and len(diagnosis) == 1 + 2 * 6
+
+
+def test_summary_and_verdict():
+    jobs = [dict(name=f"v_{arm}_{s}", kind="video", arm=arm, seed=s) for arm in ("scratch", "mae") for s in (0, 1)]
+    results = {"v_scratch_0": {"ok": True, "top1": 90.0}, "v_scratch_1": {"ok": True, "top1": 92.0},
+               "v_mae_0": {"ok": True, "top1": 20.0}, "v_mae_1": {"ok": False, "error": "stopped at the deadline"}}
+    summary = mae_proof.summarize(jobs, results)
+    arms = summary["video"]["arms"]
+    assert arms["scratch"]["mean"] == 91.0 and arms["mae"]["gain_over_scratch"] == -71.0
+    assert arms["mae"]["failed"] == {1: "stopped at the deadline"}
+    verdict = mae_proof.verdict(summary)
+    assert verdict["video"].startswith("MAE hurts") and "no finished run" in verdict["detection"]
+
+
+@pytest.mark.slow
+def test_tiny_video_diagnosis_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "benchmarks/mae_proof.py", "--tiny", "--diagnose-video", "--seeds", "0",
+                    "--parallel", "3", "--out", str(out), "--work", str(tmp_path / "work")], check=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    report = json.loads((out / "mae_proof.json").read_text())
+    assert all(run["ok"] for run in report["runs"].values()), report["runs"]
+    assert "init" in report["runs"]["video_mae_linear_probe_seed0"]["pooled_feature_cosine"]
+    assert (out / "mae_proof.md").read_text().startswith("# MAE pre-training vs random init")
