@@ -38,6 +38,8 @@ def build_ours(size: int, smoke: bool, heads: str):
     cfg = _ours_cfg("mask_unit", (size, size), smoke, torch.get_default_device())
     cfg.defrost()
     cfg.MODEL.ROI_HEADS.NAME = heads
+    if heads == "StandardROIHeads":  # Detectron2's inference throughout: its mask paste too
+        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     return build_model(cfg).eval(), cfg
 
 

@@ -176,6 +176,8 @@ def ours_detector(attention: str = "mask_unit", roi_heads: str | None = None):
         if roi_heads is not None:
             cfg.defrost()
             cfg.MODEL.ROI_HEADS.NAME = roi_heads
+            if roi_heads == "StandardROIHeads":  # Detectron2's inference throughout: its mask paste too
+                cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
         return build_model(cfg)
 
     return build
