@@ -443,7 +443,7 @@ def run_job(path: str) -> int:
 def plan_jobs(args, work: Path) -> list[dict]:
     """Every job with its dependencies, in the order they should start (main comparisons before variants)."""
     k = int(args.tiny)
-    device = "cpu" if args.tiny else "cuda"
+    device = args.device or ("cpu" if args.tiny else "cuda")
     det = _cfg(DETECTOR, [])
     h = det.MODEL.HIERA
     image_size = SIZES["image_size"][k]
@@ -677,6 +677,7 @@ def main(argv=None) -> int:
     parser.add_argument("--video-iters", type=int, default=None, help="default: the recipe's SOLVER.MAX_ITER")
     parser.add_argument("--diagnose-video", action="store_true",
                         help="video only: MAE vs random init at the recipe's lr, at 10x, and as linear probes")
+    parser.add_argument("--device", default="", help="cuda or cpu (default: cpu with --tiny, else cuda)")
     parser.add_argument("--deadline", type=float, default=420.0, help="seconds after start: stop what still runs")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

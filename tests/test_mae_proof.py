@@ -36,7 +36,7 @@ def test_image_crops_stay_inside_and_have_the_size():
 
 
 def test_plan_runs_every_arm_on_every_seed_after_its_pretraining(tmp_path):
-    args = Namespace(tiny=True, seeds=[0, 1], threads=1, pretrain_seconds=1.0, pretrain_max_iters=5, pretrain_lr=1e-3,
+    args = Namespace(tiny=True, device="", seeds=[0, 1], threads=1, pretrain_seconds=1.0, pretrain_max_iters=5, pretrain_lr=1e-3,
                      loader_workers=0, detection_iters=2, video_iters=2, diagnose_video=False)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "val_tiny_images").write_text(str(tmp_path))
