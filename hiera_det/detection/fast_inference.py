@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, ROI_HEADS_REGISTRY, GeneralizedRCNN
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import BitMasks, Boxes, Instances, ROIMasks
@@ -192,12 +191,9 @@ class HieraRCNN(GeneralizedRCNN):
 
     @staticmethod
     def _postprocess(instances, batched_inputs, image_sizes):
-        processed = []
-        for results, inputs, image_size in zip(instances, batched_inputs, image_sizes):
-            # the paste is the only change, so a traced export keeps Detectron2's own post-processing
-            if results.has("pred_masks") and isinstance(results.pred_masks, torch.Tensor) \
-                    and not torch.jit.is_tracing():
-                results.pred_masks = GPUPastedMasks(results.pred_masks[:, 0])
-            height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(results, height, width)})
-        return processed
+        # the paste is the only change, so a traced export keeps Detectron2's own post-processing
+        if not torch.jit.is_tracing():
+            for results in instances:
+                if results.has("pred_masks") and isinstance(results.pred_masks, torch.Tensor):
+                    results.pred_masks = GPUPastedMasks(results.pred_masks[:, 0])
+        return GeneralizedRCNN._postprocess(instances, batched_inputs, image_sizes)
