@@ -215,6 +215,11 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
          "shapes; the first iterations compile for 1-3 minutes): Mask R-CNN at 1024, batch 8 on an H100 went "
          "from 23.4 to 30.1 images/s (with the fused AdamW used on CUDA) and from 29.5 to 25.2 GiB "
          "(benchmarks/results/h100_run4_detector.md)"),
+        ("LOSS_SYNC_PERIOD", 20, "iterations between copies of the losses to the host and their gather across "
+         "processes (`hiera_det/engine/loss_metrics.py`); every iteration's value is still written, and the "
+         "metrics writer (every 20), checkpoints, evaluation and the last iteration always flush first. "
+         "1 = every iteration, as Detectron2 does: a host sync and a CPU collective between backward and the "
+         "optimizer step"),
     ]),
 }
 

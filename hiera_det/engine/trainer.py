@@ -17,10 +17,21 @@ from ..data.samplers import ExactResumeTrainLoader
 from ..detection.fast_inference import inference_autocast
 from . import loaders
 from .checkpointer import AtomicDetectionCheckpointer
+from .loss_metrics import DeferredLossMetrics, flush_schedule
 from .optimizer import build_optimizer
 from .resume import ExactResumeState, RngSnapshotHook, preserved_rng_state
 
 logger = logging.getLogger(__name__)
+
+WRITER_PERIOD = 20  # DefaultTrainer's PeriodicWriter period
+
+
+class _DeferredLossSimpleTrainer(DeferredLossMetrics, SimpleTrainer):
+    pass
+
+
+class _DeferredLossAMPTrainer(DeferredLossMetrics, AMPTrainer):
+    pass
 
 
 class Trainer(DefaultTrainer):
@@ -51,9 +62,17 @@ class Trainer(DefaultTrainer):
         )
         if cfg.SOLVER.AMP.ENABLED:
             precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=precision)
+            self._trainer = _DeferredLossAMPTrainer(model, data_loader, optimizer, precision=precision)
         else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+            self._trainer = _DeferredLossSimpleTrainer(model, data_loader, optimizer)
+        if cfg.SOLVER.LOSS_SYNC_PERIOD < 1:
+            raise ValueError(f"SOLVER.LOSS_SYNC_PERIOD is {cfg.SOLVER.LOSS_SYNC_PERIOD}; it must be at least 1 "
+                             "(1 = copy and gather the losses every iteration, as Detectron2 does)")
+        if cfg.SOLVER.LOSS_SYNC_PERIOD > 1:
+            # the writer, checkpoints, evaluation and the end see every loss; a non-finite one stops training
+            # before anything is saved
+            self._trainer.flush_due = flush_schedule(cfg.SOLVER.MAX_ITER, [
+                cfg.SOLVER.LOSS_SYNC_PERIOD, WRITER_PERIOD, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD])
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.exact_resume = None
@@ -92,7 +111,7 @@ class Trainer(DefaultTrainer):
             ret.insert(first, RngSnapshotHook(self.exact_resume, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         if torch.device(self.cfg.MODEL.DEVICE).type == "cuda":
             writer = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
-            ret.insert(writer, PeakMemoryHook(period=20))
+            ret.insert(writer, PeakMemoryHook(period=WRITER_PERIOD))
         return ret
 
     @classmethod
