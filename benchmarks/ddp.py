@@ -1,8 +1,11 @@
 """End-to-end training throughput as ``tools/train_net.py --num-gpus N`` delivers it, on COCO-like data: images/s,
 the loader's share, per-GPU peak memory, GPU utilisation, scaling efficiency against one GPU, the model-only
-step for the same config, and distributed-evaluation agreement; written as a json + markdown table.
+step for the same config; and the checks whose figures do not depend on speed: loss curves on 1 and N GPUs at
+the same global batch with the run-to-run spread, a 2-GPU checkpoint resumed on 1 (and N) GPUs, and
+distributed-evaluation agreement; written as a json + markdown table.
 
     python -m benchmarks.ddp --data /tmp/coco_like --gpus 4 --out benchmarks/results --tag h100x4
+    python -m benchmarks.ddp --data /tmp/coco_like --gpus 2 --models video_cls,clip_det --tag video_h100x2
     python -m benchmarks.ddp --smoke --data /tmp/coco_like --gpus 2 --out /tmp/ddp   # CPU, gloo, tiny models
 
 Models (per-GPU batch 8, ``SOLVER.IMS_PER_BATCH`` = 8 N, random weights):
@@ -12,13 +15,14 @@ Models (per-GPU batch 8, ``SOLVER.IMS_PER_BATCH`` = 8 N, random weights):
   default); ``maskrcnn_bitmask`` is the way before it (``INPUT.MASK_FORMAT bitmask``: masks rasterised whole
   in the loader workers, targets cut from them by ROIAlign);
 * ``video_cls``: ``video/hiera_base_16x224_k400.yaml`` on frame-folder moving-shapes clips (sampling rate 2);
-* ``clip_det``: ``video/hiera_base_16x224_ava_keyframe.yaml`` on the keyframes of those clips.
+* ``clip_det``: ``video/hiera_base_16x224_ava_keyframe.yaml`` on the keyframes of those clips;
+* ``maskrcnn_small`` (the checks): ``maskrcnn`` with a Hiera-T trunk at 512 LSJ, global batch ``--lc-batch``.
 
 Throughput is ``IMS_PER_BATCH / time`` with Detectron2's ``time`` (the median seconds per iteration over the
 20-iteration window that metrics.json records) from the windows after the first (warm-up); the loader's
 share is ``data_time / time`` of the same windows; GPU utilisation is ``nvidia-smi`` sampled every 0.5 s over
-those windows. Jobs of one phase run at the same time on different GPUs (``CUDA_VISIBLE_DEVICES``); the
-scaling runs of the image model run alone. The work is planned in priority order and stops starting jobs
+those windows. Jobs of one phase run at the same time on different GPUs (``CUDA_VISIBLE_DEVICES``), sharing
+the host's CPUs (the report names them); the multi-GPU timing runs run alone. The work is planned in priority order and stops starting jobs
 when ``--time-budget`` is spent; what did not run is listed as skipped.
 """
 
@@ -29,6 +33,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +49,11 @@ _COMMON = ["MODEL.WEIGHTS", "", "MODEL.HIERA.WEIGHTS", "", "SOLVER.STEPS", "()",
            "SOLVER.CHECKPOINT_PERIOD", "1000000", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SEED", "0"]
 _VIDEO = ["MODEL.HIERA_VIDEO.SAMPLING_RATE", "2"]
 MODELS = {
+    # the checks whose figures do not depend on speed (loss curves, resume, evaluation): same pipeline, Hiera-T
+    # at 512 LSJ, so that a few hundred iterations fit
+    "maskrcnn_small": dict(config="hiera_fpn.yaml", train="coco_like_train", test="coco_like_val",
+                           opts=["MODEL.HIERA.NAME", "hiera_tiny_224", "INPUT.LSJ.IMAGE_SIZE", "512",
+                                 "MODEL.HIERA.INPUT_SIZE", "[512,512]", "MODEL.HIERA.DROP_PATH_RATE", "0.1"]),
     "maskrcnn": dict(config="hiera_fpn.yaml", train="coco_like_train", test="coco_like_val", opts=[]),
     # before GPU mask targets: LSJ crops the masks, so they are rasterised in the workers as bitmasks
     "maskrcnn_bitmask": dict(config="hiera_fpn.yaml", train="coco_like_train", test="coco_like_val",
@@ -203,7 +213,7 @@ def script_job(name, module, gpus, args, arguments, kind="model_only", model="ma
 
 def model_only_job(name, model, gpu, args, per_gpu) -> Job:
     return script_job(name, "benchmarks.model_only", [gpu], args, ["--model", model, "--data", str(args.data),
-                      "--batch", str(per_gpu)] + (["--smoke"] if args.smoke else []))  # fmt: skip
+                      "--batch", str(per_gpu)] + (["--smoke"] if args.smoke else []), model=model)  # fmt: skip
 
 
 def mask_targets_job(name, gpu, args) -> Job:
@@ -212,11 +222,16 @@ def mask_targets_job(name, gpu, args) -> Job:
                       kind="mask_targets")
 
 
-def resume_job(name, mode, gpus, args) -> Job:
-    """``benchmarks.resume_check`` on absolute GPU ids (it sets ``CUDA_VISIBLE_DEVICES`` per run itself)."""
-    smoke = ["--smoke", "--iters", "10", "--period", "4", "--workers", "1"] if args.smoke else []
-    return script_job(name, "benchmarks.resume_check", gpus, args, ["--mode", mode, "--data", str(args.data),
-                      "--work", str(args.work), "--gpus", ",".join(map(str, gpus)), *smoke], kind="resume")  # fmt: skip
+def resume_job(name, mode, gpus, args, source: Path | None = None) -> Job:
+    """``benchmarks.resume_check`` on absolute GPU ids (it sets ``CUDA_VISIBLE_DEVICES`` per run itself);
+    ``across`` resumes ``source``'s first checkpoint (the 2-GPU loss-curve run: same model and batch)."""
+    smoke = (["--smoke", "--workers", "1"] + (["--iters", "10", "--period", "4"] if source is None else [])
+             if args.smoke else [])
+    arguments = ["--mode", mode, "--data", str(args.data), "--work", str(args.work), "--gpus", ",".join(map(str, gpus))]
+    if source is not None:
+        arguments += ["--source", str(source), "--period", str(args.lc_period), "--global-batch", str(args.lc_batch)]
+    return script_job(name, "benchmarks.resume_check", gpus, args, arguments + smoke, kind="resume",
+                      model="maskrcnn_small")
 
 
 def _metrics(output_dir: Path) -> list[dict]:
@@ -279,7 +294,8 @@ def _opt(command: list[str], key: str) -> str:
 
 
 def summarize_eval(job: Job, log: str) -> dict:
-    """The ``copypaste`` metrics Detectron2 logs, and the detections file when COCO evaluation wrote one."""
+    """The ``copypaste`` metrics Detectron2 logs, and the predictions file when the evaluator wrote one (COCO
+    detections, or the video classifier's per-video top-5)."""
     metrics, task = {}, None
     lines = [line.split("copypaste: ", 1)[1] for line in log.splitlines() if "copypaste: " in line]
     for first, second in zip(lines, lines[1:]):
@@ -288,7 +304,8 @@ def summarize_eval(job: Job, log: str) -> dict:
         elif task and not second.startswith("Task: ") and "," in first:
             metrics[task] = dict(zip(first.split(","), (float(v) for v in second.split(","))))
             task = None
-    detections = next(job.output_dir.glob("inference/*/coco_instances_results.json"), None)
+    detections = next((path for pattern in ("coco_instances_results.json", "video_predictions.json")
+                       for path in job.output_dir.glob(f"inference/*/{pattern}")), None)
     return {"status": "ok" if metrics else "failed", "metrics": metrics,
             "detections_file": str(detections) if detections else None}
 
@@ -299,7 +316,9 @@ def summarize_eval(job: Job, log: str) -> dict:
 def run_phase(jobs: list[Job], args, sampler, skip: int, deadline: float) -> None:
     threads = []
     for job in jobs:
-        job.output_dir.mkdir(parents=True, exist_ok=True)
+        # Detectron2 appends to an existing metrics.json: a rerun into the same --work would mix two runs
+        shutil.rmtree(job.output_dir, ignore_errors=True)
+        job.output_dir.mkdir(parents=True)
         log = open(job.output_dir / "stdout.txt", "w")
         job.started = time.time()
         job.process = subprocess.Popen(job.command, env=job.env, stdout=log, stderr=subprocess.STDOUT,
@@ -329,7 +348,7 @@ def run_phase(jobs: list[Job], args, sampler, skip: int, deadline: float) -> Non
         else:
             job.result = json.loads(job.result_file.read_text())
         job.result.update(name=job.name, kind=job.kind, model=job.model, gpus_used=job.gpus,
-                          wall_s=round(job.ended - job.started, 1))
+                          wall_s=round(job.ended - job.started, 1), beside=[j.name for j in jobs if j is not job])
         print(f"[{time.strftime('%H:%M:%S')}] {job.name}: {json.dumps(_headline(job.result))}", flush=True)
 
 
@@ -341,93 +360,114 @@ def _headline(result: dict) -> dict:
 
 
 def plan(args) -> list[list]:
-    """Phases in priority order, each a list of (name, builder) run together on disjoint GPUs.
+    """Phases in priority order, each a list of (name, builder) run together on disjoint GPUs, except where
+    the figure does not depend on speed (loss curves, resume, evaluation): those share GPUs.
 
-    With 4 GPUs: the image model on 1 GPU beside its model-only step, the way before GPU mask targets
-    (bitmasks) and the mask-target timing; on 2 GPUs beside the 2-GPU kill-and-resume check; on 4 alone; the
-    video classifier on 1 and 2 and the clip detector on 1; the video models on 4; the 2-GPU checkpoint
-    resumed on 1 and 4; evaluation of the same weights on 1 GPU and on 3. With 2 GPUs the same, fewer side
-    by side.
+    Timing (for each of ``--models``): on 1 GPU, with the model-only step (and for the image model the way
+    before GPU mask targets and the mask-target timing) beside it on other GPUs; then on 2 and on N GPUs alone;
+    the 2-GPU kill-and-resume check goes with the image model. Then the checks on ``--lc-model``: its loss
+    curve on 1 GPU (two seeds: the run-to-run spread) and on 2 (and N) GPUs at the same global batch; the 2-GPU
+    checkpoint of that run resumed on 1 (and N) GPUs; evaluation of the same weights on 1 GPU and on all, for
+    the image model and the video classifier. Last, the video classifier with the losses synchronised every
+    step (``SOLVER.LOSS_SYNC_PERIOD 1``, Detectron2's way) on N GPUs, against the default of every 20.
     """
-    n, iters, batch = args.gpus, args.iters, args.per_gpu
-
-    def train(model, gpus):
-        name = f"{model}_{len(gpus)}gpu"
-        return name, lambda: train_job(name, model, gpus, args, iters, batch)
+    n, iters, batch, models = args.gpus, args.iters, args.per_gpu, args.models
 
     def gpu(k):
         return k % n
 
-    weights = args.work / "maskrcnn_1gpu" / "model_final.pth"
-    model_only = ("model_only_maskrcnn", lambda: model_only_job("model_only_maskrcnn", "maskrcnn", gpu(1), args, batch))
-    targets = ("mask_targets", lambda: mask_targets_job("mask_targets", gpu(3), args))
-    resume_same = ("resume_2gpu", lambda: resume_job("resume_2gpu", "same", [gpu(2), gpu(3)], args))
-    resume_across = ("resume_across", lambda: resume_job("resume_across", "across", list(range(n)), args))
-    others = list(range(1, n)) if n > 2 else list(range(n))
-    evals = [("eval_maskrcnn_1gpu", lambda: eval_job("eval_maskrcnn_1gpu", "maskrcnn", [0], args, weights)),
-             (f"eval_maskrcnn_{len(others)}gpu",
-              lambda: eval_job(f"eval_maskrcnn_{len(others)}gpu", "maskrcnn", others, args, weights))]
-    if n >= 4:
-        return [
-            [train("maskrcnn", [0]), model_only, train("maskrcnn_bitmask", [2]), targets],
-            [train("maskrcnn", [0, 1]), resume_same],
-            [train("maskrcnn", [0, 1, 2, 3])],
-            [train("video_cls", [0]), train("video_cls", [1, 2]), train("clip_det", [3])],
-            [train("video_cls", [0, 1, 2, 3])],
-            [train("clip_det", [0, 1, 2, 3])],
-            [resume_across],
-            evals,
-        ]
-    return [
-        [train("maskrcnn", [0]), model_only],
-        [train("maskrcnn", [0, 1])],
-        [train("maskrcnn_bitmask", [0]), targets],
-        [resume_same],
-        [train("video_cls", [0]), train("clip_det", [1 % n])],
-        [train("video_cls", [0, 1])],
-        [train("clip_det", [0, 1])],
-        [resume_across],
-        [evals[0]], [evals[1]],
-    ]
+    def train(model, gpus, name=None, extra=()):
+        name = name or f"{model}_{len(gpus)}gpu"
+        return name, lambda: train_job(name, model, gpus, args, iters, batch, extra=extra)
+
+    def model_only(model, k):
+        name = f"model_only_{model}"
+        return name, lambda: model_only_job(name, model, gpu(k), args, batch)
+
+    counts = sorted({2, n}) if n > 1 else []
+    phases = []
+    if "maskrcnn" in models:
+        phases.append([train("maskrcnn", [0]), model_only("maskrcnn", 1)])
+        phases.append([train("maskrcnn", [0, 1])])
+        if n > 2:
+            phases.append([train("maskrcnn", list(range(n)))])
+        if "maskrcnn_bitmask" in models:
+            phases.append([train("maskrcnn_bitmask", [0]),
+                           ("mask_targets", lambda: mask_targets_job("mask_targets", gpu(1), args))])
+        phases.append([("resume_2gpu", lambda: resume_job("resume_2gpu", "same", [0, 1], args))])
+    video = [m for m in ("video_cls", "clip_det") if m in models]
+    if video:
+        phases.append([train(m, [gpu(k)]) for k, m in enumerate(video)])
+        phases.append([model_only(m, k) for k, m in enumerate(video)])
+        phases += [[train(m, list(range(count)))] for count in counts for m in video]
+    phases += loss_curve_phases(args, counts)
+    lc_source = args.work / f"{args.lc_model}_lc_2gpu_seed0"
+    checks = []
+    if n > 1:
+        checks.append(("resume_across", lambda: resume_job("resume_across", "across", list(range(n)) if n > 2
+                                                           else [0], args, source=lc_source)))
+    weights = {args.lc_model: args.work / f"{args.lc_model}_lc_1gpu_seed0" / "model_final.pth"}
+    if "video_cls" in models:
+        weights["video_cls"] = args.work / "video_cls_1gpu" / "model_final.pth"
+    for model, path in weights.items():
+        for gpus in ([gpu(1)], list(range(n))) if n > 1 else ([0],):
+            name = f"eval_{model}_{len(gpus)}gpu"
+            checks.append((name, lambda name=name, model=model, gpus=gpus, path=path:
+                           eval_job(name, model, gpus, args, path)))
+    phases.append(checks)
+    if "video_cls" in models and n > 1:
+        phases.append([train("video_cls", list(range(n)), name=f"video_cls_stepsync_{n}gpu",
+                             extra=["SOLVER.LOSS_SYNC_PERIOD", "1"])])
+    return phases
 
 
-def loss_curve_plan(args, model: str) -> list[list]:
-    """One model at one global batch (``--per-gpu`` x ``--gpus``): on one GPU with SEED 0 and SEED 1 (the
-    run-to-run spread: other data order, other initialisation), and on all GPUs with SEED 0."""
-    n, iters, total = args.gpus, args.iters, args.per_gpu * args.gpus
+def loss_curve_phases(args, counts: list[int]) -> list[list]:
+    """``--lc-model`` at one global batch (``--lc-batch``): on one GPU with SEED 0 and SEED 1 (the run-to-run
+    spread: other data order, other initialisation) and on each of ``counts`` GPUs with SEED 0; the 2-GPU run
+    checkpoints every ``--lc-period`` iterations and logs its data order, for ``resume_across``. The losses do
+    not depend on speed, so the runs share the GPUs: all in one phase with 2 GPUs, two phases with more."""
+    model, total = args.lc_model, args.lc_batch
 
     def job(count, seed, gpus):
         name = f"{model}_lc_{count}gpu_seed{seed}"
-        return name, lambda: train_job(name, model, gpus, args, iters, total // count, extra=["SEED", str(seed)])
+        extra = ["SEED", str(seed)]
+        if count == 2:
+            extra += ["SOLVER.CHECKPOINT_PERIOD", str(args.lc_period), "DATALOADER.LOG_DATA_ORDER", "True"]
+        return name, lambda: train_job(name, model, gpus, args, args.lc_iters, total // count, extra=extra)
 
-    return [[job(1, 0, [0]), job(1, 1, [1 % n])], [job(n, 0, list(range(n)))]]
+    first = [job(1, 0, [0]), job(1, 1, [1 % args.gpus])]
+    if 2 in counts:
+        first.append(job(2, 0, [0, 1] if args.gpus == 2 else [2, 3]))
+    return [first] + [[job(count, 0, list(range(count)))] for count in counts if count > 2]
 
 
 def loss_curve_agreement(results: dict) -> dict | None:
-    """Largest |difference| of the windowed total loss: N GPUs vs one (same seed), and seed 0 vs seed 1."""
+    """Largest |difference| of the windowed total loss: each GPU count vs one (same seed), and seed 0 vs
+    seed 1 on one GPU."""
     curves = {}
     for name, r in results.items():
         match = re.fullmatch(r"(.+)_lc_(\d+)gpu_seed(\d+)", name)
         if match and r.get("status") == "ok":
             curves[(int(match.group(2)), int(match.group(3)))] = dict(map(tuple, r["loss_curve"]))
-    n = max((count for count, _ in curves), default=1)
-    if not {(1, 0), (1, 1), (n, 0)} <= curves.keys() or n == 1:
+    counts = sorted(count for count, seed in curves if count > 1 and seed == 0)
+    if not {(1, 0), (1, 1)} <= curves.keys() or not counts:
         return None
-    windows = sorted(set(curves[(1, 0)]) & set(curves[(1, 1)]) & set(curves[(n, 0)]))
-    rows = [[w, curves[(1, 0)][w], curves[(1, 1)][w], curves[(n, 0)][w]] for w in windows]
-    spread = max(abs(a - b) for _, a, b, _ in rows)
-    difference = max(abs(a - c) for _, a, _, c in rows)
-    return {"gpus": n, "windows": rows, "seed_spread": round(spread, 4), "n_vs_1": round(difference, 4),
-            "within_spread": difference <= spread}
+    keys = [(1, 0), (1, 1)] + [(count, 0) for count in counts]
+    windows = sorted(set.intersection(*(set(curves[k]) for k in keys)))
+    rows = [[w] + [curves[k][w] for k in keys] for w in windows]
+    spread = max(abs(row[1] - row[2]) for row in rows)
+    differences = {count: round(max(abs(row[1] - row[3 + i]) for row in rows), 4) for i, count in enumerate(counts)}
+    return {"gpus": counts, "windows": rows, "seed_spread": round(spread, 4), "n_vs_1": differences,
+            "within_spread": all(d <= spread for d in differences.values())}
 
 
 # ------------------------------------------------------------------------------------------------- report
 
 
 def derived(results: dict) -> dict:
-    """Scaling efficiency per model and GPU count, e2e / model-only, and the evaluation agreement."""
-    out = {"efficiency": {}, "end_to_end_vs_model_only": {}, "eval_agreement": None,
-           "loss_curves": loss_curve_agreement(results)}
+    """Scaling efficiency per model and GPU count, end-to-end / model-only per model, the loss-curve and the
+    evaluation agreement."""
+    out = {"efficiency": {}, "end_to_end_vs_model_only": {}, "loss_curves": loss_curve_agreement(results)}
     for name, r in results.items():
         match = re.fullmatch(r"(.+)_(\d+)gpu", name)
         if not match or r.get("kind") != "train" or r.get("status") != "ok":
@@ -436,17 +476,32 @@ def derived(results: dict) -> dict:
         base = results.get(f"{model}_1gpu", {})
         if count > 1 and base.get("status") == "ok":
             out["efficiency"][name] = round(r["images_per_s"] / (count * base["images_per_s"]), 3)
-    mo, e2e = results.get("model_only_maskrcnn", {}), results.get("maskrcnn_1gpu", {})
-    if mo.get("status") == "ok" and e2e.get("status") == "ok":
-        for key in ("synthetic_images_per_s", "real_batch_images_per_s"):
-            if mo.get(key):
-                out["end_to_end_vs_model_only"][key] = round(e2e["images_per_s"] / mo[key], 3)
-    evals = {k: v for k, v in results.items() if k.startswith("eval_") and v.get("status") == "ok"}
-    if len(evals) == 2:
-        (name_a, a), (name_b, b) = sorted(evals.items())
-        out["eval_agreement"] = {"runs": [name_a, name_b], "same_metrics": a["metrics"] == b["metrics"],
-                                 "same_detections": _same_detections(a, b)}
+    for model in MODELS:
+        mo, e2e = results.get(f"model_only_{model}", {}), results.get(f"{model}_1gpu", {})
+        if mo.get("status") == "ok" and e2e.get("status") == "ok":
+            out["end_to_end_vs_model_only"][model] = {
+                key: round(e2e["images_per_s"] / mo[key], 3)
+                for key in ("synthetic_images_per_s", "real_batch_images_per_s") if mo.get(key)}
+    out["eval_agreement"] = eval_agreement(results)
     return out
+
+
+def eval_agreement(results: dict) -> dict:
+    """{model: metrics and predictions of its evaluation on the fewest GPUs against the most, same weights}."""
+    runs: dict[str, dict[int, str]] = {}
+    for name, r in results.items():
+        match = re.fullmatch(r"eval_(.+)_(\d+)gpu", name)
+        if match and r.get("status") == "ok":
+            runs.setdefault(match.group(1), {})[int(match.group(2))] = name
+    agreement = {}
+    for model, by_count in sorted(runs.items()):
+        if len(by_count) < 2:
+            continue
+        a, b = by_count[min(by_count)], by_count[max(by_count)]
+        agreement[model] = {"runs": [a, b], "metrics": results[a]["metrics"],
+                            "same_metrics": results[a]["metrics"] == results[b]["metrics"],
+                            "same_detections": _same_detections(results[a], results[b])}
+    return agreement
 
 
 def _same_detections(a: dict, b: dict) -> bool | None:
@@ -454,8 +509,12 @@ def _same_detections(a: dict, b: dict) -> bool | None:
         return None
 
     def load(path):
-        return sorted((d["image_id"], d["category_id"], [round(v, 2) for v in d["bbox"]], round(d["score"], 4))
-                      for d in json.loads(Path(path).read_text()))
+        def key(d):
+            if "bbox" in d:
+                return d["image_id"], d["category_id"], [round(v, 2) for v in d["bbox"]], round(d["score"], 4)
+            return d["video_id"], d["top5"], [round(v, 4) for v in d["top5_scores"]]
+
+        return sorted(key(d) for d in json.loads(Path(path).read_text()))
 
     return load(a["detections_file"]) == load(b["detections_file"])
 
@@ -471,23 +530,32 @@ def markdown(report: dict) -> str:
     meta, results, d = report["meta"], report["results"], report["derived"]
     lines = [f"# DDP end-to-end training: {meta['tag']}", "",
              f"{meta.get('device', '')}; {meta['iters']} iterations per run, first {WINDOW} skipped; per-GPU batch "
-             f"{meta['per_gpu']}; {meta['workers']} loader workers per GPU; data: {meta['data_note']}", "",
-             "| run | GPUs | images/s | s/iter | loader share | efficiency | peak MiB per rank | GPU util % | status |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"{meta['per_gpu']}; {meta['workers']} loader workers per GPU; data: {meta['data_note']}. Items are "
+             "images, or clips for the video models. 'Beside' names the jobs that ran at the same time on the "
+             "other GPUs of the host (sharing its CPUs), or on the same GPUs where the figure does not depend on "
+             "speed (loss curves, resume, evaluation).", "",
+             "| run | GPUs | items/s | s/iter | loader share | efficiency | peak MiB per rank | GPU util % | beside "
+             "| status |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in results.items():
         if r.get("kind") != "train":
             continue
         lines.append(f"| {name} | {r.get('gpus', len(r.get('gpus_used', [])))} | {r.get('images_per_s', '')} | "
                      f"{r.get('seconds_per_iteration', '')} | {r.get('loader_share', '')} | "
                      f"{d['efficiency'].get(name, '')} | {r.get('peak_mem_mib_per_rank', '')} | "
-                     f"{r.get('gpu_util_percent', '')} | {r.get('status')} |")
-    mo = results.get("model_only_maskrcnn")
-    if mo:
-        lines += ["", "Model-only training step, same config, one GPU (benchmarks/harness):", ""]
-        for key in ("synthetic_images_per_s", "real_batch_images_per_s", "real_batch_bitmask_images_per_s"):
+                     f"{r.get('gpu_util_percent', '')} | {', '.join(r.get('beside', []))} | {r.get('status')} |")
+    for model in MODELS:
+        mo = results.get(f"model_only_{model}")
+        if not mo:
+            continue
+        lines += ["", f"Model-only training step of {model}, same config, one GPU (benchmarks/model_only.py; "
+                  f"beside: {', '.join(mo.get('beside', [])) or 'nothing'}):", ""]
+        if mo.get("status") != "ok":
+            lines.append(f"- {mo.get('status')}")
+        for key in ("synthetic_images_per_s", "real_batch_images_per_s", "real_batch_bitmask_images_per_s",
+                    "peak_mem_mib"):
             if key in mo:
                 lines.append(f"- {key}: {mo[key]}")
-        for key, ratio in d["end_to_end_vs_model_only"].items():
+        for key, ratio in d["end_to_end_vs_model_only"].get(model, {}).items():
             lines.append(f"- end-to-end / {key}: {ratio}")
     targets = results.get("mask_targets")
     if targets and targets.get("status", "ok") == "ok" and "detectron2_cpu" in targets:
@@ -511,24 +579,36 @@ def markdown(report: dict) -> str:
         lines += ["", f"Kill and resume on 2 GPUs: {same.get('status')}"]
     across = results.get("resume_across")
     if across and across.get("status") == "ok":
-        lines += ["", "The 2-GPU checkpoint resumed on other GPU counts:", ""]
+        lines += ["", f"The 2-GPU checkpoint {across.get('checkpoint', '')} of {Path(across.get('source', '')).name} "
+                  "resumed on other GPU counts (benchmarks/resume_check.py --mode across):", ""]
         for key, value in across.items():
             if key.startswith("on_"):
                 lines.append(f"- {key[3:]} GPU(s): exit {value['exit_code']}, same global batches "
-                             f"{value['same_global_batches']}; message: `{value['message']}`")
+                             f"{value['same_global_batches']} ({value.get('batches_compared')} compared); message: "
+                             f"`{value['message']}`")
     elif across:
         lines += ["", f"The 2-GPU checkpoint resumed on other GPU counts: {across.get('status')}"]
-    if d["eval_agreement"]:
-        agreement = d["eval_agreement"]
-        lines += ["", f"Distributed evaluation ({' vs '.join(agreement['runs'])}, same weights): same metrics "
-                  f"{agreement['same_metrics']}, same detections {agreement['same_detections']}"]
+    for model, agreement in d["eval_agreement"].items():
+        lines += ["", f"Distributed evaluation of {model} ({' vs '.join(agreement['runs'])}, same weights): same "
+                  f"metrics {agreement['same_metrics']}, same predictions {agreement['same_detections']}; "
+                  f"metrics {json.dumps(agreement['metrics'])}"]
     curves = d.get("loss_curves")
     if curves:
+        counts = curves["gpus"]
         lines += ["", f"Loss curves at the same global batch (total_loss, median of each {WINDOW}-iteration "
-                  f"window): {curves['gpus']} GPUs vs 1 differ by at most {curves['n_vs_1']}; two seeds on 1 GPU "
-                  f"by {curves['seed_spread']}: within the spread {curves['within_spread']}", "",
-                  f"| iteration | 1 GPU seed 0 | 1 GPU seed 1 | {curves['gpus']} GPUs seed 0 |", "|---|---|---|---|"]
-        lines += [f"| {w} | {a} | {b} | {c} |" for w, a, b, c in curves["windows"]]
+                  f"window): " + "; ".join(f"{c} GPUs vs 1 differ by at most {curves['n_vs_1'][c]}" for c in counts)
+                  + f"; two seeds on 1 GPU by {curves['seed_spread']}: within the spread {curves['within_spread']}",
+                  "", "| iteration | 1 GPU seed 0 | 1 GPU seed 1 | " + " | ".join(f"{c} GPUs seed 0" for c in counts)
+                  + " |", "|---|---|---|" + "---|" * len(counts)]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in curves["windows"]]
+    stepsync = {k: v for k, v in results.items() if "_stepsync_" in k and v.get("status") == "ok"}
+    for name, r in stepsync.items():
+        default = results.get(name.replace("_stepsync", ""), {})
+        if default.get("status") == "ok":
+            lines += ["", f"Losses copied and gathered every step (`SOLVER.LOSS_SYNC_PERIOD 1`, Detectron2's way) "
+                      f"against every 20 (the default): {name} {r['images_per_s']} items/s "
+                      f"({r['seconds_per_iteration']} s/iter) against {default['images_per_s']} "
+                      f"({default['seconds_per_iteration']} s/iter)"]
     skipped = [f"{k} ({v.get('status')})" for k, v in results.items() if v.get("status") != "ok"]
     if skipped:
         lines += ["", "Not measured: " + "; ".join(skipped)]
@@ -547,28 +627,39 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="DATALOADER.NUM_WORKERS per GPU")
     parser.add_argument("--time-budget", type=float, default=420.0, help="seconds; no job starts after that")
     parser.add_argument("--only", default="", help="comma-separated job names to run (default: the plan)")
-    parser.add_argument("--loss-curves", metavar="MODEL", default="",
-                        help="instead of the plan: MODEL's loss curve on 1 GPU (two seeds) and on --gpus GPUs at "
-                        "the same global batch (--per-gpu x --gpus)")
+    parser.add_argument("--models", default="maskrcnn,maskrcnn_bitmask,video_cls,clip_det",
+                        help="comma-separated models whose speed to measure (the checks run in any case)")
+    parser.add_argument("--lc-model", default="maskrcnn_small", choices=sorted(MODELS),
+                        help="the model of the loss curves, the cross-count resume and the evaluation")
+    parser.add_argument("--lc-iters", type=int, default=200)
+    parser.add_argument("--lc-batch", type=int, default=8, help="global batch of the loss-curve runs")
+    parser.add_argument("--lc-period", type=int, default=100, help="checkpoint period of the 2-GPU loss-curve run")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (gloo), to check the tool")
     args = parser.parse_args(argv)
     args.data, args.work = args.data.resolve(), args.work.resolve()
+    args.models = [m for m in args.models.split(",") if m]
     start = time.time()
     deadline = start + args.time_budget
     skip = 0 if args.smoke else WINDOW
     sampler = None if args.smoke else GpuSampler(args.out / f"ddp_{args.tag}_gpu_samples.csv")
     meta = {"tag": args.tag, "iters": args.iters, "per_gpu": args.per_gpu, "workers": args.workers,
-            "gpus": args.gpus, "smoke": args.smoke, "device": _device(),
+            "gpus": args.gpus, "smoke": args.smoke, "device": _device(), "models": args.models,
+            "loss_curves": {"model": args.lc_model, "iters": args.lc_iters, "global_batch": args.lc_batch,
+                            "checkpoint_period": args.lc_period},
             "data_note": "benchmarks/coco_like.py (640x480 JPEG q90, polygon masks; 32-frame 256px frame folders)"}
     results: dict[str, dict] = {}
     only = set(filter(None, args.only.split(",")))
-    for phase in loss_curve_plan(args, args.loss_curves) if args.loss_curves else plan(args):
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        parser.error(f"--models: unknown {sorted(unknown)}; choose from {sorted(MODELS)}")
+    for phase in plan(args):
         phase = [(name, build) for name, build in phase if not only or name in only]
         if not phase:
             continue
         if time.time() > deadline - 30:
             for name, _ in phase:
-                results[name] = {"status": "skipped: time budget", "kind": "train" if "gpu" in name else ""}
+                kind = "train" if not name.startswith(("eval_", "model_only", "resume", "mask_targets")) else ""
+                results[name] = {"status": "skipped: time budget", "kind": kind}
             continue
         jobs = [build() for _, build in phase]
         run_phase(jobs, args, sampler, skip, deadline + 60)

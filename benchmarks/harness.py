@@ -258,16 +258,19 @@ class ForwardWorkload:
 class DetectorWorkload:
     """A Detectron2 meta-architecture on a list of input dicts: inference, or one training iteration
     (forward, backward, optimizer step). torch.compile, when on, compiles the backbone, where nearly all
-    FLOPs are; proposals and box post-processing have data-dependent shapes and stay eager."""
+    FLOPs are; proposals and box post-processing have data-dependent shapes and stay eager. A model without a
+    ``.backbone`` (the video classifier: ``.trunk``) runs eager only."""
 
     def __init__(self, model: nn.Module, inputs: list[dict], optimizer=None):
         self.model = model
         self.inputs = inputs
         self.optimizer = optimizer
-        self.backbones: dict[str | None, nn.Module] = {None: model.backbone}
+        self.backbones: dict[str | None, nn.Module | None] = {None: getattr(model, "backbone", None)}
 
-    def _backbone(self, mode: str | None) -> nn.Module:
+    def _backbone(self, mode: str | None) -> nn.Module | None:
         if mode not in self.backbones:
+            if self.backbones[None] is None:
+                raise ValueError(f"{type(self.model).__name__} has no .backbone to compile: time it eager (mode None)")
             self.backbones[mode] = compiled(self.backbones[None], mode)
         return self.backbones[mode]
 
@@ -277,7 +280,8 @@ class DetectorWorkload:
         if self.optimizer is None:
 
             def infer():
-                model.backbone = backbone
+                if backbone is not None:
+                    model.backbone = backbone
                 model.eval()
                 with torch.no_grad(), autocast(dtype, device):
                     model(inputs)
@@ -291,7 +295,8 @@ class DetectorWorkload:
         storage = EventStorage()  # the heads log training statistics into the current storage
 
         def train():
-            model.backbone = backbone
+            if backbone is not None:
+                model.backbone = backbone
             model.train()
             with storage, autocast(dtype, device):
                 losses = model(inputs)

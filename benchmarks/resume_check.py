@@ -2,13 +2,15 @@
 with one rank killed by SIGKILL after the first checkpoint and the run continued with ``--resume``, then compares
 the data order (must be identical) and the windowed losses (within kernel nondeterminism: the spread of the two
 runs before the kill is the yardstick); ``across`` resumes that 2-GPU checkpoint on 1 and on 4 GPUs and keeps
-the message saying what changes. Writes a json.
+the message saying what changes (``--source``: another run's checkpoint instead, e.g. the 2-GPU loss-curve run of
+``benchmarks.ddp``, with its own data order as the reference). Writes a json.
 
     python -m benchmarks.resume_check --mode same --data /tmp/coco_like --gpus 2,3 --out /tmp/resume_same.json
     python -m benchmarks.resume_check --mode across --data /tmp/coco_like --gpus 0,1,2,3 --out /tmp/resume_across.json
 
-The model is the Mask R-CNN pipeline of ``benchmarks.ddp`` (COCO-like JPEGs, LSJ, polygon masks) with a
-Hiera-T trunk at 512 px (``--smoke``: the tiny CPU one), global batch 4, every source of randomness on.
+The model is ``maskrcnn_small`` of ``benchmarks.ddp``: the Mask R-CNN pipeline (COCO-like JPEGs, LSJ, polygon
+masks) with a Hiera-T trunk at 512 px (``--smoke``: the tiny CPU one), global batch 4, every source of randomness
+on.
 """
 
 from __future__ import annotations
@@ -25,15 +27,12 @@ from types import SimpleNamespace
 
 from benchmarks.ddp import WINDOW, train_job
 
-_GPU_OPTS = ["MODEL.HIERA.NAME", "hiera_tiny_224", "INPUT.LSJ.IMAGE_SIZE", "512", "MODEL.HIERA.INPUT_SIZE", "[512,512]",
-             "MODEL.HIERA.DROP_PATH_RATE", "0.1"]
 LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
 
 
 def _job(name, gpus, args, iters, resume=False):
-    extra = ([] if args.smoke else _GPU_OPTS) + ["SOLVER.CHECKPOINT_PERIOD", str(args.period),
-                                                 "DATALOADER.LOG_DATA_ORDER", "True"]
-    job = train_job(name, "maskrcnn", gpus, args, iters, args.global_batch // len(gpus), extra=extra)
+    extra = ["SOLVER.CHECKPOINT_PERIOD", str(args.period), "DATALOADER.LOG_DATA_ORDER", "True"]
+    job = train_job(name, "maskrcnn_small", gpus, args, iters, args.global_batch // len(gpus), extra=extra)
     if resume:
         job.command.insert(2, "--resume")
     return job
@@ -46,8 +45,11 @@ def _run(job, timeout: float) -> tuple[int, str]:
     return result.returncode, (job.output_dir / "stdout.txt").read_text(errors="replace")
 
 
-def data_order(output_dir: Path, world_size: int) -> tuple[dict, list]:
-    """({global batch: dataset indices in order}, batches logged twice with different content)."""
+def data_order(output_dir: Path, world_size: int | None = None) -> tuple[dict, list]:
+    """({global batch: dataset indices in order}, batches logged twice with different content); by default
+    over every rank's log in ``output_dir``."""
+    if world_size is None:
+        world_size = len(list(output_dir.glob("data_order.rank*.jsonl")))
     order, changed = {}, []
     for rank in range(world_size):
         seen = {}
@@ -139,6 +141,8 @@ def kill_rank_after_checkpoint(job, checkpoint: str, timeout: float) -> dict:
 def check_same(args) -> dict:
     gpus = args.gpus[:2]
     timeout = args.timeout
+    for name in ("resume_uninterrupted", "resume_killed"):  # Detectron2 appends to an earlier metrics.json
+        shutil.rmtree(args.work / name, ignore_errors=True)
     reference = _job("resume_uninterrupted", gpus, args, args.iters)
     code, _ = _run(reference, timeout)
     if code:
@@ -172,13 +176,14 @@ def check_same(args) -> dict:
 
 
 def check_across(args) -> dict:
-    source = args.work / "resume_killed"
+    source = args.source or args.work / "resume_killed"
     checkpoint = f"model_{args.period - 1:07d}.pth"
     if not (source / checkpoint).is_file():
-        return {"status": "failed", "error": f"{source / checkpoint} missing: run --mode same first"}
-    expected, _ = data_order(args.work / "resume_uninterrupted", 2)
-    result = {"status": "ok"}
-    for count in (1, len(args.gpus)):
+        return {"status": "failed", "error": f"{source / checkpoint} missing: run --mode same first, or give "
+                "--source a run that checkpointed every --period iterations"}
+    expected, _ = data_order(source)  # the source ran on past its checkpoint
+    result = {"status": "ok", "source": str(source), "checkpoint": checkpoint}
+    for count in sorted({1, len(args.gpus)}):
         job = _job(f"resume_on_{count}gpu", args.gpus[:count], args, args.period + 4, resume=True)
         shutil.rmtree(job.output_dir, ignore_errors=True)
         job.output_dir.mkdir(parents=True)
@@ -191,6 +196,7 @@ def check_across(args) -> dict:
             "message": next((line.split("]: ", 1)[-1].strip() for line in log.splitlines() if "Exact resume" in line),
                             None),
             "same_global_batches": bool(order) and order == {k: expected[k] for k in order if k in expected},
+            "batches_compared": len([k for k in order if k in expected]),
             "batches": sorted(order)[:1] + sorted(order)[-1:],
         }
         if code:
@@ -206,6 +212,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gpus", default="0,1", help="GPU ids to use (same: the first two)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ddp_runs"))
+    parser.add_argument("--source", type=Path, default=None,
+                        help="across: the run whose checkpoint to resume (default: WORK/resume_killed of --mode same)")
     parser.add_argument("--iters", type=int, default=2 * WINDOW)
     parser.add_argument("--period", type=int, default=WINDOW, help="checkpoint period: the kill comes after the first")
     parser.add_argument("--global-batch", type=int, default=4)
@@ -215,6 +223,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.gpus = [int(g) for g in args.gpus.split(",")]
     args.data, args.work = args.data.resolve(), args.work.resolve()
+    args.source = args.source.resolve() if args.source else None
     job_args = SimpleNamespace(work=args.work, data=args.data, smoke=args.smoke, workers=args.workers)
     for key, value in vars(job_args).items():
         setattr(args, key, value)

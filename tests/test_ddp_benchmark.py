@@ -44,23 +44,63 @@ def test_derived_figures_and_report():
                                 "real_batch_images_per_s": 22.0},
         "maskrcnn_2gpu": _train(36.0),
         "clip_det_2gpu": {"status": "failed", "kind": "train"},
+        "video_cls_1gpu": _train(40.0),
+        "model_only_video_cls": {"status": "ok", "kind": "model_only", "real_batch_images_per_s": 50.0},
+        "video_cls_2gpu": _train(78.0, seconds_per_iteration=0.205),
+        "video_cls_stepsync_2gpu": _train(70.0, seconds_per_iteration=0.23),
         "eval_maskrcnn_1gpu": {"status": "ok", "kind": "eval", "metrics": {"bbox": {"AP": 1.5}}},
         "eval_maskrcnn_2gpu": {"status": "ok", "kind": "eval", "metrics": {"bbox": {"AP": 1.5}}},
+        "eval_video_cls_1gpu": {"status": "ok", "kind": "eval", "metrics": {"video_classification": {"top1": 50.0}}},
+        "eval_video_cls_2gpu": {"status": "ok", "kind": "eval", "metrics": {"video_classification": {"top1": 40.0}}},
         "maskrcnn_lc_1gpu_seed0": _train(1.0, [(19, 2.0), (39, 1.5)]),
         "maskrcnn_lc_1gpu_seed1": _train(1.0, [(19, 2.2), (39, 1.4)]),
         "maskrcnn_lc_2gpu_seed0": _train(1.0, [(19, 2.05), (39, 1.5)]),
     }
     derived = ddp.derived(results)
-    assert derived["efficiency"] == {"maskrcnn_2gpu": 0.9}
-    assert derived["end_to_end_vs_model_only"] == {"synthetic_images_per_s": 0.8, "real_batch_images_per_s": 0.909}
-    assert derived["eval_agreement"]["same_metrics"] is True and derived["eval_agreement"]["same_detections"] is None
+    assert derived["efficiency"] == {"maskrcnn_2gpu": 0.9, "video_cls_2gpu": 0.975}
+    assert derived["end_to_end_vs_model_only"] == {
+        "maskrcnn": {"synthetic_images_per_s": 0.8, "real_batch_images_per_s": 0.909},
+        "video_cls": {"real_batch_images_per_s": 0.8}}
+    agreement = derived["eval_agreement"]
+    assert agreement["maskrcnn"]["same_metrics"] is True and agreement["maskrcnn"]["same_detections"] is None
+    assert agreement["video_cls"]["same_metrics"] is False
     curves = derived["loss_curves"]
-    assert curves["seed_spread"] == 0.2 and curves["n_vs_1"] == 0.05 and curves["within_spread"] is True
+    assert curves["seed_spread"] == 0.2 and curves["n_vs_1"] == {2: 0.05} and curves["within_spread"] is True
 
     text = ddp.markdown({"meta": {"tag": "t", "iters": 40, "per_gpu": 8, "workers": 8, "data_note": "x"},
                          "results": results, "derived": derived})
     assert "| maskrcnn_2gpu | " in text and "| 0.9 |" in text and "clip_det_2gpu (failed)" in text
     assert "within the spread True" in text
+    assert "Distributed evaluation of video_cls (eval_video_cls_1gpu vs eval_video_cls_2gpu" in text
+    assert "video_cls_stepsync_2gpu 70.0 items/s (0.23 s/iter) against 78.0 (0.205 s/iter)" in text
+
+
+def test_two_gpu_plan_times_alone_and_shares_gpus_only_for_checks(tmp_path):
+    from types import SimpleNamespace
+
+    (tmp_path / "specs.json").write_text(json.dumps({"clips_train": "x.csv"}))
+    args = SimpleNamespace(gpus=2, iters=40, per_gpu=8, models=["video_cls", "clip_det"], smoke=False, workers=8,
+                           data=tmp_path, work=tmp_path / "work", lc_model="maskrcnn_small", lc_iters=200,
+                           lc_batch=8, lc_period=100)
+    phases = [[(name, build()) for name, build in phase] for phase in ddp.plan(args)]
+    names = [[name for name, _ in phase] for phase in phases]
+    assert names == [
+        ["video_cls_1gpu", "clip_det_1gpu"], ["model_only_video_cls", "model_only_clip_det"],
+        ["video_cls_2gpu"], ["clip_det_2gpu"],
+        ["maskrcnn_small_lc_1gpu_seed0", "maskrcnn_small_lc_1gpu_seed1", "maskrcnn_small_lc_2gpu_seed0"],
+        ["resume_across", "eval_maskrcnn_small_1gpu", "eval_maskrcnn_small_2gpu", "eval_video_cls_1gpu",
+         "eval_video_cls_2gpu"],
+        ["video_cls_stepsync_2gpu"]]
+    for phase in phases[:4] + phases[-1:]:  # timing: every job on its own GPUs
+        used = [gpu for _, job in phase for gpu in job.gpus]
+        assert len(used) == len(set(used))
+    lc = dict(phases[4])
+    assert ddp._opt(lc["maskrcnn_small_lc_1gpu_seed0"].command, "SOLVER.IMS_PER_BATCH") == "8"
+    assert ddp._opt(lc["maskrcnn_small_lc_2gpu_seed0"].command, "SOLVER.IMS_PER_BATCH") == "8"
+    assert ddp._opt(lc["maskrcnn_small_lc_2gpu_seed0"].command, "SOLVER.CHECKPOINT_PERIOD") == "100"
+    resume = dict(phases[5])["resume_across"].command
+    assert resume[resume.index("--source") + 1].endswith("maskrcnn_small_lc_2gpu_seed0")
+    assert ddp._opt(phases[-1][0][1].command, "SOLVER.LOSS_SYNC_PERIOD") == "1"
 
 
 def test_evaluation_metrics_are_read_from_detectron2s_copypaste_lines(tmp_path):
