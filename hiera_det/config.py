@@ -129,7 +129,7 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
         ("DECODER_NUM_HEADS", 16, "attention heads of the MAE decoder (the paper: 16)"),
         ("ENCODER_INIT", "xavier", "initialisation of the encoder before pre-training: `xavier` (the official "
          "MAE: every linear) or `trunk` (Hiera's trunc-normal 0.02, where random-init training starts; the "
-         "fusion heads and decoder still get xavier), so that MAE and random init differ by the pre-training "
+         "decoder still gets xavier), so that MAE and random init differ by the pre-training "
          "alone (benchmarks/mae_proof.py)"),
         ("IMAGE_CROP_SCALE", [0.2, 1.0], "images: area range of the random resized crop to the trunk's input "
          "size (video clips use `INPUT.VIDEO`)"),

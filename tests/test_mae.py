@@ -92,8 +92,8 @@ def test_bad_mask_ratio_and_mask():
 
 
 def test_encoder_init_trunk_keeps_hieras_initialisation():
-    """``encoder_init="trunk"``: the encoder starts as a random-init trunk does (trunc-normal 0.02), the parts MAE
-    adds stay xavier; the official "xavier" makes a narrow encoder's weights several times larger."""
+    """``encoder_init="trunk"``: the encoder starts as a random-init trunk does (trunc-normal 0.02), the decoder
+    stays xavier; the official "xavier" makes a narrow encoder's weights several times larger."""
     from hiera_det.modeling import Hiera
 
     def encoder_rms(model):
@@ -106,7 +106,7 @@ def test_encoder_init_trunk_keeps_hieras_initialisation():
     scratch = Hiera(embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), input_size=(64, 64))
     assert encoder_rms(trunk) == pytest.approx(encoder_rms(scratch), rel=0.15)
     assert encoder_rms(xavier) > 3 * encoder_rms(trunk)
-    for model in (trunk, xavier):  # the decoder and fusion heads: xavier either way
+    for model in (trunk, xavier):  # the decoder: xavier either way
         bound = (6 / sum(model.decoder_pred.weight.shape)) ** 0.5
         assert model.decoder_pred.weight.abs().max() <= bound and model.decoder_pred.weight.std() > bound / 3
     w = trunk.patch_embed.proj.weight  # the convolution's own initialisation, as in Hiera

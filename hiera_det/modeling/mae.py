@@ -6,9 +6,10 @@ writes load into every hiera_det backbone through ``load_checkpoint`` (which dro
 
 * masking: whole mask units are hidden, ``mask_ratio`` of them per sample (0.6 for images and 0.9 for video
   in the paper; ``mask_mode="time"`` hides whole time steps of a clip instead). The pixels under hidden
-  units are zeroed before the patch convolution, whose kernel overlaps unit borders. In the mask-unit layout the hidden units are then *dropped* from the unrolled
-  ``[B, units, L, C]`` tokens: the blocks run on the visible units only (mask-unit attention never crosses a
-  unit, global attention runs over the visible tokens);
+  units are zeroed before the patch convolution, whose kernel overlaps unit borders. In the mask-unit layout
+  the hidden units are then *dropped* from the unrolled ``[B, units, L, C]`` tokens: the blocks run on the
+  visible units only (mask-unit attention never crosses a unit, global attention runs over the visible
+  tokens);
 * multi-scale fusion: each stage output before the last q-pool is strided down to the final unit size by a
   convolution and summed with the last stage, then normalised (``encoder_norm``);
 * decoder: a linear embedding, a learned mask token in every hidden unit, a position embedding, plain global
@@ -145,8 +146,9 @@ class MaskedAutoencoderHiera(Hiera):
         # "xavier" is the official MAE initialisation: xavier linears everywhere (and the patch embedding seen
         # as a linear). On narrow trunks that makes the encoder's weights several times larger than Hiera's
         # trunc-normal(0.02) (0.12-0.17 rms at width 32). "trunk" keeps the encoder at Hiera's own
-        # initialisation, where a random-init fine-tune starts, and gives xavier to the parts MAE adds (fusion
-        # heads, decoder): with it an MAE run differs from random init by its pre-training alone.
+        # initialisation, where a random-init fine-tune starts, and gives xavier to the decoder's linears only
+        # (the fusion heads are convolutions and keep their own initialisation either way, as officially): with
+        # it an MAE run differs from random init by its pre-training alone.
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         if self.windowed:
             nn.init.trunc_normal_(self.encoder_mask_token, std=0.02)
