@@ -11,16 +11,20 @@ fine-tune budget:
 * video: MAE (``configs/mae/moving_shapes_tiny_mae.yaml``) on unlabeled moving-shapes clips, then the clip
   classifier of ``configs/video/moving_shapes_cls.yaml``; held-out top-1 on the 120 validation videos.
 
-Besides the main MAE arm (the paper's mask ratio, the whole pre-training budget, all unlabeled data), the
-variants that say *why* when MAE does not help: the same pre-training in half the time (schedule),
-pre-training on as many unlabeled images as the detector has labeled ones (data size) and video MAE at mask
-ratio 0.75 instead of 0.9 (ratio: a 64 px, 8-frame clip has only 16 mask units, so 0.9 leaves one visible).
+The main MAE arm pre-trains at the paper's mask ratio with the encoder at Hiera's own initialisation
+(``MODEL.MAE.ENCODER_INIT trunk``), so that it differs from random init by the pre-training alone. The
+variants that say *why* when MAE does not help: pre-training at a fifth of the lr, video MAE at mask ratio
+0.75 (a 64 px, 8-frame clip has only 16 mask units, so 0.9 leaves one visible), layer-wise lr decay in the
+video fine-tune, the official xavier initialisation pre-trained and not pre-trained at all. Every video
+fine-tune also reports how its features start and end (``pooled_feature_similarity``: similarity between clips
+and sensitivity to the motion that the labels are about). ``--diagnose-video`` compares random mask units
+with hiding whole time steps (``MODEL.MAE.MASK_MODE time``).
 
 Everything runs as parallel processes on one GPU (``--parallel``): the pre-training runs and the random-init
 fine-tunes first, the MAE-init fine-tunes as soon as their checkpoint exists. Pre-training runs for
 ``--pretrain-seconds`` of wall time, its warm-up and cosine learning-rate schedule laid over that time (so
-it ends on time however many jobs share the GPU; the iterations it reached are reported). Video clips and unlabeled images are rendered once into memory
-(``--prepare-only`` does just that) and fed from the GPU; the detector reads the generated hiera_shapes files
+it ends on time however many jobs share the GPU; the iterations it reached are reported). Video clips and
+unlabeled images are rendered once into memory (``--prepare-only`` does just that) and fed from the GPU; the detector reads the generated hiera_shapes files
 through Detectron2 as the recipe does. ``--deadline`` stops what is still running and reports the rest.
 
     bash benchmarks/mae_proof.sh                      # on the GPU machine: speed + proof, results in $OUT
@@ -56,7 +60,7 @@ UNLABELED_SEED = 7  # the generators' train / val splits use seed 0 (streams 0 a
 # (sizes for the GPU run, sizes for the CPU smoke test)
 SIZES = {
     "unlabeled_images": (4000, 8),
-    "unlabeled_clips": (2400, 8),
+    "unlabeled_clips": (4800, 8),
     "train_clips": (1200, 12),
     "val_clips": (120, 6),
     "image_size": (192, 64),
@@ -259,6 +263,17 @@ def _train(cfg, model, step, iters: int, name: str) -> dict:
             "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4)}
 
 
+def linear_weight_rms(model) -> float:
+    """Root mean square over the weights of every linear layer in the trunk's blocks, the scale that AdamW's
+    lr-sized steps are relative to (Hiera's own initialisation: 0.02; the official MAE one, xavier, about
+    0.05 over these narrow trunks, 0.12-0.17 in their 32-wide blocks)."""
+    import torch
+
+    blocks = model.blocks if hasattr(model, "blocks") else model.trunk.blocks
+    weights = [m.weight.detach().float() for m in blocks.modules() if isinstance(m, torch.nn.Linear)]
+    return round(float(torch.cat([w.flatten() for w in weights]).pow(2).mean().sqrt()), 4)
+
+
 def run_pretrain(job: dict) -> dict:
     """MAE pre-training on the in-memory unlabeled pool for ``seconds``; writes the checkpoint at the end."""
     import numpy as np
@@ -287,6 +302,7 @@ def run_pretrain(job: dict) -> dict:
             return images(job["batch"])
     shape = (1, -1) + (1,) * (3 if video else 2)
     mean, std = model.pixel_mean.view(shape), model.pixel_std.view(shape)
+    init_rms = linear_weight_rms(model.mae)
 
     def step():
         with _autocast(device):
@@ -320,13 +336,16 @@ def run_pretrain(job: dict) -> dict:
             print(f"{job['name']} iter {iters} loss {recent:.4f} ({time.perf_counter() - start:.1f} s)", flush=True)
     seconds = time.perf_counter() - start
     torch.save({"model": model.state_dict(), "iteration": iters}, job["checkpoint"])
-    losses = torch.stack(losses).float().tolist()
+    losses = torch.stack(losses).float().tolist() if losses else []  # none: the initial weights, saved as they are
     tail = losses[-max(1, iters // 10):]
     return {"train_seconds": round(seconds, 1), "iterations": iters, "seconds_budget": job["seconds"],
-            "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4),
-            "mask_ratio": model.mae.mask_ratio, "unlabeled_samples": len(pool), "batch": job["batch"],
+            "first_loss": round(losses[0], 4) if losses else None,
+            "final_loss": round(sum(tail) / len(tail), 4) if losses else None,
+            "mask_ratio": model.mae.mask_ratio, "encoder_init": cfg.MODEL.MAE.ENCODER_INIT,
+            "unlabeled_samples": len(pool), "batch": job["batch"],
             "input_size": list(model.mae.input_size), "samples_seen": iters * job["batch"],
-            "epochs": round(iters * job["batch"] / len(pool), 1)}
+            "epochs": round(iters * job["batch"] / len(pool), 1),
+            "linear_weight_rms": {"init": init_rms, "final": linear_weight_rms(model.mae)}}
 
 
 def run_video(job: dict) -> dict:
@@ -359,9 +378,12 @@ def run_video(job: dict) -> dict:
     val = ClipBatches(torch.from_numpy(np.load(data / "val_clips.npy")).to(device), v.NUM_FRAMES, v.SAMPLING_RATE)
     val_labels = torch.from_numpy(np.load(data / "val_labels.npy")).to(device)
     probe_clips = val.take(torch.arange(min(60, len(val_labels)), device=device), train=False)
-    init_similarity = pooled_feature_similarity(model, probe_clips)
+    init_features, init_rms = pooled_feature_similarity(model, probe_clips), linear_weight_rms(model)
     result = _train(cfg, model, step, job["iters"] or cfg.SOLVER.MAX_ITER, job["name"])
-    result["pooled_feature_cosine"] = {"init": init_similarity, "final": pooled_feature_similarity(model, probe_clips)}
+    final_features = pooled_feature_similarity(model, probe_clips)
+    result["pooled_feature_cosine"] = {"init": init_features["cosine"], "final": final_features["cosine"]}
+    result["motion_sensitivity"] = {"init": init_features["motion"], "final": final_features["motion"]}
+    result["linear_weight_rms"] = {"init": init_rms, "final": linear_weight_rms(model)}
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -372,22 +394,36 @@ def run_video(job: dict) -> dict:
     return {**result, "top1": round(100.0 * correct / len(val_labels), 2), "val_clips": len(val_labels)}
 
 
-def pooled_feature_similarity(model, clips) -> float:
-    """Mean cosine similarity between the classifier inputs (final norm of the pooled last stage) of
-    different clips: near 1 when the features barely tell clips apart (the collapse that keeps the loss at
-    ln(classes))."""
+def _classifier_features(model, clips):
+    """The classifier's input without the head: the final norm of the mean-pooled last stage, unit length."""
+    import torch
+
+    x = (clips - model.pixel_mean) / model.pixel_std
+    pooled = model.trunk(x)["stage4"].flatten(2).mean(-1)
+    return torch.nn.functional.normalize(model.trunk.norm(pooled).float(), dim=1)
+
+
+def pooled_feature_similarity(model, clips) -> dict[str, float]:
+    """How the classifier inputs of different clips relate, in eval mode:
+
+    * ``cosine``: mean cosine similarity between clips; near 1 when the features barely tell clips apart
+      (the collapse that keeps the loss at ln(classes));
+    * ``motion``: how far reversing a clip in time moves its features, relative to the mean distance between
+      two different clips. The labels are motion directions, and reversing turns move_right into move_left,
+      so near 0 means features that see appearance and not motion (a fine-tune has to find motion first)."""
     import torch
 
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        x = (clips - model.pixel_mean) / model.pixel_std
-        pooled = model.trunk(x)["stage4"].flatten(2).mean(-1)
-        z = torch.nn.functional.normalize(model.trunk.norm(pooled).float(), dim=1)
-        n = len(z)
-        similarity = ((z @ z.T).sum() - n) / (n * (n - 1))
+        z = _classifier_features(model, clips)
+        reversed_z = _classifier_features(model, clips.flip(2))
     model.train(was_training)
-    return round(float(similarity), 4)
+    n = len(z)
+    cosine = ((z @ z.T).sum() - n) / (n * (n - 1))
+    between = torch.cdist(z, z).sum() / (n * (n - 1))
+    motion = (z - reversed_z).norm(dim=1).mean() / between
+    return {"cosine": round(float(cosine), 4), "motion": round(float(motion), 4)}
 
 
 def run_detection(job: dict) -> dict:
@@ -460,47 +496,54 @@ def plan_jobs(args, work: Path) -> list[dict]:
     common = dict(seed=0, seconds=seconds, min_iters=2 if args.tiny else 50, max_iters=args.pretrain_max_iters,
                   threads=args.threads)
     data = work / "data"
+    image = dict(task="image", config=IMAGE_MAE, data=str(data / "unlabeled_images.npy"), batch=SIZES["image_batch"][k])
+    video = dict(task="video", config=VIDEO_MAE, data=str(data / "unlabeled_clips.npy"), batch=SIZES["video_batch"][k])
+    trunk_init, xavier_init = ["MODEL.MAE.ENCODER_INIT", "trunk"], ["MODEL.MAE.ENCODER_INIT", "xavier"]
+    low_lr = ["SOLVER.BASE_LR", args.pretrain_lr / 5]
     pretrains = {
-        "image_mae": dict(task="image", config=IMAGE_MAE, opts=image_opts + ["MODEL.MAE.MASK_RATIO", 0.6],
-                          data=str(data / "unlabeled_images.npy"), batch=SIZES["image_batch"][k]),
-        "video_mae": dict(task="video", config=VIDEO_MAE, opts=video_opts + ["MODEL.MAE.MASK_RATIO", 0.9],
-                          data=str(data / "unlabeled_clips.npy"), batch=SIZES["video_batch"][k]),
-        # schedule: the same pre-training in half the time, with its own complete schedule
-        "image_mae_short": dict(task="image", config=IMAGE_MAE, opts=image_opts + ["MODEL.MAE.MASK_RATIO", 0.6],
-                                data=str(data / "unlabeled_images.npy"), batch=SIZES["image_batch"][k],
-                                seconds=seconds / 2),
-        "video_mae_short": dict(task="video", config=VIDEO_MAE, opts=video_opts + ["MODEL.MAE.MASK_RATIO", 0.9],
-                                data=str(data / "unlabeled_clips.npy"), batch=SIZES["video_batch"][k],
-                                seconds=seconds / 2),
-        # data size: as many unlabeled images as the detector has labeled ones
-        "image_mae_600": dict(task="image", config=IMAGE_MAE, opts=image_opts + ["MODEL.MAE.MASK_RATIO", 0.6],
-                              data=str(data / "unlabeled_images.npy"), batch=SIZES["image_batch"][k],
-                              num_samples=3 if args.tiny else 600),
-        # mask ratio: 16 mask units per clip here, so 0.9 leaves one visible
-        "video_mae_r75": dict(task="video", config=VIDEO_MAE, opts=video_opts + ["MODEL.MAE.MASK_RATIO", 0.75],
-                              data=str(data / "unlabeled_clips.npy"), batch=SIZES["video_batch"][k]),
+        # the encoder starts where a random-init fine-tune starts (Hiera's trunc-normal 0.02): the arms differ by
+        # the pre-training alone
+        "image_mae": dict(image, opts=image_opts + trunk_init + ["MODEL.MAE.MASK_RATIO", 0.6]),
+        "video_mae": dict(video, opts=video_opts + trunk_init + ["MODEL.MAE.MASK_RATIO", 0.9]),
+        # pre-training lr: 1.5e-3 at batch 64-128 is 20-40x MAE's linear rule (1.5e-4 per 256 samples)
+        "image_mae_low_lr": dict(image, opts=image_opts + trunk_init + low_lr + ["MODEL.MAE.MASK_RATIO", 0.6]),
+        "video_mae_low_lr": dict(video, opts=video_opts + trunk_init + low_lr + ["MODEL.MAE.MASK_RATIO", 0.9]),
+        # mask ratio: a 64 px, 8-frame clip has 16 mask units, so 0.9 leaves one visible and 0.75 four
+        "video_mae_r75": dict(video, opts=video_opts + trunk_init + ["MODEL.MAE.MASK_RATIO", 0.75]),
+        # session 4's pre-training, from the official MAE initialisation (xavier) of the encoder, and that
+        # initialisation not pre-trained at all (its weights saved as they are): is it the weights' scale?
+        "image_mae_xavier": dict(image, opts=image_opts + xavier_init + ["MODEL.MAE.MASK_RATIO", 0.6]),
+        "video_mae_xavier": dict(video, opts=video_opts + xavier_init + ["MODEL.MAE.MASK_RATIO", 0.9]),
+        "video_xavier_untrained": dict(video, opts=video_opts + xavier_init, min_iters=0, max_iters=0),
     }
     arms = {  # arm -> {task: (checkpoint or "", the pre-training job it needs, fine-tune overrides)}
         "scratch": {"image": ("", None, []), "video": ("", None, [])},
         "mae": {"image": ("image_mae.pth", "image_mae", []), "video": ("video_mae.pth", "video_mae", [])},
-        "mae_half_time": {"image": ("image_mae_short.pth", "image_mae_short", []),
-                          "video": ("video_mae_short.pth", "video_mae_short", [])},
-        "mae_600_images": {"image": ("image_mae_600.pth", "image_mae_600", [])},
+        "mae_low_lr": {"image": ("image_mae_low_lr.pth", "image_mae_low_lr", []),
+                       "video": ("video_mae_low_lr.pth", "video_mae_low_lr", [])},
         "mae_ratio_0.75": {"video": ("video_mae_r75.pth", "video_mae_r75", [])},
+        # MAE fine-tuning's layer-wise lr decay, the head at 5x the recipe's lr, the first block near it
+        "mae_layer_decay_0.65": {"video": ("video_mae.pth", "video_mae", ["SOLVER.BASE_LR", 5e-4,
+                                                                         "SOLVER.LAYER_DECAY", 0.65])},
+        "mae_xavier_init": {"image": ("image_mae_xavier.pth", "image_mae_xavier", []),
+                            "video": ("video_mae_xavier.pth", "video_mae_xavier", [])},
+        "xavier_init_untrained": {"video": ("video_xavier_untrained.pth", "video_xavier_untrained", [])},
     }
     if args.diagnose_video:
-        # Is it the features or the fine-tuning? The recipe's lr (1e-4, set for random init) against 10x, and
-        # a linear probe (trunk frozen: only the final norm and the head train) of both initialisations.
-        pretrains = {"video_mae": pretrains["video_mae"]}
-        high_lr = ["SOLVER.BASE_LR", 1e-3]
-        probe = ["MODEL.HIERA.FREEZE_AT", 5, "SOLVER.BASE_LR", 1e-3]
+        # Is it what the pretext teaches? Random mask units let the encoder solve it from appearance; hiding
+        # whole time steps ("time") makes it predict other instants, which needs motion. 0.75 keeps 4 of the 16
+        # units visible either way.
+        time_masking = ["MODEL.MAE.MASK_MODE", "time"]
+        pretrains = {
+            "video_mae_r75": pretrains["video_mae_r75"],
+            "video_mae_time_r75": dict(video, opts=video_opts + trunk_init + time_masking + ["MODEL.MAE.MASK_RATIO", 0.75]),
+            "video_mae_time_r50": dict(video, opts=video_opts + trunk_init + time_masking + ["MODEL.MAE.MASK_RATIO", 0.5]),
+        }
         arms = {
             "scratch": {"video": ("", None, [])},
-            "mae": {"video": ("video_mae.pth", "video_mae", [])},
-            "scratch_lr_1e-3": {"video": ("", None, high_lr)},
-            "mae_lr_1e-3": {"video": ("video_mae.pth", "video_mae", high_lr)},
-            "scratch_linear_probe": {"video": ("", None, probe)},
-            "mae_linear_probe": {"video": ("video_mae.pth", "video_mae", probe)},
+            "mae_ratio_0.75": {"video": ("video_mae_r75.pth", "video_mae_r75", [])},
+            "mae_time_masking_0.75": {"video": ("video_mae_time_r75.pth", "video_mae_time_r75", [])},
+            "mae_time_masking_0.5": {"video": ("video_mae_time_r50.pth", "video_mae_time_r50", [])},
         }
     jobs = []
     for name, spec in pretrains.items():
@@ -633,15 +676,17 @@ def write_markdown(report: dict, path: Path) -> None:
     for task, sentence in report["verdict"].items():
         lines.append(f"* **{task}**: {sentence}")
     lines += ["", "## Pre-training", "",
-              "| run | mask ratio | unlabeled samples | iterations | batch | epochs | loss first -> last | s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| run | encoder init | mask ratio | unlabeled samples | iterations | batch | epochs | loss first -> last "
+              "| encoder weight rms start -> end | s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["pretraining"].items():
         if r.get("ok"):
-            lines.append(f"| {name} | {r['mask_ratio']} | {r['unlabeled_samples']} | {r['iterations']} "
-                         f"| {r['batch']} | {r['epochs']} | "
-                         f"{r['first_loss']} -> {r['final_loss']} | {r['train_seconds']} |")
+            rms = r.get("linear_weight_rms", {})
+            lines.append(f"| {name} | {r.get('encoder_init', 'xavier')} | {r['mask_ratio']} | {r['unlabeled_samples']} "
+                         f"| {r['iterations']} | {r['batch']} | {r['epochs']} | {r['first_loss']} -> {r['final_loss']} "
+                         f"| {rms.get('init')} -> {rms.get('final')} | {r['train_seconds']} |")
         else:
-            lines.append(f"| {name} | failed: {r.get('error')} | | | | | | |")
+            lines.append(f"| {name} | failed: {r.get('error')} | | | | | | | | |")
     for task, entry in report["summary"].items():
         title = ("Detection fine-tune (configs/shapes/hiera_tiny_shapes.yaml), held-out box AP" if task == "detection"
                  else "Clip classifier fine-tune (configs/video/moving_shapes_cls.yaml), held-out top-1 (%)")
@@ -652,6 +697,18 @@ def write_markdown(report: dict, path: Path) -> None:
             mean = f"{a['mean']} ± {a['std']}" if "mean" in a else "-"
             lines.append(f"| {arm} | {seeds}{' ' + failed if failed else ''} | {mean} | "
                          f"{a.get('gain_over_scratch', '-') if arm != 'scratch' else ''} |")
+    video_runs = {name: r for name, r in report["runs"].items() if r["kind"] == "video" and r.get("ok")}
+    if video_runs:
+        lines += ["", "## Video runs: where each fine-tune started and ended", "",
+                  "Motion sensitivity: how far reversing a clip in time moves its classifier features, relative to "
+                  "the distance between two clips (0: blind to the motion that the labels are about).", "",
+                  "| run | train loss first -> last 10% | feature cosine start -> end | motion sensitivity start -> end "
+                  "| block weight rms start |", "|---|---|---|---|---|"]
+        for name, r in video_runs.items():
+            cosine, motion = r.get("pooled_feature_cosine", {}), r.get("motion_sensitivity")
+            motion = f"{motion['init']} -> {motion['final']}" if motion else "not measured"
+            lines.append(f"| {name} | {r['first_loss']} -> {r['final_loss']} | {cosine.get('init')} -> "
+                         f"{cosine.get('final')} | {motion} | {r.get('linear_weight_rms', {}).get('init', '-')} |")
     lines += ["", "Per-run details (iterations, seconds, losses, AP50, mask AP): mae_proof.json.", ""]
     path.write_text("\n".join(lines))
 
@@ -676,7 +733,8 @@ def main(argv=None) -> int:
     parser.add_argument("--detection-iters", type=int, default=None, help="default: the recipe's SOLVER.MAX_ITER")
     parser.add_argument("--video-iters", type=int, default=None, help="default: the recipe's SOLVER.MAX_ITER")
     parser.add_argument("--diagnose-video", action="store_true",
-                        help="video only: MAE vs random init at the recipe's lr, at 10x, and as linear probes")
+                        help="video only: MAE with random mask units (0.75) against MAE that hides whole "
+                             "time steps (0.75, 0.5), and random init")
     parser.add_argument("--device", default="", help="cuda or cpu (default: cpu with --tiny, else cuda)")
     parser.add_argument("--deadline", type=float, default=420.0, help="seconds after start: stop what still runs")
     parser.add_argument("--job", help=argparse.SUPPRESS)

@@ -120,10 +120,17 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
     "MODEL.MAE": _keys("MODEL.MAE", [
         ("MASK_RATIO", 0.6, "fraction of mask units hidden from the encoder, in (0, 1): the paper uses 0.6 for "
          "images and 0.9 for video (`META_ARCHITECTURE: HieraMAE`, `hiera_det.pretraining`)"),
+        ("MASK_MODE", "units", "`units`: random mask units, the paper; `time` (video): random whole time steps "
+         "of the unit grid, every unit at a kept step visible, so the hidden instants are predicted from other "
+         "instants (`MASK_RATIO` then counts time steps)"),
         ("NORM_PIX_LOSS", True, "regress per-patch normalised pixels (the paper) rather than raw pixels"),
         ("DECODER_EMBED_DIM", 512, "width of the MAE decoder (the paper: 512)"),
         ("DECODER_DEPTH", 8, "transformer blocks of the MAE decoder (the paper: 8)"),
         ("DECODER_NUM_HEADS", 16, "attention heads of the MAE decoder (the paper: 16)"),
+        ("ENCODER_INIT", "xavier", "initialisation of the encoder before pre-training: `xavier` (the official "
+         "MAE: every linear) or `trunk` (Hiera's trunc-normal 0.02, where random-init training starts; the "
+         "decoder still gets xavier), so that MAE and random init differ by the pre-training "
+         "alone (benchmarks/mae_proof.py)"),
         ("IMAGE_CROP_SCALE", [0.2, 1.0], "images: area range of the random resized crop to the trunk's input "
          "size (video clips use `INPUT.VIDEO`)"),
     ]),

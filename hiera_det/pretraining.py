@@ -38,6 +38,8 @@ def build_mae_from_cfg(cfg) -> MaskedAutoencoderHiera:
         decoder_embed_dim=m.DECODER_EMBED_DIM,
         decoder_depth=m.DECODER_DEPTH,
         decoder_num_heads=m.DECODER_NUM_HEADS,
+        encoder_init=m.ENCODER_INIT,
+        mask_mode=m.MASK_MODE,
     )
     if h.WEIGHTS:
         from .checkpoint import load_checkpoint

@@ -91,6 +91,48 @@ def test_bad_mask_ratio_and_mask():
         model(torch.randn(1, 3, 64, 64), visible=torch.ones(1, 3, dtype=torch.bool))
 
 
+def test_encoder_init_trunk_keeps_hieras_initialisation():
+    """``encoder_init="trunk"``: the encoder starts as a random-init trunk does (trunc-normal 0.02), the decoder
+    stays xavier; the official "xavier" makes a narrow encoder's weights several times larger."""
+    from hiera_det.modeling import Hiera
+
+    def encoder_rms(model):
+        weights = [m.weight for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
+        return torch.cat([w.detach().flatten() for w in weights]).pow(2).mean().sqrt().item()
+
+    torch.manual_seed(0)
+    trunk = tiny_mae(False, encoder_init="trunk")
+    xavier = tiny_mae(False)
+    scratch = Hiera(embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), input_size=(64, 64))
+    assert encoder_rms(trunk) == pytest.approx(encoder_rms(scratch), rel=0.15)
+    assert encoder_rms(xavier) > 3 * encoder_rms(trunk)
+    for model in (trunk, xavier):  # the decoder: xavier either way
+        bound = (6 / sum(model.decoder_pred.weight.shape)) ** 0.5
+        assert model.decoder_pred.weight.abs().max() <= bound and model.decoder_pred.weight.std() > bound / 3
+    w = trunk.patch_embed.proj.weight  # the convolution's own initialisation, as in Hiera
+    assert w.abs().max() <= w[0].numel() ** -0.5
+    with pytest.raises(ValueError, match="encoder_init must be one of"):
+        tiny_mae(False, encoder_init="kaiming")
+
+
+def test_time_masking_hides_whole_time_steps():
+    model = tiny_mae(True, input_size=(8, 64, 64), mask_ratio=0.5, mask_mode="time")
+    assert model.unit_grid == (4, 2, 2)
+    visible = model.random_mask(6, generator=torch.Generator().manual_seed(0)).view(6, *model.unit_grid)
+    per_step = visible.flatten(2)
+    assert ((per_step.all(-1)) | (~per_step.any(-1))).all(), "a time step is wholly visible or wholly hidden"
+    assert (per_step.all(-1).sum(1) == 2).all()
+    assert len({tuple(v.all(-1).flatten().tolist()) for v in per_step}) > 1, "steps drawn per sample"
+    out = model(torch.randn(2, 3, 8, 64, 64))
+    assert out.loss.isfinite() and out.visible.sum(1).tolist() == [8, 8]
+    with pytest.raises(ValueError, match="hides all 4 time steps"):
+        model.random_mask(1, 0.9)
+    with pytest.raises(ValueError, match="needs a video model"):
+        tiny_mae(False, mask_mode="time")
+    with pytest.raises(ValueError, match="mask_mode must be one of"):
+        tiny_mae(True, mask_mode="tubes")
+
+
 WINDOW = dict(attention="window", window_spec=(8, 4, 4, 2), global_blocks=(4,))
 
 

@@ -43,15 +43,25 @@ def test_plan_runs_every_arm_on_every_seed_after_its_pretraining(tmp_path):
     jobs = mae_proof.plan_jobs(args, tmp_path)
     names = {j["name"] for j in jobs}
     pretrains = [j for j in jobs if j["kind"] == "pretrain"]
-    assert len(pretrains) == 6 and len(jobs) == 6 + 2 * 8
+    assert len(pretrains) == 8 and len(jobs) == 8 + 2 * (4 + 7)
     for job in jobs:
         assert set(job["deps"]) <= names
         if job["kind"] != "pretrain" and job["arm"] != "scratch":
             assert job["deps"] and Path(job["weights"]).name.startswith(job["deps"][0].removeprefix("pretrain_"))
-    assert {j["arm"] for j in jobs if j["kind"] == "video"} == {"scratch", "mae", "mae_half_time", "mae_ratio_0.75"}
+    assert {j["arm"] for j in jobs if j["kind"] == "video"} == {"scratch", "mae", "mae_low_lr", "mae_ratio_0.75",
+                                                                 "mae_layer_decay_0.65", "mae_xavier_init",
+                                                                 "xavier_init_untrained"}
+    assert {j["arm"] for j in jobs if j["kind"] == "detection"} == {"scratch", "mae", "mae_low_lr", "mae_xavier_init"}
+    inits = {j["name"]: j["opts"][j["opts"].index("MODEL.MAE.ENCODER_INIT") + 1] for j in pretrains}
+    assert inits["pretrain_image_mae"] == inits["pretrain_video_mae"] == "trunk"
+    assert inits["pretrain_video_mae_xavier"] == "xavier"
+    untrained = next(j for j in pretrains if j["name"] == "pretrain_video_xavier_untrained")
+    assert untrained["max_iters"] == 0
     args.diagnose_video = True
     diagnosis = mae_proof.plan_jobs(args, tmp_path)
-    assert {j["kind"] for j in diagnosis} == {"pretrain", "video"} and len(diagnosis) == 1 + 2 * 6
+    assert {j["kind"] for j in diagnosis} == {"pretrain", "video"} and len(diagnosis) == 3 + 2 * 4
+    time_masked = [j for j in diagnosis if j["name"] == "pretrain_video_mae_time_r75"][0]["opts"]
+    assert time_masked[time_masked.index("MODEL.MAE.MASK_MODE") + 1] == "time"
 
 
 def test_summary_and_verdict():
@@ -74,5 +84,8 @@ def test_tiny_video_diagnosis_end_to_end(tmp_path):
                    cwd=Path(__file__).resolve().parents[1])
     report = json.loads((out / "mae_proof.json").read_text())
     assert all(run["ok"] for run in report["runs"].values()), report["runs"]
-    assert "init" in report["runs"]["video_mae_linear_probe_seed0"]["pooled_feature_cosine"]
+    for run in report["runs"].values():
+        assert set(run["pooled_feature_cosine"]) == set(run["motion_sensitivity"]) == {"init", "final"}
+        assert run["motion_sensitivity"]["init"] > 0  # a random trunk is not blind to time reversal
+    assert report["pretraining"]["video_mae_time_r50"]["iterations"] >= 2
     assert (out / "mae_proof.md").read_text().startswith("# MAE pre-training vs random init")

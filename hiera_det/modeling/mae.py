@@ -5,10 +5,11 @@
 writes load into every hiera_det backbone through ``load_checkpoint`` (which drops the decoder):
 
 * masking: whole mask units are hidden, ``mask_ratio`` of them per sample (0.6 for images and 0.9 for video
-  in the paper). The pixels under hidden units are zeroed before the patch convolution, whose kernel overlaps
-  unit borders. In the mask-unit layout the hidden units are then *dropped* from the unrolled
-  ``[B, units, L, C]`` tokens: the blocks run on the visible units only (mask-unit attention never crosses a
-  unit, global attention runs over the visible tokens);
+  in the paper; ``mask_mode="time"`` hides whole time steps of a clip instead). The pixels under hidden
+  units are zeroed before the patch convolution, whose kernel overlaps unit borders. In the mask-unit layout
+  the hidden units are then *dropped* from the unrolled ``[B, units, L, C]`` tokens: the blocks run on the
+  visible units only (mask-unit attention never crosses a unit, global attention runs over the visible
+  tokens);
 * multi-scale fusion: each stage output before the last q-pool is strided down to the final unit size by a
   convolution and summed with the last stage, then normalised (``encoder_norm``);
 * decoder: a linear embedding, a learned mask token in every hidden unit, a position embedding, plain global
@@ -38,6 +39,8 @@ from .specs import hiera_kwargs
 from .token_layout import GLOBAL, UnrolledLayout
 
 DEFAULT_MASK_RATIO = {2: 0.6, 3: 0.9}  # images, video (Ryali et al. 2023, section 4)
+ENCODER_INITS = ("xavier", "trunk")
+MASK_MODES = ("units", "time")
 
 
 class MAEOutput(NamedTuple):
@@ -76,10 +79,19 @@ class MaskedAutoencoderHiera(Hiera):
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
         q_pool: int = 2,
+        encoder_init: str = "xavier",
+        mask_mode: str = "units",
         **hiera_args,
     ):
+        if encoder_init not in ENCODER_INITS:
+            raise ValueError(f"encoder_init must be one of {ENCODER_INITS}, got {encoder_init!r}")
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
         hiera_args["num_classes"] = 0
         super().__init__(q_pool=q_pool, **hiera_args)
+        if mask_mode == "time" and self.ndim != 3:
+            raise ValueError("mask_mode 'time' hides whole time steps of a clip: it needs a video model; use 'units'")
+        self.mask_mode = mask_mode
         del self.norm  # MAE normalises the fused features instead (encoder_norm)
         self.mask_ratio = check_mask_ratio(DEFAULT_MASK_RATIO[self.ndim] if mask_ratio is None else mask_ratio)
         self.norm_pix_loss = norm_pix_loss
@@ -128,38 +140,51 @@ class MaskedAutoencoderHiera(Hiera):
         self.decoder_layout = UnrolledLayout(self.q_stride, len(self.stage_ends) - 1)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=norm_eps)
         self.decoder_pred = nn.Linear(decoder_embed_dim, self.pred_stride ** min(2, self.ndim) * self.in_chans)
-        self._init_mae_weights()
+        self._init_mae_weights(encoder_init)
 
-    def _init_mae_weights(self):
-        # The official MAE initialisation: xavier linears (and the patch embedding seen as a linear).
+    def _init_mae_weights(self, encoder_init: str):
+        # "xavier" is the official MAE initialisation: xavier linears everywhere (and the patch embedding seen
+        # as a linear). On narrow trunks that makes the encoder's weights several times larger than Hiera's
+        # trunc-normal(0.02) (0.12-0.17 rms at width 32). "trunk" keeps the encoder at Hiera's own
+        # initialisation, where a random-init fine-tune starts, and gives xavier to the decoder's linears only
+        # (the fusion heads are convolutions and keep their own initialisation either way, as officially): with
+        # it an MAE run differs from random init by its pre-training alone.
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         if self.windowed:
             nn.init.trunc_normal_(self.encoder_mask_token, std=0.02)
         nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
+        encoder = {id(m) for m in self.blocks.modules()} if encoder_init == "trunk" else set()
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and id(m) not in encoder:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if encoder_init == "xavier":
+            w = self.patch_embed.proj.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
     # ----------------------------------------------------------------------------------------------- masking
     def random_mask(
         self, batch: int, mask_ratio: float | None = None, device=None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """``[batch, units]`` bool, True = visible: the ``int(units * (1 - ratio))`` units with the smallest
-        uniform noise are kept, as the official ``get_random_mask`` does (same seed, same mask)."""
+        uniform noise are kept, as the official ``get_random_mask`` does (same seed, same mask). With
+        ``mask_mode="time"`` the draw is over the time steps of the unit grid instead, and a kept step keeps
+        every unit at that time: the hidden instants must then be predicted from other instants."""
         ratio = check_mask_ratio(self.mask_ratio if mask_ratio is None else mask_ratio)
-        keep = int(self.num_units * (1 - ratio))
+        slots = self.unit_grid[0] if self.mask_mode == "time" else self.num_units
+        keep = int(slots * (1 - ratio))
         if keep < 1:
+            what = "time steps of mask units" if self.mask_mode == "time" else "mask units"
             raise ValueError(
-                f"mask_ratio {ratio} hides all {self.num_units} mask units of a {self.input_size} input; "
+                f"mask_ratio {ratio} hides all {slots} {what} of a {self.input_size} input; "
                 f"lower the ratio or use a larger input"
             )
-        noise = torch.rand(batch, self.num_units, device=device, generator=generator)
+        noise = torch.rand(batch, slots, device=device, generator=generator)
         kept = noise.argsort(dim=1)[:, :keep]
-        visible = torch.zeros(batch, self.num_units, dtype=torch.bool, device=device)
-        return visible.scatter_(1, kept, True)
+        visible = torch.zeros(batch, slots, dtype=torch.bool, device=device).scatter_(1, kept, True)
+        if self.mask_mode == "time":  # units are numbered time-major (unit_grid is [T, H, W])
+            visible = visible.repeat_interleave(self.num_units // slots, dim=1)
+        return visible
 
     def _check_mask(self, visible: torch.Tensor, batch: int) -> torch.Tensor:
         if visible.dtype != torch.bool or tuple(visible.shape) != (batch, self.num_units):
@@ -314,7 +339,8 @@ class MaskedAutoencoderHiera(Hiera):
 def build_mae(name: str, **overrides) -> MaskedAutoencoderHiera:
     """A MAE model on an official Hiera architecture, e.g. ``build_mae("hiera_base_224")``; the overrides
     are ``MaskedAutoencoderHiera`` / ``Hiera`` arguments (``None`` keeps the default)."""
-    mae_keys = ("mask_ratio", "norm_pix_loss", "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "q_pool")
+    mae_keys = ("mask_ratio", "norm_pix_loss", "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "q_pool",
+                "encoder_init", "mask_mode")
     mae_args = {k: overrides.pop(k) for k in mae_keys if overrides.get(k) is not None}
     overrides.pop("num_classes", None)
     kwargs = hiera_kwargs(name, **overrides)
