@@ -115,3 +115,27 @@ def test_evaluation_metrics_are_read_from_detectron2s_copypaste_lines(tmp_path):
     job = ddp.Job("eval", "eval", "maskrcnn", [0], tmp_path, [], {})
     result = ddp.summarize_eval(job, log)
     assert result["metrics"] == {"bbox": {"AP": 12.5, "AP50": 30.0}, "segm": {"AP": 10.0, "AP50": 25.0}}
+
+
+def test_video_e2e_report_orders_runs_and_relates_them_to_model_only_and_the_earlier_2gpu_run(tmp_path):
+    from benchmarks.video_e2e import report
+
+    runs = tmp_path / "runs"
+    common = {"seconds_per_iteration": 0.1, "wall_clips_per_s": 79.0, "loader_share": 0.1, "peak_mem_mib": 7000}
+    for name, started, clips in (("after", 20, 120.0), ("before", 10, 60.0)):
+        (runs / name).mkdir(parents=True)
+        profile = {"steps": 2, "wall_ms_per_step": 70.0, "device_busy_ms_per_step": 50.0,
+                   "loader_next_ms_per_step": 1.0,
+                   "host": {"cudaStreamSynchronize": {"calls_per_step": 2.0, "ms_per_step": 9.0}}}
+        extra = {"model_only_clips_per_s": 150.0, "profile": profile} if name == "after" else {}
+        (runs / name / "result.json").write_text(json.dumps(
+            {"name": name, "started_unix": started, "clips_per_s": clips, **common, **extra}))
+    (runs / "nvidia-smi.txt").write_text("name, driver\nNVIDIA H100 80GB HBM3, 580\n")
+    earlier = tmp_path / "ddp.json"
+    earlier.write_text(json.dumps({"results": {"video_cls_2gpu": {"images_per_s": 180.0}}}))
+    doc = report(runs, tmp_path / "out", "t", earlier)
+    assert list(doc["runs"]) == ["before", "after"] and doc["device"] == "NVIDIA H100 80GB HBM3, 580"
+    assert doc["runs"]["before"]["end_to_end_vs_model_only"] == 0.4
+    assert doc["runs"]["after"]["efficiency_of_earlier_2gpu_run"] == 0.75
+    md = (tmp_path / "out" / "video_e2e_t.md").read_text()
+    assert "| before | 60.0 |" in md and "cudaStreamSynchronize 9.0 ms (2.0)" in md

@@ -265,6 +265,20 @@ def test_train_transform_moves_boxes_with_pixels(seed):
                 np.testing.assert_allclose(measured_box(out[t]), boxes[t], atol=1.5)
 
 
+@pytest.mark.parametrize("size", [(37, 71), (90, 130)])
+def test_uint8_clip_scale_matches_fvcore_within_one_level(size):
+    # apply_to_clip resizes uint8 clips with OpenCV instead of fvcore's float32 round trip (the loader workers'
+    # main cost): same sampling grid, so at most one gray level apart; a flipped (negative-stride) clip works
+    clip = np.random.RandomState(0).randint(0, 256, (3, 60, 90, 3)).astype(np.uint8)
+    scale = T.ScaleTransform(60, 90, *size, interp="bilinear")
+    expected = scale.apply_image(clip)  # fvcore, on the whole stack
+    out = vt.apply_to_clip(scale, clip)
+    assert out.shape == expected.shape == (3, *size, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    flipped = vt.apply_to_clip(T.TransformList([T.HFlipTransform(90), scale]), clip[..., :1])
+    assert flipped.shape == (3, *size, 1)
+
+
 def test_crop_and_flip_are_exact():
     clip = blob_frames(5, 40, 70)
     geometry = T.TransformList([vt.spatial_view_crop(40, 70, 40, 0, 3), T.HFlipTransform(40)])

@@ -253,6 +253,8 @@ def test_classifier_eval_returns_softmax_scores_and_checks_inputs():
     model.train()
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         model([{"clip": clip(), "label": 7}])
+    with pytest.raises(ValueError, match=r"got \[2, -1\]"):  # checked on the host, before any device work
+        model([{"clip": clip(), "label": 2}, {"clip": clip(), "label": -1}])
 
 
 def test_mixup_and_cutmix_targets_sum_to_one_and_match_area():
@@ -396,8 +398,15 @@ def test_classifier_builders_train_and_multi_view_eval(tiny_moving_shapes, tmp_p
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.DATALOADER.NUM_WORKERS = 0
     model = build_model(cfg)
-    batch = next(iter(loaders.build_train_loader(cfg)))
+    train_loader = loaders.build_train_loader(cfg)
+    batch = next(iter(train_loader))
     assert len(batch) == 2 and batch[0]["clip"].shape == (3, FRAMES, SIZE, SIZE)
+    assert batch[0]["clip"].dtype == torch.uint8  # normalised by the model, on its device
+    # clips are pinned for a CUDA model (so the copy to it does not block the host), not on the CPU
+    assert not train_loader.pin_memory
+    cuda_cfg = cfg.clone()
+    cuda_cfg.MODEL.DEVICE = "cuda"
+    assert loaders.build_train_loader(cuda_cfg).pin_memory
     loss = model(batch)["loss_cls"]
     assert torch.isfinite(loss)
 

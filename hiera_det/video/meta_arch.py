@@ -83,7 +83,10 @@ class HieraVideoClassifier(nn.Module):
                 f"clips in a batch must share one size, got {sorted({tuple(c.shape) for c in clips})}; "
                 f"the video mappers crop to INPUT.VIDEO.TRAIN_CROP_SIZE / TEST_CROP_SIZE"
             )
-        x = torch.stack(clips).to(self.device, non_blocking=True).float()
+        # each clip goes over as it came (uint8, pinned by the training loader) and the batch is stacked and
+        # normalised on the device: stacking on the host first would copy the batch once more there, into
+        # pageable memory, whose transfer then blocks the host
+        x = torch.stack([c.to(self.device, non_blocking=True) for c in clips]).float()
         return (x - self.pixel_mean) / self.pixel_std
 
     def forward(self, batched_inputs: list[dict]):
@@ -91,12 +94,13 @@ class HieraVideoClassifier(nn.Module):
         if not self.training:
             probs = self.trunk(clips, return_logits=True)["logits"].float().softmax(dim=-1)
             return [{"scores": p} for p in probs]
-        labels = torch.as_tensor([int(x["label"]) for x in batched_inputs], device=self.device)
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+        labels = [int(x["label"]) for x in batched_inputs]
+        if min(labels) < 0 or max(labels) >= self.num_classes:  # checked on the host: no wait for the device
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes}) (MODEL.HIERA_VIDEO.NUM_CLASSES), got "
-                f"{labels.tolist()}; set NUM_CLASSES to the dataset's class count"
+                f"{labels}; set NUM_CLASSES to the dataset's class count"
             )
+        labels = torch.tensor(labels).to(self.device, non_blocking=True)
         targets = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
         if self.mixup is not None:
             clips, targets = self.mixup(clips, targets)
