@@ -6,6 +6,7 @@ import copy
 import random
 from collections import OrderedDict
 
+import cv2  # noqa: F401  # before any test module imports decord: see hiera_det.data.video_io._decord
 import pytest
 import torch
 import torch.nn as nn

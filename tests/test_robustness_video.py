@@ -3,7 +3,10 @@ file; and a training loader with DataLoader workers that skips unreadable videos
 
 import fractions
 import logging
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +173,21 @@ def test_training_loader_with_only_unreadable_videos_fails_instead_of_hanging(tm
             _take(loader, 1, timeout=60)
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert all(d["file_name"] in logged for d in dicts) and mapper.num_skipped == 3
+
+
+def test_png_frames_still_decode_after_the_video_reader_loads_decord(tmp_path):
+    # A fresh process, so that nothing has loaded OpenCV yet: decord's bundled libpng must not win
+    pytest.importorskip("decord")
+    script = (
+        "import sys, numpy as np\n"
+        "from hiera_det.data import video_io\n"
+        "video_io._decord()\n"
+        "import cv2\n"
+        f"path = {str(tmp_path / 'f.png')!r}\n"
+        "assert cv2.imwrite(path, np.full((45, 61), 40, np.uint8))\n"
+        "image = cv2.imread(path, cv2.IMREAD_COLOR)\n"
+        "sys.exit(0 if image is not None and image.shape == (45, 61, 3) else 3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr

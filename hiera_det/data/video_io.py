@@ -32,6 +32,10 @@ class VideoReadError(RuntimeError):
 
 
 def _decord():
+    # decord's wheel carries its own libpng/zlib: loaded before OpenCV's, they break cv2's PNG decoding in the
+    # whole process ("libpng error: bad parameters to zlib", cv2.imread returns None), so OpenCV goes first
+    import cv2  # noqa: F401
+
     try:
         import decord
     except ImportError as e:  # the 'video' extra
