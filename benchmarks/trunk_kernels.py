@@ -32,11 +32,12 @@ def _linear_gelu_kernel():
     import triton
     import triton.language as tl
 
-    configs = [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=4),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
-    ]
+    def tile(m, n, k, warps, stages):
+        return triton.Config(
+            {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=warps, num_stages=stages
+        )
+
+    configs = [tile(128, 128, 32, 8, 4), tile(128, 256, 64, 8, 3), tile(128, 128, 64, 4, 4)]
     if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter (tests): one small tile, no tuning
         configs = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2})]
 

@@ -13,9 +13,9 @@ the 4x-wide hidden tensor. For each case this script, in one process on one inpu
 * counts the model's FLOPs once (eager, ``torch.utils.flop_counter``) for TFLOP/s;
 * checks each variant's last stage against the shipped model's.
 
-Variants (``trunk_kernels.with_fast_kernels``): ``fast`` = fc1 + erf GELU in one Triton kernel and windows of at
-most 64 keys packed 128 keys to a FlexAttention sequence; ``fast-sdpa`` = the same with the packs through
-``scaled_dot_product_attention`` and a block-diagonal mask; ``fast16`` = packing only windows of at most
+Variants (``trunk_kernels.with_fast_kernels``): ``fast`` = fc1 + erf GELU in one Triton kernel and windows
+of at most 64 keys packed 128 keys to a FlexAttention sequence; ``fast-sdpa`` = the same with the packs
+through ``scaled_dot_product_attention`` and a block-diagonal mask; ``fast16`` = packing only windows of at most
 16 keys; ``gelu`` = the fused fc1 + GELU alone;
 ``+ro`` = compiled with ``mode="reduce-overhead"`` (CUDA graphs). A micro-benchmark times the fused fc1 +
 GELU against ``linear`` then ``gelu`` (compiled) at the four fc1 shapes of Hiera-B 224 batch 128.
@@ -37,7 +37,6 @@ if __package__ in (None, ""):  # run as a file, python benchmarks/trunk_variants
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.trunk_kernels import with_fast_kernels  # noqa: E402
@@ -148,7 +147,9 @@ def measure_case(case: str, device: torch.device, repeats: int, deadline: float,
         variant = with_fast_kernels(model, **options) if options else model
         workload = harness.ForwardWorkload(variant, x)
         try:
-            calls[label], facts[label] = harness.warm_up(workload, DTYPE, mode, device, WARMUP, with_flops=False)
+            calls[label], facts[label] = harness.warm_up(
+                workload, DTYPE, mode, device, WARMUP, with_flops=False
+            )
             with torch.no_grad(), harness.autocast(DTYPE, device):
                 final = workload.module_for(mode)(x)["stage4"].float()
         except Exception as e:  # a variant that fails to compile or run is recorded, the others go on
@@ -158,7 +159,8 @@ def measure_case(case: str, device: torch.device, repeats: int, deadline: float,
             print(f"{case} {label}: FAILED {record['results'][label]['error']}", flush=True)
             continue
         reference = final if reference is None else reference
-        facts[label]["rel_max_diff_vs_shipped"] = float((final - reference).abs().max() / reference.abs().max())
+        diff = (final - reference).abs().max() / reference.abs().max()
+        facts[label]["rel_max_diff_vs_shipped"] = float(diff)
         if label in PROFILED:
             profiles[label] = profile(calls[label], device)
         print(f"{case} {label}: compiled in {facts[label].get('compile_s', 0):.1f} s, "

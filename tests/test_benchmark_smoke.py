@@ -270,24 +270,26 @@ def test_experiment_scripts_are_package_modules():
 
 
 def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch):
-    """The experiment on a tiny Hiera, eager on the CPU: every variant is timed, the shipped and fast ones
-    profiled by kernel category, FLOPs counted, and each variant's output stays within bf16 rounding of
-    the shipped model."""
+    """The experiment on a tiny Hiera, eager in fp32 on the CPU (bf16 matmuls are slow on CPUs without bf16
+    units): every variant is timed, the profiled ones broken down by kernel category, FLOPs counted, and a
+    variant's output matches the shipped model's."""
     tv = importlib.import_module("benchmarks.trunk_variants")
-    monkeypatch.setitem(
-        tv.CASES, "tiny", ("hiera_tiny_224", "mask_unit", (3, 64, 64), 2, "im/s", ["shipped", "fast-sdpa", "fast"])
-    )
+    variants = ["shipped", "fast-sdpa"]
+    monkeypatch.setitem(tv.CASES, "tiny", ("hiera_tiny_224", "mask_unit", (3, 32, 32), 2, "im/s", variants))
     monkeypatch.setattr(tv, "VARIANTS", {k: (options, None) for k, (options, _) in tv.VARIANTS.items()})
+    monkeypatch.setattr(tv, "PROFILED", ("shipped",))
+    monkeypatch.setattr(tv, "WARMUP", 1)
+    monkeypatch.setattr(tv, "DTYPE", "fp32")
     record = tv.measure_case("tiny", torch.device("cpu"), repeats=2, deadline=float("inf"))
     results = record["results"]
-    assert list(results) == ["shipped", "fast-sdpa", "fast"]
+    assert list(results) == variants
     assert record["flops"] > 0
     for r in results.values():
         assert r["median_ms"] > 0 and r["im/s"] > 0
         assert r["tflops"] == round(record["flops"] / r["median_ms"] / 1e9, 1)
     assert results["shipped"]["rel_max_diff_vs_shipped"] == 0.0
-    assert 0 < results["fast-sdpa"]["rel_max_diff_vs_shipped"] < 0.05
-    assert set(record["profiles"]) == {"shipped", "fast"}
+    assert results["fast-sdpa"]["rel_max_diff_vs_shipped"] < 1e-4
+    assert set(record["profiles"]) == {"shipped"}
     shipped = record["profiles"]["shipped"]
     assert shipped["gpu_ms_per_call"] > 0 and shipped["top_kernels"]
     assert abs(sum(shipped["by_category_ms"].values()) - shipped["gpu_ms_per_call"]) < 0.01
@@ -314,7 +316,8 @@ def test_perf_run_splits_issue_16s_figures_into_runs_of_one_compile_mode_each():
     assert [s.name for s in trunk["hiera_b_224"].subjects] == ["ours", "timm"]
     assert all(c.peer == "timm" for c in trunk["hiera_b_224"].comparisons)
     (layout,) = trunk["hiera_b_1024_layouts"].comparisons
-    assert (layout.ours, layout.peer, layout.min_speedup) == ("ours_window", "ours_mask_unit", LAYOUT_FLOP_RATIO)
+    assert (layout.ours, layout.peer) == ("ours_window", "ours_mask_unit")
+    assert layout.min_speedup == LAYOUT_FLOP_RATIO
     assert runs["cudagraphs"][1][-1] == "reduce-overhead"
     assert [[s.name for s in c.subjects] for c in runs["train_compiled"][0]] == [["ours"]]
     assert abs(LAYOUT_FLOP_RATIO - 6226.1 / 3867.6) < 0.01
