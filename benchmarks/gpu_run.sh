@@ -6,6 +6,7 @@
 # benchmarks package of this checkout, benchmarks/run.py).
 #
 #   bash benchmarks/gpu_run.sh [extra tools/benchmark.py arguments]
+#   ENTRY=benchmarks/perf_run.py bash benchmarks/gpu_run.sh --tag NAME     # issue 16's figures, one process
 #
 # Writes <tag>.json / .md / .png, benchmark.log and nvidia-smi.txt under $OUT (default benchmarks/results).
 # Finishes in under 9 minutes: the benchmark stops starting new work after --time-budget seconds (what is
