@@ -6,6 +6,7 @@
 # benchmarks package of this checkout, benchmarks/run.py).
 #
 #   bash benchmarks/gpu_run.sh [extra tools/benchmark.py arguments]
+#   ENTRY=benchmarks/perf_run.py bash benchmarks/gpu_run.sh --tag NAME     # issue 16's figures, one process
 #
 # Writes <tag>.json / .md / .png, benchmark.log and nvidia-smi.txt under $OUT (default benchmarks/results).
 # Finishes in under 9 minutes: the benchmark stops starting new work after --time-budget seconds (what is
@@ -36,14 +37,21 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,
 
 # Eager (compile off) for every case and dtype first, then torch.compile in bf16 for the cases where it
 # matters most, as long as the budget lasts. Extra arguments override these (argparse: last one wins).
-timeout --signal=INT --kill-after=15 505 "$python" tools/benchmark.py \
-  --out "$out" \
-  --dtypes bf16,fp16,fp32 \
-  --compile off,on \
-  --compile-dtypes bf16 \
-  --compile-cases hiera_b_224,hiera_b_fpn_1024,maskrcnn_train_1024,hiera_b_16x224_video,maskrcnn_infer_1024 \
-  --time-budget 430 \
-  "$@" 2>&1 | tee "$out/benchmark.log"
+# ENTRY=benchmarks/perf_run.py runs that driver instead (issue 16's figures), with --out and the extra
+# arguments only.
+if [ -n "${ENTRY:-}" ]; then
+  command=("$python" "$ENTRY" --out "$out" "$@")
+else
+  command=("$python" tools/benchmark.py
+    --out "$out"
+    --dtypes bf16,fp16,fp32
+    --compile off,on
+    --compile-dtypes bf16
+    --compile-cases hiera_b_224,hiera_b_fpn_1024,maskrcnn_train_1024,hiera_b_16x224_video,maskrcnn_infer_1024
+    --time-budget 430
+    "$@")
+fi
+timeout --signal=INT --kill-after=15 505 "${command[@]}" 2>&1 | tee "$out/benchmark.log"
 status=${PIPESTATUS[0]}
 if [ "$status" = 124 ] || [ "$status" = 130 ]; then
   echo "gpu_run.sh: stopped at the 505 s limit; the results written so far are complete up to the last item" \

@@ -264,27 +264,63 @@ def test_isolated_subjects_are_built_measured_and_released_one_at_a_time():
 
 
 def test_experiment_scripts_are_package_modules():
-    for name in ("attention_variants", "shapes_ap", "video_vs_frame"):
+    for name in ("trunk_variants", "perf_run", "shapes_ap", "video_vs_frame"):
         module = importlib.import_module(f"benchmarks.{name}")
         assert callable(module.main), name
 
 
-def test_attention_variants_measure_the_math_path_against_sdpa(monkeypatch):
-    """The experiment on a tiny Hiera, eager on the CPU: the math path replaces the attention of every block
-    and stays within bf16 rounding of the shipped model."""
-    av = importlib.import_module("benchmarks.attention_variants")
-    monkeypatch.setitem(av.CASES, "tiny", ("hiera_tiny_224", (3, 64, 64), 1, "im/s"))
-    compiled_variants = av.variants
-    monkeypatch.setattr(
-        av, "variants", lambda *a: [(label, m, None) for label, m, _ in compiled_variants(*a)]
-    )
-    record = av.measure_case("tiny", torch.device("cpu"), [16, 10_000], max_autotune=False, repeats=2)
+def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch):
+    """The experiment on a tiny Hiera, eager in fp32 on the CPU (bf16 matmuls are slow on CPUs without bf16
+    units): every variant is timed, the profiled ones broken down by kernel category, FLOPs counted, and a
+    variant's output matches the shipped model's."""
+    tv = importlib.import_module("benchmarks.trunk_variants")
+    variants = ["shipped", "fast-sdpa"]
+    monkeypatch.setitem(tv.CASES, "tiny", ("hiera_tiny_224", "mask_unit", (3, 32, 32), 2, "im/s", variants))
+    monkeypatch.setattr(tv, "VARIANTS", {k: (options, None) for k, (options, _) in tv.VARIANTS.items()})
+    monkeypatch.setattr(tv, "PROFILED", ("shipped",))
+    monkeypatch.setattr(tv, "WARMUP", 1)
+    monkeypatch.setattr(tv, "DTYPE", "fp32")
+    record = tv.measure_case("tiny", torch.device("cpu"), repeats=2, deadline=float("inf"))
     results = record["results"]
-    assert list(results) == ["sdpa", "math<=16", "math<=10000"]
+    assert list(results) == variants
+    assert record["flops"] > 0
     for r in results.values():
-        assert r["median_ms"] > 0 and r["im/s"] > 0 and r["compile_s"] is None
-    assert results["sdpa"]["rel_max_diff_vs_sdpa"] == 0.0
-    assert 0 < results["math<=10000"]["rel_max_diff_vs_sdpa"] < 0.05
+        assert r["median_ms"] > 0 and r["im/s"] > 0
+        assert r["tflops"] == round(record["flops"] / r["median_ms"] / 1e9, 1)
+    assert results["shipped"]["rel_max_diff_vs_shipped"] == 0.0
+    assert results["fast-sdpa"]["rel_max_diff_vs_shipped"] < 1e-4
+    assert set(record["profiles"]) == {"shipped"}
+    shipped = record["profiles"]["shipped"]
+    assert shipped["gpu_ms_per_call"] > 0 and shipped["top_kernels"]
+    assert abs(sum(shipped["by_category_ms"].values()) - shipped["gpu_ms_per_call"]) < 0.01
+
+
+def test_kernel_names_fall_in_the_profile_categories():
+    from benchmarks.trunk_variants import kernel_category
+
+    assert kernel_category("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "gemm"
+    assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert kernel_category("triton_tem_fused__to_copy_flex_attention_ones_13") == "attention"
+    assert kernel_category("triton_poi_fused_gelu_view_36") == "pointwise/norm (inductor)"
+    assert kernel_category("_fc1_gelu_kernel") == "fc1+gelu (fused)"
+    assert kernel_category("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop") == "conv"
+
+
+def test_perf_run_splits_issue_16s_figures_into_runs_of_one_compile_mode_each():
+    from benchmarks.perf_run import LAYOUT_FLOP_RATIO, plan
+
+    runs = {suffix: (cases, options) for suffix, cases, options, _ in plan()}
+    assert list(runs) == ["trunk", "cudagraphs", "detector", "train_compiled"]
+    assert abs(sum(share for *_, share in plan()) - 1.0) < 1e-9
+    trunk = {c.name: c for c in runs["trunk"][0]}
+    assert [s.name for s in trunk["hiera_b_224"].subjects] == ["ours", "timm"]
+    assert all(c.peer == "timm" for c in trunk["hiera_b_224"].comparisons)
+    (layout,) = trunk["hiera_b_1024_layouts"].comparisons
+    assert (layout.ours, layout.peer) == ("ours_window", "ours_mask_unit")
+    assert layout.min_speedup == LAYOUT_FLOP_RATIO
+    assert runs["cudagraphs"][1][-1] == "reduce-overhead"
+    assert [[s.name for s in c.subjects] for c in runs["train_compiled"][0]] == [["ours"]]
+    assert abs(LAYOUT_FLOP_RATIO - 6226.1 / 3867.6) < 0.01
 
 
 def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):

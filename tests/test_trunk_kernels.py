@@ -1,0 +1,73 @@
+"""The experimental trunk kernels of benchmarks/trunk_kernels.py compute the model's function."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.trunk_kernels import packed_attention, with_fast_kernels
+from hiera_det.modeling import build_hiera
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+@pytest.mark.parametrize(
+    "windows,q_len,k_len", [(13, 16, 16), (10, 4, 16), (7, 16, 64), (5, 64, 64), (1, 16, 16)]
+)  # fmt: skip
+def test_packed_windows_attend_only_inside_themselves(kernel, windows, q_len, k_len):
+    """Packing (with zero windows padding the last pack, and pooled queries) changes nothing."""
+    g = torch.Generator().manual_seed(windows)
+    q = torch.randn(windows, q_len, 2, 8, generator=g)
+    k, v = (torch.randn(windows, k_len, 2, 8, generator=g) for _ in range(2))
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    out = packed_attention(q, k, v, 128, kernel)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_attention_names_an_unknown_kernel():
+    q = torch.randn(2, 4, 1, 8)
+    with pytest.raises(ValueError, match="unknown packed attention kernel 'triton'"):
+        packed_attention(q, q, q, 128, "triton")
+    with pytest.raises(ValueError, match="unknown pack_kernel"):
+        with_fast_kernels(torch.nn.Linear(1, 1), pack_keys=128, pack_kernel="triton")
+
+
+@pytest.mark.parametrize("attention,size", [("mask_unit", (64, 64)), ("window", (128, 128))])
+def test_a_trunk_with_the_fast_kernels_keeps_fp32_parity(attention, size):
+    """On the CPU the fused GELU stands aside and the packed attention runs: same outputs in fp32, and
+    the original model is left as it was."""
+    torch.manual_seed(0)
+    model = build_hiera("hiera_tiny_224", num_classes=0, input_size=size, attention=attention).eval()
+    x = torch.randn(3, 3, *size)
+    fast = with_fast_kernels(model, fused_gelu=True, pack_keys=128, pack_kernel="sdpa")
+    with torch.no_grad():
+        expected, out = model(x), fast(x)
+    for name in expected:
+        torch.testing.assert_close(out[name], expected[name], atol=2e-5, rtol=1e-4)
+    assert "forward" not in vars(model.blocks[0].attn)  # the copy was patched, not the model
+
+
+def test_fused_fc1_gelu_kernel_matches_linear_then_erf_gelu():
+    """The Triton kernel, run by Triton's CPU interpreter (a fresh process: the interpreter is chosen when
+    the kernel is defined), against ``gelu(linear(x))`` at an awkward shape (masked edges on M, N and K)."""
+    pytest.importorskip("triton")
+    script = (
+        "import torch\n"
+        "from benchmarks.trunk_kernels import _linear_gelu_op, linear_gelu_reference\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(2, 37, 24, generator=g); w = torch.randn(40, 24, generator=g) * 0.2\n"
+        "b = torch.randn(40, generator=g)\n"
+        "print(float((_linear_gelu_op(x, w, b) - linear_gelu_reference(x, w, b)).abs().max()))\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
