@@ -80,6 +80,8 @@ class MaskedAutoencoderHiera(Hiera):
     ):
         hiera_args["num_classes"] = 0
         super().__init__(q_pool=q_pool, **hiera_args)
+        if self.stem != "patch":
+            raise ValueError(f"MAE pre-training masks pixels per patch, which needs stem='patch', got {self.stem!r}")
         del self.norm  # MAE normalises the fused features instead (encoder_norm)
         self.mask_ratio = check_mask_ratio(DEFAULT_MASK_RATIO[self.ndim] if mask_ratio is None else mask_ratio)
         self.norm_pix_loss = norm_pix_loss
