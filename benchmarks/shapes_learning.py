@@ -49,7 +49,7 @@ AGNOSTIC = ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True", "MODEL.ROI_MASK_
 LOW_THRESH = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.001"]
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "ship": ("shipped recipe (AdamW 4e-4)", []),
+    "ship": ("session-4 shipped recipe (AdamW 4e-4, patch stem)", []),
     "ctrl": ("C: LR 1e-3, clip grad norm 1.0 per parameter, warmup 50; F: short side 128-160 (test 144), "
              "one anchor ratio, RPN post-NMS 128, 32 RoIs/image at 50% fg", BASE),
     "r18": ("C+F with a ResNet-18 GN + FPN from scratch instead of Hiera (diagnostic)", BASE + RESNET18_GN),
@@ -75,11 +75,13 @@ VARIANTS.update({
     "onorm": ("LayerNorm on each stage output before the FPN (MODEL.HIERA.OUT_NORM LN)", OUT_LN),
     "stem": ("conv stem (MODEL.HIERA.STEM conv)", CONV_STEM),
     "stem_on": ("conv stem + stage-output LayerNorm", CONV_STEM + OUT_LN),
-    "stem_on_lr8": ("conv stem + stage-output LayerNorm, BASE_LR 8e-4", CONV_STEM + OUT_LN + ["SOLVER.BASE_LR", "0.0008"]),
+    "stem_on_lr8": ("conv stem + stage-output LayerNorm, BASE_LR 8e-4",
+                    CONV_STEM + OUT_LN + ["SOLVER.BASE_LR", "0.0008"]),
     "gn": ("GroupNorm FPN, 4conv1fc GN box head (64 ch), GN mask head", GN_NECK_HEADS),
     "win": ("windowed layout (HieraDet, abs-win): windows [8,4,14,7], global blocks 3-4 (as mask units)",
             WINDOWED + ["MODEL.HIERA.GLOBAL_BLOCKS", "[3,4]"]),
-    "glob": ("windowed layout, global attention from block 1 (stage 2) on", WINDOWED + ["MODEL.HIERA.GLOBAL_BLOCKS", "[1,2,3,4]"]),
+    "glob": ("windowed layout, global attention from block 1 (stage 2) on",
+             WINDOWED + ["MODEL.HIERA.GLOBAL_BLOCKS", "[1,2,3,4]"]),
     "pos": ("50% foreground RoIs (instead of 25%)", MORE_POSITIVES),
     "lr2": ("BASE_LR 2e-4", ["SOLVER.BASE_LR", "0.0002"]),
     "emb64": ("Hiera width 64 (EMBED_DIM 64: stage widths 64-512)", ["MODEL.HIERA.EMBED_DIM", "64"]),
@@ -87,10 +89,18 @@ VARIANTS.update({
     "bs8": ("batch 8 at short side 128-160 (max 256), BASE_LR 6e-4",
             ["SOLVER.IMS_PER_BATCH", "8", "INPUT.MIN_SIZE_TRAIN", "(128,144,160)", "INPUT.MAX_SIZE_TRAIN", "256",
              "SOLVER.BASE_LR", "0.0006"]),
-    "combo": ("conv stem + stage-output LN + GN neck/heads + 50% fg RoIs", CONV_STEM + OUT_LN + GN_NECK_HEADS + MORE_POSITIVES),
-    "fast": ("conv stem + stage-output LN + 50% fg RoIs + cheap heads", CONV_STEM + OUT_LN + MORE_POSITIVES + CHEAP_HEADS),
+    "combo": ("conv stem + stage-output LN + GN neck/heads + 50% fg RoIs",
+              CONV_STEM + OUT_LN + GN_NECK_HEADS + MORE_POSITIVES),
+    "fast": ("conv stem + stage-output LN + 50% fg RoIs + cheap heads",
+             CONV_STEM + OUT_LN + MORE_POSITIVES + CHEAP_HEADS),
     "r18s": ("shipped recipe with a ResNet-18 GN trunk from scratch (diagnostic)", RESNET18_GN),
 })
+# Every variant above was measured as a change to the recipe the config held before session 5; keep them that.
+SESSION4_RECIPE = ["MODEL.HIERA.STEM", "patch", "MODEL.HIERA.OUT_NORM", "", "MODEL.FPN.NORM", "LN",
+                   "MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2", "MODEL.ROI_BOX_HEAD.NORM", "",
+                   "MODEL.ROI_MASK_HEAD.NORM", "LN", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.25"]
+VARIANTS = {name: (change, SESSION4_RECIPE + overrides) for name, (change, overrides) in VARIANTS.items()}
+VARIANTS["current"] = ("configs/shapes/hiera_tiny_shapes.yaml as it is (since session 5: combo's settings)", [])
 # Iterations relative to --max-iter, for variants whose CPU iteration costs differ from the shipped recipe's:
 # each run gets the iterations that fit the same CPU time. From paired 6-iteration profiles on the shared
 # 2-core machine (two rounds, +-20% noise): cheap heads 0.71x the shipped recipe's time, GN neck/heads about

@@ -302,7 +302,8 @@ def _validate_trunk(cfg: CN) -> None:
         raise ValueError(f"MODEL.HIERA.STEM {h.STEM!r} is unknown; choose one of: {_choices(STEMS)} (`patch` "
                          "for video trunks)")
     if h.OUT_NORM not in ("", "LN", "GN") or (video and h.OUT_NORM):
-        raise ValueError(f"MODEL.HIERA.OUT_NORM {h.OUT_NORM!r} is unknown; choose one of: '' (none), 'LN', 'GN' ('' for video trunks)")
+        raise ValueError(f"MODEL.HIERA.OUT_NORM {h.OUT_NORM!r} is unknown; choose one of: '' (none), 'LN', 'GN' "
+                         "('' for video trunks)")
     if h.POS_EMBED not in ("",) + IMAGE_POS_EMBEDS:
         raise ValueError(f"MODEL.HIERA.POS_EMBED {h.POS_EMBED!r} is unknown for images; choose one of: "
                          f"'' (layout default), {_choices(IMAGE_POS_EMBEDS)}")

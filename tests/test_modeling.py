@@ -239,3 +239,13 @@ def test_conv_stem_refuses_video_other_strides_and_mae():
         build_hiera("hiera_tiny_224", stem="deep")
     with pytest.raises(ValueError, match="needs stem='patch'"):
         build_mae("hiera_tiny_224", stages=(1, 1, 1, 1), stem="conv")
+
+
+def test_patch_stem_checkpoint_into_a_conv_stem_trunk_says_which_key_to_set(tmp_path):
+    from hiera_det.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "patch_stem.pth"
+    torch.save(build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=0).state_dict(), path)
+    conv = build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=0, stem="conv")
+    with pytest.raises(CheckpointError, match="MODEL.HIERA.STEM patch"):
+        load_checkpoint(conv, str(path), strict=False)
