@@ -53,6 +53,9 @@ if __package__ in (None, ""):  # run as a file: find the checkout
 IMAGE_MAE = "mae/shapes_tiny_mae.yaml"
 VIDEO_MAE = "mae/moving_shapes_tiny_mae.yaml"
 DETECTOR = "shapes/hiera_tiny_shapes.yaml"
+# MAE pre-trains the patch embedding, and the detector config's conv stem has no pre-trained counterpart: both
+# detection arms use the patch stem (the rest of the recipe as the config has it)
+DETECTOR_OPTS = ["MODEL.HIERA.STEM", "patch"]
 CLASSIFIER = "video/moving_shapes_cls.yaml"
 CLIP_FRAMES = 16  # frames per generated moving-shapes video
 UNLABELED_SEED = 7  # the generators' train / val splits use seed 0 (streams 0 and 1): no overlap
@@ -557,7 +560,8 @@ def plan_jobs(args, work: Path) -> list[dict]:
                            weights=str(work / checkpoint) if checkpoint else "",
                            deps=[f"pretrain_{pretrain}"] if pretrain else [])
                 if task == "image":
-                    opts = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", args.loader_workers] + arm_opts
+                    opts = (["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", args.loader_workers] + DETECTOR_OPTS
+                            + arm_opts)
                     if args.tiny:
                         images = (data / "val_tiny_images").read_text()
                         opts += ["DATASETS.CUSTOM", f"['shapes_val_tiny={data / 'val_tiny.json'}:{images}']",

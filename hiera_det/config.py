@@ -27,7 +27,7 @@ from detectron2.config import get_cfg
 
 from .checkpoint import CheckpointError
 from .checkpoint.download import check_weights
-from .modeling import ARCHITECTURES, ATTENTION_LAYOUTS
+from .modeling import ARCHITECTURES, ATTENTION_LAYOUTS, STEMS
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
 IMAGE_POS_EMBEDS = ("absolute", "absolute_win")
@@ -69,6 +69,11 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
          "(HieraDet / SAM2 windowed attention with a few global blocks; SAM2 weights)"),
         ("POS_EMBED", "", "image only: `\"\"` = the layout's default (`absolute` for mask_unit, `absolute_win` "
          "for window), or `absolute`, `absolute_win`"),
+        ("STEM", "patch", "image only: `patch` (the paper's single 7x7 stride-4 convolution; official weights) "
+         "or `conv` (two 3x3 stride-2 convolutions with GroupNorm, then a 1x1: learns faster from random init, "
+         "see `configs/shapes/hiera_tiny_shapes.yaml`; no official weights have it)"),
+        ("OUT_NORM", "", "normalization of each stage output before the neck: `\"\"` (none), `LN` (per-position "
+         "LayerNorm over channels, as ViTDet's feature pyramid) or `GN`"),
         ("WINDOW_SPEC", [], "window only: window size per stage; `[]` = the SAM2 preset of the architecture"),
         ("GLOBAL_BLOCKS", [], "window only: indices of blocks with full attention; `[]` = the SAM2 preset"),
         ("ACTIVATION_CHECKPOINTING", False, "recompute each block in the backward pass: less activation "
@@ -305,6 +310,12 @@ def _validate_trunk(cfg: CN) -> None:
         raise ValueError(f"MODEL.HIERA.NAME {h.NAME!r} is a video trunk: it takes ATTENTION mask_unit, "
                          "POS_EMBED '' and INPUT_SIZE [] (the clip size comes from MODEL.HIERA_VIDEO.NUM_FRAMES "
                          "and INPUT.VIDEO.TRAIN_CROP_SIZE)")
+    if h.STEM not in STEMS or (video and h.STEM != "patch"):
+        raise ValueError(f"MODEL.HIERA.STEM {h.STEM!r} is unknown; choose one of: {_choices(STEMS)} (`patch` "
+                         "for video trunks)")
+    if h.OUT_NORM not in ("", "LN", "GN") or (video and h.OUT_NORM):
+        raise ValueError(f"MODEL.HIERA.OUT_NORM {h.OUT_NORM!r} is unknown; choose one of: '' (none), 'LN', 'GN' "
+                         "('' for video trunks)")
     if h.POS_EMBED not in ("",) + IMAGE_POS_EMBEDS:
         raise ValueError(f"MODEL.HIERA.POS_EMBED {h.POS_EMBED!r} is unknown for images; choose one of: "
                          f"'' (layout default), {_choices(IMAGE_POS_EMBEDS)}")

@@ -324,7 +324,7 @@ def test_perf_run_splits_issue_16s_figures_into_runs_of_one_compile_mode_each():
 
 
 def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
-    from benchmarks.shapes_learning import VARIANTS, read_run, schedule_overrides
+    from benchmarks.shapes_learning import SESSION4_RECIPE, VARIANTS, read_run, schedule_overrides
 
     rows = [
         {"iteration": 19, "total_loss": 3.0, "loss_cls": 1.5, "time": 0.4, "fast_rcnn/false_negative": 1.0},
@@ -345,4 +345,5 @@ def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
     assert run["iterations_done"] == 80 and run["s_per_iter"] == 0.5
     assert schedule_overrides(800, 200) == ["SOLVER.MAX_ITER", "800", "SOLVER.STEPS", "(640, 744)",
                                            "TEST.EVAL_PERIOD", "200", "SOLVER.CHECKPOINT_PERIOD", "8000"]
-    assert VARIANTS["ship"][1] == [] and all(len(o) % 2 == 0 for _, o in VARIANTS.values())
+    assert VARIANTS["current"][1] == [] and VARIANTS["ship"][1] == SESSION4_RECIPE
+    assert all(len(o) % 2 == 0 for _, o in VARIANTS.values())

@@ -103,6 +103,24 @@ def test_hiera_backbone_shapes_strides_and_divisibility(attention):
         backbone(torch.randn(1, 3, 100, 160))
 
 
+def test_conv_stem_and_normalized_stage_outputs_from_the_config():
+    cfg = tiny_cfg("hiera_fpn.yaml", "MODEL.HIERA.STEM", "conv", "MODEL.HIERA.OUT_NORM", "LN",
+                   "INPUT.LSJ.ENABLED", "False")
+    model = build_model(cfg)
+    bottom_up = model.backbone.bottom_up
+    assert bottom_up.trunk.stem == "conv" and set(bottom_up.stage_norms) == {"stage1", "stage2", "stage3", "stage4"}
+    with torch.no_grad():
+        bottom_up.trunk.blocks[0].mlp.fc2.weight.mul_(50)  # an un-normalized stream of large scale
+        out = bottom_up(torch.randn(2, 3, 64, 96))
+    for name, f in out.items():  # every position normalized over its channels
+        assert torch.allclose(f.mean(1), torch.zeros(()), atol=1e-4), name
+        assert torch.allclose(f.var(1, unbiased=False), torch.ones(()), atol=1e-2), name
+    # the new norms are trained without weight decay, like every norm
+    groups = _groups_by_param(model, base_lr=1.0, weight_decay=0.1, weight_decay_norm=0.0, weight_decay_bias=0.0)
+    assert groups[id(bottom_up.stage_norms["stage1"].weight)][1] == 0.0
+    assert groups[id(bottom_up.trunk.patch_embed.stem[1].weight)][1] == 0.0
+
+
 def test_lsj_pads_to_square_and_pos_embed_size():
     cfg = tiny_cfg("hiera_fpn.yaml")
     assert trunk_input_size(cfg) == (224, 224)  # the pretraining grid, interpolated at run time
@@ -159,6 +177,8 @@ def test_freeze_at(freeze_at, trainable_blocks):
         ("MODEL.HIERA.WINDOW_SPEC", "[8, 4, 14]", "WINDOW_SPEC"),
         ("MODEL.HIERA.WINDOW_SPEC", "[8, 4, 14, 7]", "ATTENTION 'window' only"),
         ("MODEL.HIERA.FREEZE_AT", "7", "FREEZE_AT"),
+        ("MODEL.HIERA.STEM", "deep", "STEM 'deep' is unknown; choose one of: patch, conv"),
+        ("MODEL.HIERA.OUT_NORM", "BN", "OUT_NORM 'BN' is unknown; choose one of: '' \\(none\\), 'LN', 'GN'"),
         ("MODEL.HIERA.WEIGHTS", "/no/such/hiera.pth", "does not exist; give an existing checkpoint file .* or a weights name"),
         ("SOLVER.OPTIMIZER", "LAMB", "choose one of: ADAMW, SGD"),
         ("SOLVER.LAYER_DECAY", "1.5", "LAYER_DECAY"),

@@ -93,7 +93,9 @@ def test_mae_weights_go_into_detector_and_video_classifier(tmp_path):
     image_mae = build_model(_cfg("mae/shapes_tiny_mae.yaml"))
     path = tmp_path / "image_mae.pth"
     torch.save({"model": image_mae.state_dict(), "iteration": 5}, path)  # as the Trainer writes it
-    detector = build_model(_cfg("shapes/hiera_tiny_shapes.yaml", *tiny, "MODEL.DEVICE", "cpu"))
+    # the shapes detector's conv stem has no MAE counterpart: MAE weights go into a patch-stem trunk
+    detector = build_model(_cfg("shapes/hiera_tiny_shapes.yaml", *tiny, "MODEL.HIERA.STEM", "patch",
+                                "MODEL.DEVICE", "cpu"))
     report = load_checkpoint(detector.backbone.bottom_up, str(path), strict=True)
     assert "decoder_pred.weight" in report.dropped[MAE_REASON]
     torch.testing.assert_close(detector.backbone.bottom_up.trunk.blocks[0].attn.qkv.weight,
@@ -116,7 +118,8 @@ def test_windowed_mae_weights_go_into_windowed_detector(tmp_path):
     assert mae.mae.windowed
     path = tmp_path / "window_mae.pth"
     torch.save({"model": mae.state_dict(), "iteration": 5}, path)
-    detector = build_model(_cfg("shapes/hiera_tiny_shapes.yaml", *tiny, *window, "MODEL.DEVICE", "cpu"))
+    detector = build_model(_cfg("shapes/hiera_tiny_shapes.yaml", *tiny, *window, "MODEL.HIERA.STEM", "patch",
+                                "MODEL.DEVICE", "cpu"))
     report = load_checkpoint(detector.backbone.bottom_up, str(path), strict=True)
     dropped = report.dropped[MAE_REASON]
     assert "encoder_mask_token" in dropped and "decoder_pred.weight" in dropped and "MAE decoder" in str(report)

@@ -215,3 +215,37 @@ print("ok", report.format)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok")
+
+
+def test_conv_stem_gives_the_patch_stems_grids_and_trains():
+    patch = build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=0)
+    conv = build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=0, stem="conv")
+    assert conv.patch_embed.stem is not None and patch.patch_embed.stem is None
+    # official checkpoints keep loading into the default stem: its key is unchanged
+    assert "patch_embed.proj.weight" in patch.state_dict() and "patch_embed.stem.0.weight" in conv.state_dict()
+    x = torch.randn(2, 3, 64, 96)
+    out = conv(x)
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in patch(x).items()}
+    out["stage4"].sum().backward()
+    assert conv.patch_embed.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_conv_stem_refuses_video_other_strides_and_mae():
+    from hiera_det.modeling import build_mae
+
+    with pytest.raises(ValueError, match="images at patch stride 4"):
+        build_hiera("hiera_base_16x224", stages=(1, 1, 1, 1), stem="conv")
+    with pytest.raises(ValueError, match="unknown stem 'deep'"):
+        build_hiera("hiera_tiny_224", stem="deep")
+    with pytest.raises(ValueError, match="needs stem='patch'"):
+        build_mae("hiera_tiny_224", stages=(1, 1, 1, 1), stem="conv")
+
+
+def test_patch_stem_checkpoint_into_a_conv_stem_trunk_says_which_key_to_set(tmp_path):
+    from hiera_det.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "patch_stem.pth"
+    torch.save(build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=0).state_dict(), path)
+    conv = build_hiera("hiera_tiny_224", stages=(1, 1, 1, 1), num_classes=0, stem="conv")
+    with pytest.raises(CheckpointError, match="MODEL.HIERA.STEM patch"):
+        load_checkpoint(conv, str(path), strict=False)

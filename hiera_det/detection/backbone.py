@@ -6,7 +6,8 @@ import math
 from typing import Sequence
 
 import torch
-from detectron2.layers import ShapeSpec
+import torch.nn as nn
+from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import Backbone
 from detectron2.modeling.backbone.fpn import FPN
 
@@ -22,7 +23,9 @@ class HieraBackbone(Backbone):
     ``freeze_at`` follows ``hiera_det.detection.trunk.freeze_trunk``; the final norm and the blocks past the
     deepest requested stage are always frozen, since nothing reads them. ``square_pad`` > 0 pads every
     batch to that square (large-scale-jitter training sees only such squares, so test images must be
-    placed the same way).
+    placed the same way). ``out_norm`` ("LN" or "GN", Detectron2's channel norms) normalizes each returned
+    stage: the pre-norm blocks hand on an un-normalized residual stream, whose scale drifts while a trunk
+    trains from random init (ViTDet puts a LayerNorm on its pyramid inputs for the same reason).
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class HieraBackbone(Backbone):
         out_features: Sequence[str] = ("stage1", "stage2", "stage3", "stage4"),
         freeze_at: int = 0,
         square_pad: int = 0,
+        out_norm: str = "",
     ):
         super().__init__()
         if trunk.head is not None:
@@ -48,6 +52,12 @@ class HieraBackbone(Backbone):
         if square_pad % self._size_divisibility:
             raise ValueError(f"square_pad {square_pad} must be a multiple of {self._size_divisibility}, the "
                              f"input multiple of {trunk.name}")
+        if out_norm and trunk.ndim != 2:
+            raise ValueError(f"out_norm is for image trunks, and {trunk.name} is a video trunk; leave it ''")
+        self.stage_norms = nn.ModuleDict(
+            {name: get_norm(out_norm, self._out_feature_channels[name]) for name in self._out_features}
+            if out_norm else {}
+        )
         freeze_unread(trunk, stages.index(self._out_features[-1]) + 1)
         freeze_trunk(trunk, freeze_at)
 
@@ -62,7 +72,8 @@ class HieraBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         stages = self.trunk(x)
-        return {name: stages[name] for name in self._out_features}
+        return {name: self.stage_norms[name](stages[name]) if self.stage_norms else stages[name]
+                for name in self._out_features}
 
     @property
     def size_divisibility(self) -> int:

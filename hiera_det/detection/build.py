@@ -33,7 +33,8 @@ def _require_modality(cfg, video: bool, builder: str) -> None:
 def build_backbone_from_cfg(cfg, in_chans: int = 3) -> HieraBackbone:
     """The trunk of ``MODEL.HIERA`` as a backbone returning its ``OUT_FEATURES``."""
     h = cfg.MODEL.HIERA
-    return HieraBackbone(build_trunk(cfg, in_chans=in_chans), h.OUT_FEATURES, h.FREEZE_AT, _square_pad(cfg))
+    return HieraBackbone(build_trunk(cfg, in_chans=in_chans), h.OUT_FEATURES, h.FREEZE_AT, _square_pad(cfg),
+                         h.OUT_NORM)
 
 
 def build_fpn(cfg, bottom_up: Backbone, default_in_features: list[str], retinanet: bool = False) -> HieraFPN:

@@ -29,6 +29,7 @@ def trunk_overrides(cfg, **extra) -> dict:
     if not is_video_config(cfg):
         overrides.update(
             attention=h.ATTENTION,
+            stem=h.STEM,
             pos_embed=h.POS_EMBED or None,
             window_spec=tuple(h.WINDOW_SPEC) or None,
             global_blocks=tuple(h.GLOBAL_BLOCKS) or None,

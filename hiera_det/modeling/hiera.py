@@ -26,6 +26,7 @@ from .pos_embed import absolute_pos_embed, create_pos_embed, separate_pos_embed,
 from .token_layout import GLOBAL, MASK_UNIT, SpatialLayout, UnrolledLayout
 
 ATTENTION_LAYOUTS = ("mask_unit", "window")
+STEMS = ("patch", "conv")
 
 
 class DropPath(nn.Module):
@@ -135,6 +136,41 @@ class ClassificationHead(nn.Module):
         return self.projection(self.dropout(x))
 
 
+class PatchEmbed(nn.Module):
+    """Pixels to the first token grid: one strided convolution (``proj``, the paper's), optionally after a
+    convolutional ``stem`` that does the downsampling instead.
+
+    The conv stem (``stem="conv"``): two 3x3 stride-2 convolutions with GroupNorm and GELU, then ``proj`` as
+    a 1x1 convolution. A transformer with such a stem optimises faster and tolerates more learning rates than
+    one with a single patchifying convolution (Xiao et al., "Early convolutions help transformers see
+    better", NeurIPS 2021), which matters when a trunk is trained from random init on little data. Images only,
+    and only a patch stride of 4; official checkpoints hold no stem, so it is for training from scratch.
+    """
+
+    def __init__(self, ndim: int, in_chans: int, embed_dim: int, kernel, stride, padding, stem: str = "patch"):
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        if stem == "patch":
+            self.stem = None
+            self.proj = conv(in_chans, embed_dim, kernel, stride, padding)
+            return
+        if ndim != 2 or tuple(stride) != (4, 4):
+            raise ValueError(f"the conv stem is for images at patch stride 4, got {ndim}-d input and stride "
+                             f"{tuple(stride)}; use stem='patch'")
+        widths = (max(embed_dim // 4, 16), max(embed_dim // 2, 32))
+        layers, c_in = [], in_chans
+        for width in widths:
+            layers += [nn.Conv2d(c_in, width, 3, 2, 1, bias=False), nn.GroupNorm(8, width), nn.GELU()]
+            c_in = width
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(c_in, embed_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x if self.stem is None else self.stem(x))
+
+
 def _tuple(v, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
@@ -169,6 +205,7 @@ class Hiera(nn.Module):
         pos_embed_bkg_size: Sequence[int] | None = None,
         activation_checkpointing: bool = False,
         norm_eps: float = 1e-6,
+        stem: str = "patch",
         name: str = "hiera",
     ):
         super().__init__()
@@ -209,10 +246,10 @@ class Hiera(nn.Module):
             self.size_multiple = tuple(p * s**q_pool for p, s in zip(self.patch_stride, self.q_stride))
 
         self.token_grid = tuple(i // s for i, s in zip(self.input_size, self.patch_stride))
-        self.patch_embed = nn.Module()
-        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-        self.patch_embed.proj = conv(
-            in_chans, embed_dim, _tuple(patch_kernel, ndim), self.patch_stride, _tuple(patch_padding, ndim)
+        self.stem = stem
+        self.patch_embed = PatchEmbed(
+            ndim, in_chans, embed_dim, _tuple(patch_kernel, ndim), self.patch_stride, _tuple(patch_padding, ndim),
+            stem,
         )
         first_window = window_spec[0] if window_spec else None
         pos_params = create_pos_embed(pos_embed, self.token_grid, embed_dim, first_window, pos_embed_bkg_size)
@@ -308,7 +345,7 @@ class Hiera(nn.Module):
         downstream prefer), plus ``"logits"`` on request."""
         self.check_input(x)
         memory_format = torch.channels_last if self.ndim == 2 else torch.channels_last_3d
-        x = self.patch_embed.proj(x.contiguous(memory_format=memory_format)).movedim(1, -1)
+        x = self.patch_embed(x.contiguous(memory_format=memory_format)).movedim(1, -1)
         x = x + self.pos_embed_for(x.shape[1:-1]).movedim(1, -1).to(x.dtype)
         x, coarse = self.layout.enter(x)
         outputs = {}

@@ -89,6 +89,8 @@ class MaskedAutoencoderHiera(Hiera):
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
         hiera_args["num_classes"] = 0
         super().__init__(q_pool=q_pool, **hiera_args)
+        if self.stem != "patch":
+            raise ValueError(f"MAE pre-training masks pixels per patch, which needs stem='patch', got {self.stem!r}")
         if mask_mode == "time" and self.ndim != 3:
             raise ValueError("mask_mode 'time' hides whole time steps of a clip: it needs a video model; use 'units'")
         self.mask_mode = mask_mode
