@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -499,9 +500,18 @@ def eval_agreement(results: dict) -> dict:
             continue
         a, b = by_count[min(by_count)], by_count[max(by_count)]
         agreement[model] = {"runs": [a, b], "metrics": results[a]["metrics"],
-                            "same_metrics": results[a]["metrics"] == results[b]["metrics"],
+                            "same_metrics": _same_metrics(results[a]["metrics"], results[b]["metrics"]),
                             "same_detections": _same_detections(results[a], results[b])}
     return agreement
+
+
+def _same_metrics(a, b) -> bool:
+    """Equal, NaN included: COCO reports NaN for an area range without objects, and NaN != NaN."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_metrics(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
 
 
 def _same_detections(a: dict, b: dict) -> bool | None:
