@@ -157,7 +157,8 @@ def test_token_collapse_trace_measures_the_trunk_at_each_iteration(tmp_path):
     from benchmarks import mae_token_collapse
 
     mae_token_collapse.main(["--iters", "2", "0", "--clips", "4", "--batch", "2", "--threads",
-                             str(torch.get_num_threads()), "--out", str(tmp_path), "MODEL.MAE.MASK_RATIO", "0.75"])
+                             str(torch.get_num_threads()), "--fine-tune-iters", "1", "--train-clips", "6",
+                             "--out", str(tmp_path), "MODEL.MAE.MASK_RATIO", "0.75"])
     report = json.loads((tmp_path / "mae_token_collapse.json").read_text())
     assert [row["iteration"] for row in report["trace"]] == [0, 2]
     start, trained = report["trace"]
@@ -165,4 +166,8 @@ def test_token_collapse_trace_measures_the_trunk_at_each_iteration(tmp_path):
     assert start["clip_share"] != trained["clip_share"]  # the two MAE steps changed the trunk the classifier loads
     assert all(0 <= v <= 1 for v in trained["clip_share"].values()) and trained["grad_norm"]["head"] > 0
     assert report["settings"]["opts"] == ["MODEL.MAE.MASK_RATIO", "0.75"]
-    assert "| 2 |" in (tmp_path / "mae_token_collapse.md").read_text()
+    tune = report["fine_tune"]
+    assert tune["iterations"] == 1 and tune["val_clips"] == 30 and 0 <= tune["top1"] <= 100
+    assert set(tune["probes"]) == {"0", "final"}  # the classifier's trunk measured before and after
+    markdown = (tmp_path / "mae_token_collapse.md").read_text()
+    assert "| 2 |" in markdown and "fine-tuned 1 iterations" in markdown
