@@ -18,7 +18,11 @@ variants that say *why* when MAE does not help: pre-training at a fifth of the l
 video fine-tune, the official xavier initialisation pre-trained and not pre-trained at all. Every video
 fine-tune also reports how its features start and end (``pooled_feature_similarity``: similarity between clips
 and sensitivity to the motion that the labels are about). ``--diagnose-video`` compares random mask units
-with hiding whole time steps (``MODEL.MAE.MASK_MODE time``).
+with hiding whole time steps (``MODEL.MAE.MASK_MODE time``). ``--transfer-video`` fine-tunes partial transfers of
+the video MAE checkpoint (position embeddings re-initialised, stages 1-2 or 1-3 only, half the pre-training
+update), and every video fine-tune measures its trunk before steps 0, 50, 200 and after the last
+(``trunk_diagnostics``: gradient norm per stage, attention entropy, how much of the token features' variance
+position explains and how much mean pooling keeps).
 
 Everything runs as parallel processes on one GPU (``--parallel``): the pre-training runs and the random-init
 fine-tunes first, the MAE-init fine-tunes as soon as their checkpoint exists. Pre-training runs for
@@ -234,8 +238,9 @@ def _autocast(device: str):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
 
 
-def _train(cfg, model, step, iters: int, name: str) -> dict:
-    """``iters`` optimizer steps of ``step()`` (returns the loss) with the config's optimizer and schedule."""
+def _train(cfg, model, step, iters: int, name: str, probe=None, probe_at=()) -> dict:
+    """``iters`` optimizer steps of ``step()`` (returns the loss) with the config's optimizer and schedule;
+    ``probe(i)`` is called before step ``i`` for every ``i`` in ``probe_at`` (its results under ``"probes"``)."""
     import torch
     from detectron2.solver import build_lr_scheduler
 
@@ -248,9 +253,11 @@ def _train(cfg, model, step, iters: int, name: str) -> dict:
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     model.train()
-    losses, start = [], time.perf_counter()
+    losses, start, probes = [], time.perf_counter(), {}
     log_every = max(1, iters // 10)
     for i in range(iters):
+        if probe is not None and i in probe_at:
+            probes[i] = probe(i)
         loss = step()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -262,8 +269,9 @@ def _train(cfg, model, step, iters: int, name: str) -> dict:
             print(f"{name} iter {i + 1}/{iters} loss {recent:.4f} ({time.perf_counter() - start:.1f} s)", flush=True)
     losses = torch.stack(losses).float().tolist()
     tail = losses[-max(1, iters // 10):]
-    return {"train_seconds": round(time.perf_counter() - start, 1), "iterations": iters,
-            "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4)}
+    result = {"train_seconds": round(time.perf_counter() - start, 1), "iterations": iters,
+              "first_loss": round(losses[0], 4), "final_loss": round(sum(tail) / len(tail), 4)}
+    return {**result, "probes": probes} if probes else result
 
 
 def linear_weight_rms(model) -> float:
@@ -364,9 +372,14 @@ def run_video(job: dict) -> dict:
         opts += ["MODEL.HIERA.WEIGHTS", job["weights"]]
     cfg = _cfg(CLASSIFIER, opts)
     device = cfg.MODEL.DEVICE
+    transfer = job.get("transfer")
+    if transfer:  # the random-init arm's weights of this seed, for what the MAE checkpoint does not give
+        torch.manual_seed(job["seed"])
+        fresh = build_model(_cfg(CLASSIFIER, list(job["opts"]) + ["SEED", job["seed"]]))
     torch.manual_seed(job["seed"])
     generator = torch.Generator(device).manual_seed(job["seed"])
     model = build_model(cfg)
+    reset = partial_transfer(model.trunk, fresh.trunk, transfer) if transfer else []
     data = Path(job["data_dir"])
     v = cfg.MODEL.HIERA_VIDEO
     train = ClipBatches(torch.from_numpy(np.load(data / "train_clips.npy")).to(device), v.NUM_FRAMES,
@@ -381,8 +394,15 @@ def run_video(job: dict) -> dict:
     val = ClipBatches(torch.from_numpy(np.load(data / "val_clips.npy")).to(device), v.NUM_FRAMES, v.SAMPLING_RATE)
     val_labels = torch.from_numpy(np.load(data / "val_labels.npy")).to(device)
     probe_clips = val.take(torch.arange(min(60, len(val_labels)), device=device), train=False)
+    probe_labels = val_labels[: len(probe_clips)]
     init_features, init_rms = pooled_feature_similarity(model, probe_clips), linear_weight_rms(model)
-    result = _train(cfg, model, step, job["iters"] or cfg.SOLVER.MAX_ITER, job["name"])
+    iters = job["iters"] or cfg.SOLVER.MAX_ITER
+    result = _train(cfg, model, step, iters, job["name"],
+                    probe=lambda i: trunk_diagnostics(model, probe_clips, probe_labels),
+                    probe_at={i for i in (0, 50, 200) if i < iters})
+    result.setdefault("probes", {})["final"] = trunk_diagnostics(model, probe_clips, probe_labels)
+    if transfer:
+        result["transfer"] = {"mode": transfer, "reinitialised": len(reset)}
     final_features = pooled_feature_similarity(model, probe_clips)
     result["pooled_feature_cosine"] = {"init": init_features["cosine"], "final": final_features["cosine"]}
     result["motion_sensitivity"] = {"init": init_features["motion"], "final": final_features["motion"]}
@@ -395,6 +415,121 @@ def run_video(job: dict) -> dict:
             predicted = torch.stack([s["scores"] for s in scores]).argmax(1)
             correct += int((predicted == val_labels[chunk]).sum())
     return {**result, "top1": round(100.0 * correct / len(val_labels), 2), "val_clips": len(val_labels)}
+
+
+def _stage_of_block(trunk, index: int) -> int:
+    return next(k + 1 for k, end in enumerate(trunk.stage_ends) if index <= end)
+
+
+def partial_transfer(trunk, fresh, mode: str) -> list[str]:
+    """Give the MAE-initialised ``trunk`` back ``fresh``'s (random-init) values where ``mode`` says it should not
+    keep the pre-trained ones, and return the names of the parameters changed:
+
+    * ``reinit_pos``: the position embeddings;
+    * ``stages_1_<n>``: the blocks of stages after ``n`` and the final norm (only stages 1..n transfer);
+    * ``shrink_<a>``: every parameter becomes ``a * MAE + (1 - a) * init`` (pre-training's update scaled by a).
+    """
+    import torch
+
+    fresh_params = dict(fresh.named_parameters())
+    changed = []
+    with torch.no_grad():
+        for name, param in trunk.named_parameters():
+            if name.startswith("head."):
+                continue  # never pre-trained: both arms start from the same head already
+            if mode == "reinit_pos":
+                replace = name.startswith("pos_embed")
+            elif mode.startswith("stages_1_"):
+                last = int(mode.removeprefix("stages_1_"))
+                replace = name.startswith("norm.") or (
+                    name.startswith("blocks.") and _stage_of_block(trunk, int(name.split(".")[1])) > last)
+            elif mode.startswith("shrink_"):
+                alpha = float(mode.removeprefix("shrink_"))
+                param.mul_(alpha).add_(fresh_params[name].to(param.device), alpha=1 - alpha)
+                changed.append(name)
+                continue
+            else:
+                raise ValueError(f"unknown transfer mode {mode!r}: reinit_pos, stages_1_<n> or shrink_<a>")
+            if replace:
+                param.copy_(fresh_params[name])
+                changed.append(name)
+    if not changed:
+        raise ValueError(f"transfer mode {mode!r} changed no parameter of {type(trunk).__name__}")
+    return changed
+
+
+def _parameter_group(trunk, name: str) -> str:
+    if name.startswith("blocks."):
+        return f"stage{_stage_of_block(trunk, int(name.split('.')[1]))}"
+    return name.split(".")[0].removesuffix("_spatial").removesuffix("_temporal")
+
+
+def trunk_diagnostics(model, clips, labels) -> dict:
+    """What the classifier's trunk does with ``clips`` (one batch, fp32, eval mode, no dropout):
+
+    * ``grad_norm``: gradient norm of the cross-entropy per parameter group (patch_embed, pos_embed, stage1-4
+      blocks, the final norm, head): where a fine-tune step can move the trunk;
+    * ``attention_entropy``: per block, the mean entropy of the attention rows over log(keys) (near 0: each
+      query looks at one key, a saturated softmax that passes little gradient; 1: uniform);
+    * ``position_share``: per stage output, the share of the token features' variance that the token's
+      position alone explains (its mean over clips); ``clip_share``: the share that survives mean pooling
+      (the variance of the clips' pooled features), what the head can see;
+    * ``token_rms``: per stage, the root mean square of the token features;
+    * ``ln_gain``: per block, mean |gain| of its two LayerNorms, then the final norm's."""
+    import torch
+
+    trunk = model.trunk
+    x = (clips - model.pixel_mean) / model.pixel_std
+    entropy, hooks = {}, []
+
+    def attention_hook(index):
+        @torch.no_grad()
+        def hook(module, args):
+            seqs, layout, partition, pool = args
+            N, L, _ = seqs.shape
+            q, k, _ = module.qkv(seqs).view(N, L, 3, module.heads, module.head_dim).unbind(2)
+            if pool:
+                q = layout.pool_q(q, partition)
+            attn = (q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2) * module.head_dim**-0.5).softmax(-1)
+            rows = -(attn * attn.clamp_min(1e-12).log()).sum(-1)
+            entropy[f"block{index}"] = round(float(rows.mean() / math.log(L)) if L > 1 else 1.0, 4)
+        return hook
+
+    was_training = model.training
+    model.eval()
+    for i, block in enumerate(trunk.blocks):
+        hooks.append(block.attn.register_forward_pre_hook(attention_hook(i)))
+    try:
+        with torch.enable_grad():
+            out = trunk(x.float(), return_logits=True)
+            loss = torch.nn.functional.cross_entropy(out["logits"].float(), labels)
+            grads = torch.autograd.grad(loss, [p for p in trunk.parameters() if p.requires_grad], allow_unused=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    squares = {}
+    names = [n for n, p in trunk.named_parameters() if p.requires_grad]
+    for name, grad in zip(names, grads):
+        if grad is not None:
+            group = _parameter_group(trunk, name)
+            squares[group] = squares.get(group, 0.0) + float(grad.float().pow(2).sum())
+    position, clip, rms = {}, {}, {}
+    for stage, grid in out.items():
+        if stage == "logits":
+            continue
+        f = grid.detach().float().flatten(2)  # [B, C, positions]
+        total = f.var(dim=(0, 2), unbiased=False).sum()
+        position[stage] = round(float(f.mean(0).var(dim=1, unbiased=False).sum() / total), 4)
+        clip[stage] = round(float(f.mean(2).var(dim=0, unbiased=False).sum() / total), 4)
+        rms[stage] = round(float(f.pow(2).mean().sqrt()), 4)
+    with torch.no_grad():
+        gains = {f"block{i}": round(float((b.norm1.weight.abs().mean() + b.norm2.weight.abs().mean()) / 2), 4)
+                 for i, b in enumerate(trunk.blocks)}
+        gains["norm"] = round(float(trunk.norm.weight.abs().mean()), 4)
+    return {"loss": round(float(loss.detach()), 4), "grad_norm": {g: round(v**0.5, 6) for g, v in squares.items()},
+            "attention_entropy": entropy, "position_share": position, "clip_share": clip, "token_rms": rms,
+            "ln_gain": gains}
 
 
 def _classifier_features(model, clips):
@@ -548,13 +683,21 @@ def plan_jobs(args, work: Path) -> list[dict]:
             "mae_time_masking_0.75": {"video": ("video_mae_time_r75.pth", "video_mae_time_r75", [])},
             "mae_time_masking_0.5": {"video": ("video_mae_time_r50.pth", "video_mae_time_r50", [])},
         }
+    if args.transfer_video:
+        # Which part of the pre-trained trunk keeps the clip fine-tune on the ln 6 plateau? Everything from the
+        # main video MAE checkpoint except the position embeddings, the later stages, or the whole update scaled.
+        pretrains = {"video_mae": pretrains["video_mae"]}
+        main = ("video_mae.pth", "video_mae", [])
+        arms = {"scratch": {"video": ("", None, [])}, "mae": {"video": main}}
+        for mode in ("reinit_pos", "stages_1_2", "stages_1_3", "shrink_0.5"):
+            arms[f"mae_{mode}"] = {"video": (*main, mode)}
     jobs = []
     for name, spec in pretrains.items():
         jobs.append(dict(name=f"pretrain_{name}", kind="pretrain", deps=[], **{**common, **spec},
                          checkpoint=str(work / f"{name}.pth")))
     for arm, tasks in arms.items():
         for seed in args.seeds:
-            for task, (checkpoint, pretrain, arm_opts) in tasks.items():
+            for task, (checkpoint, pretrain, arm_opts, *transfer) in tasks.items():
                 name = f"{'detection' if task == 'image' else 'video'}_{arm}_seed{seed}"
                 job = dict(name=name, arm=arm, seed=seed, threads=args.threads,
                            weights=str(work / checkpoint) if checkpoint else "",
@@ -570,7 +713,8 @@ def plan_jobs(args, work: Path) -> list[dict]:
                                output_dir=str(work / "runs" / name))
                 else:
                     opts = ["MODEL.DEVICE", device] + (["SOLVER.IMS_PER_BATCH", 4] if args.tiny else []) + arm_opts
-                    job.update(kind="video", iters=args.video_iters, opts=opts, data_dir=str(data))
+                    job.update(kind="video", iters=args.video_iters, opts=opts, data_dir=str(data),
+                               transfer=transfer[0] if transfer else None)
                 jobs.append(job)
     return jobs
 
@@ -713,6 +857,25 @@ def write_markdown(report: dict, path: Path) -> None:
             motion = f"{motion['init']} -> {motion['final']}" if motion else "not measured"
             lines.append(f"| {name} | {r['first_loss']} -> {r['final_loss']} | {cosine.get('init')} -> "
                          f"{cosine.get('final')} | {motion} | {r.get('linear_weight_rms', {}).get('init', '-')} |")
+    probed = {name: r["probes"] for name, r in video_runs.items() if r.get("probes")}
+    if probed:
+        lines += ["", "## Video fine-tune diagnostics (60 held-out clips, eval mode, fp32)", "",
+                  "Before fine-tune step 0, 50, 200 and after the last. grad: gradient norm of the cross-entropy per "
+                  "parameter group. entropy: attention entropy over log(keys) per block (0: saturated softmax). "
+                  "position share: the share of the stage's token-feature variance explained by position alone; "
+                  "pooled share: the share left in the mean-pooled clip features (what the head sees).", "",
+                  "| run | step | loss | grad pos_embed / stage1-4 / norm / head | entropy per block "
+                  "| position share stage1-4 | pooled share stage1-4 | token rms stage1-4 | LN gain blocks, norm |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, probes in probed.items():
+            for step, d in probes.items():
+                g = d["grad_norm"]
+                grads = " / ".join(f"{g.get(k, 0):.2g}" for k in ("pos_embed", "stage1", "stage2", "stage3", "stage4",
+                                                                  "norm", "head"))
+                row = [name, step, d["loss"], grads] + [" ".join(f"{v:.2f}" for v in d[key].values()) for key in
+                                                        ("attention_entropy", "position_share", "clip_share",
+                                                         "token_rms", "ln_gain")]
+                lines.append("| " + " | ".join(map(str, row)) + " |")
     lines += ["", "Per-run details (iterations, seconds, losses, AP50, mask AP): mae_proof.json.", ""]
     path.write_text("\n".join(lines))
 
@@ -739,6 +902,10 @@ def main(argv=None) -> int:
     parser.add_argument("--diagnose-video", action="store_true",
                         help="video only: MAE with random mask units (0.75) against MAE that hides whole "
                              "time steps (0.75, 0.5), and random init")
+    parser.add_argument("--transfer-video", action="store_true",
+                        help="video only: the main MAE checkpoint transferred in part (position embeddings "
+                             "re-initialised, stages 1-2 or 1-3 only, the update halved) against all of it and "
+                             "random init")
     parser.add_argument("--device", default="", help="cuda or cpu (default: cpu with --tiny, else cuda)")
     parser.add_argument("--deadline", type=float, default=420.0, help="seconds after start: stop what still runs")
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -755,7 +922,7 @@ def main(argv=None) -> int:
     import torch
 
     prepared = prepare(work / "data", args.tiny, workers=max(1, min(12, (os.cpu_count() or 2) - 1)),
-                       images=not args.diagnose_video)
+                       images=not (args.diagnose_video or args.transfer_video))
     print(f"data ready: {prepared}", flush=True)
     if args.prepare_only:
         return 0
