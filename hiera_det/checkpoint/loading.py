@@ -46,17 +46,14 @@ def _check_shapes(state: dict, model_state: dict, reshaped: dict) -> None:
     ]
     if bad:
         listed = "; ".join(bad[:5]) + (f"; ... (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        cause = ("the checkpoint was made for a differently configured Hiera (mlp_ratio, in_chans, patch size, "
+                 "window sizes)")
+        fix = "build the model with the checkpoint's settings"
         if "patch_embed.stem.0.weight" in model_state and "patch_embed.stem.0.weight" not in state:
-            raise CheckpointError(
-                f"{len(bad)} checkpoint tensors do not fit the model ({listed}): the model has a conv stem "
-                f"(MODEL.HIERA.STEM conv, for training from random init) and the checkpoint a patch embedding; "
-                f"build the model with stem='patch' (MODEL.HIERA.STEM patch) to load it"
-            )
-        raise CheckpointError(
-            f"{len(bad)} checkpoint tensors do not fit the model ({listed}); the checkpoint was made for a "
-            f"differently configured Hiera (mlp_ratio, in_chans, patch size, window sizes): build the model "
-            f"with the checkpoint's settings"
-        )
+            cause = ("the model has a conv stem (MODEL.HIERA.STEM conv, for training from random init) and the "
+                     "checkpoint a patch embedding")
+            fix = "build the model with stem='patch' (MODEL.HIERA.STEM patch) to load it"
+        raise CheckpointError(f"{len(bad)} checkpoint tensors do not fit the model ({listed}); {cause}: {fix}")
 
 
 def _read_named(path_or_name: str | os.PathLike, trunk: Hiera) -> RawCheckpoint:
