@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,11 +102,65 @@ SESSION4_RECIPE = ["MODEL.HIERA.STEM", "patch", "MODEL.HIERA.OUT_NORM", "", "MOD
                    "MODEL.ROI_MASK_HEAD.NORM", "LN", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.25"]
 VARIANTS = {name: (change, SESSION4_RECIPE + overrides) for name, (change, overrides) in VARIANTS.items()}
 VARIANTS["current"] = ("configs/shapes/hiera_tiny_shapes.yaml as it is (since session 5: combo's settings)", [])
+# Session 6: changes to the current config, and the generator's difficulty (SceneRules) on the current config.
+BATCH2 = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0003"]
+TEST_224 = ["INPUT.MIN_SIZE_TEST", "224", "INPUT.MAX_SIZE_TEST", "352"]
+VARIANTS.update({
+    "cur_long": ("current config, 1.6x the iterations (what more CPU time would buy)", []),
+    "bs2": ("batch 2, BASE_LR 3e-4 (a batch-2 iteration costs 0.54x a batch-4 one on 2 cores)", BATCH2),
+    "lr8": ("BASE_LR 8e-4", ["SOLVER.BASE_LR", "0.0008"]),
+    "giou": ("GIoU box regression loss in the box head (weight 2)", ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou",
+                                                                   "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "2.0"]),
+    "test224": ("test short side 224 instead of 176 (training unchanged)", TEST_224),
+    "cos": ("cosine learning-rate decay to zero instead of the two steps",
+            ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"]),
+    "vis60": ("data: a shape keeps at least 60% of its pixels visible (instead of 35%)", []),
+    "r12": ("data: smallest shape radius 12 px (instead of 8)", []),
+    "vis60_r12": ("data: vis60 + r12", []),
+    "vis60_r12_max6": ("data: vis60 + r12, at most 6 shapes per image (instead of 8)", []),
+    "vis60_r12_bs2": ("data: vis60 + r12; batch 2, BASE_LR 3e-4", BATCH2),
+    "vis60_r12_test224": ("data: vis60 + r12; test short side 224", TEST_224),
+    "easy": ("data: a shape keeps 70% visible, radius from 16 px, at most 5 shapes per image", []),
+    "current_s1": ("current config, seed 1 (the spread between seeds)", ["SEED", "1"]),
+    # second round: smaller batches with the iterations their CPU time allows, on the shipped and eased data
+    "bs1_lr2": ("batch 1, BASE_LR 2e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0002"]),
+    "bs1_lr3": ("batch 1, BASE_LR 3e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0003"]),
+    "bs2_lr4": ("batch 2, BASE_LR 4e-4", ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0004"]),
+    "bs2_lr6": ("batch 2, BASE_LR 6e-4", ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0006"]),
+    "bs2_s1": ("batch 2, BASE_LR 3e-4, seed 1", BATCH2 + ["SEED", "1"]),
+    "vis60_bs1_lr2": ("data: vis60; batch 1, BASE_LR 2e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0002"]),
+    "vis60_bs1_lr3": ("data: vis60; batch 1, BASE_LR 3e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0003"]),
+    "vis60_bs2": ("data: vis60; batch 2, BASE_LR 3e-4", BATCH2),
+    "vis60_bs2_lr4": ("data: vis60; batch 2, BASE_LR 4e-4", ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0004"]),
+    "vis60_r12_bs2_s1": ("data: vis60 + r12; batch 2, BASE_LR 3e-4, seed 1", BATCH2 + ["SEED", "1"]),
+    "vis60_r12_max6_bs2": ("data: vis60 + r12 + at most 6 shapes; batch 2, BASE_LR 3e-4", BATCH2),
+    "easy_bs2": ("data: easy; batch 2, BASE_LR 3e-4", BATCH2),
+    "easy_bs1_lr2": ("data: easy; batch 1, BASE_LR 2e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0002"]),
+    "vis60_r12_bs1_lr2": ("data: vis60 + r12; batch 1, BASE_LR 2e-4",
+                          ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0002"]),
+})
+# The generator's rules (hiera_det.data.datasets.shapes.SceneRules fields) of the variants not on the shipped data.
+DATA_RULES: dict[str, dict] = {
+    "vis60": {"min_visible_fraction": 0.6},
+    "r12": {"min_radius": 12.0},
+    "vis60_r12": {"min_visible_fraction": 0.6, "min_radius": 12.0},
+    "vis60_r12_max6": {"min_visible_fraction": 0.6, "min_radius": 12.0, "max_instances": 6},
+    "vis60_r12_bs2": {"min_visible_fraction": 0.6, "min_radius": 12.0},
+    "vis60_r12_test224": {"min_visible_fraction": 0.6, "min_radius": 12.0},
+    "easy": {"min_visible_fraction": 0.7, "min_radius": 16.0, "max_instances": 5},
+}
+DATA_RULES.update({name: DATA_RULES[prefix] for name in VARIANTS for prefix in ("vis60", "vis60_r12", "easy",
+                   "vis60_r12_max6") if name.startswith(prefix + "_") and name not in DATA_RULES})
+DATA_RULES.update({name: DATA_RULES["vis60_r12_max6"] for name in VARIANTS if name.startswith("vis60_r12_max6_")})
 # Iterations relative to --max-iter, for variants whose CPU iteration costs differ from the shipped recipe's:
 # each run gets the iterations that fit the same CPU time. From paired 6-iteration profiles on the shared
 # 2-core machine (two rounds, +-20% noise): cheap heads 0.71x the shipped recipe's time, GN neck/heads about
 # 1.25x, width 64 0.9x, batch 8 at the smaller size about 1.5x, global attention from stage 2 2.1x (not run).
-ITER_SCALE: dict[str, float] = {"gn": 0.8, "combo": 0.8, "cheap": 1.4, "fast": 1.4, "emb64": 1.1, "bs8": 0.67}
+ITER_SCALE: dict[str, float] = {"gn": 0.8, "combo": 0.8, "cheap": 1.4, "fast": 1.4, "emb64": 1.1, "bs8": 0.67,
+                                "cur_long": 1.6, "bs2": 1.85, "vis60_r12_bs2": 1.85}
+# Batch 1 and 2 iterations measured against batch 4 back to back on the 2-core machine: 0.29x and 0.51-0.54x.
+ITER_SCALE.update({name: 3.4 if "bs1" in name else 1.85 for name in VARIANTS if "_bs1" in name or "_bs2" in name
+                   or name.startswith(("bs1", "bs2"))})
 
 
 def schedule_overrides(max_iter: int, eval_period: int) -> list[str]:
@@ -181,9 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from hiera_det.data.datasets.shapes import ensure_shapes_dataset
+    from hiera_det.data.datasets.shapes import SHAPES_DIRNAME, SceneRules, ensure_shapes_dataset
 
-    ensure_shapes_dataset()  # once, before the runs start, so they do not race to generate it
+    # Each dataset once, before the runs start, so they do not race to generate it: the shipped one, and one
+    # per set of generator rules (its own DETECTRON2_DATASETS root; the val split keeps its own seed stream).
+    data_roots = {name: args.out / "data" / "_".join(f"{k}{v}" for k, v in sorted(DATA_RULES[name].items()))
+                  for name in args.runs if name in DATA_RULES}
+    datasets = {None: SceneRules(), **{root / SHAPES_DIRNAME: SceneRules(**DATA_RULES[name])
+                                       for name, root in data_roots.items()}}
+    with ProcessPoolExecutor(max_workers=min(len(datasets), os.cpu_count() or 1)) as pool:
+        for done in [pool.submit(ensure_shapes_dataset, root, rules=rules) for root, rules in datasets.items()]:
+            done.result()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": str(args.threads), "NVIDIA_TF32_OVERRIDE": "0"}
     procs, runs = {}, {}
@@ -197,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                    *schedule_overrides(max_iter, eval_period), *overrides]
         run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run_dir / "stdout.txt", "w")
-        procs[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        run_env = {**env, "DETECTRON2_DATASETS": str(data_roots[name])} if name in data_roots else env
+        procs[name] = subprocess.Popen(command, cwd=REPO, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-        runs[name] = {"change": change, "overrides": overrides, "max_iter": max_iter, "eval_period": eval_period}
+        runs[name] = {"change": change, "overrides": overrides, "max_iter": max_iter, "eval_period": eval_period,
+                      "data_rules": DATA_RULES.get(name, {})}
     meta = {"benchmark": "hiera_shapes: AP per iteration of recipe variants trained side by side (issue 15)",
             "device": args.device, "max_iter": args.max_iter, "eval_period": args.eval_period,
             "schedule": "steps at 80% and 93% of max_iter", "base_config": "configs/shapes/hiera_tiny_shapes.yaml"}

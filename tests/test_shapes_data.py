@@ -18,6 +18,7 @@ from hiera_det.data.datasets import shapes
 from hiera_det.data.datasets.shapes import (
     MIN_VISIBLE_FRACTION,
     SHAPES_CLASSES,
+    SceneRules,
     draw_shape_mask,
     ensure_shapes_dataset,
     find_shapes_dataset_problem,
@@ -151,7 +152,7 @@ def test_fully_hidden_shapes_are_dropped():
     hidden = 0
     for index in range(40):
         scene = render_scene(
-            np.random.default_rng([2, index]), 96, 96, max_instances=8, min_visible_fraction=0.0
+            np.random.default_rng([2, index]), 96, 96, SceneRules(max_instances=8, min_visible_fraction=0.0)
         )
         hidden += scene.num_hidden
         assert all(m.any() for m in scene.masks)

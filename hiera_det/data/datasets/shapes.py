@@ -19,6 +19,7 @@ Command line: ``python -m hiera_det.data.datasets.shapes --root datasets/hiera_s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ from .shapes_spec import (
 __all__ = [
     "SHAPES_CLASSES",
     "Scene",
+    "SceneRules",
     "ShapesDatasetPaths",
     "draw_shape_mask",
     "ensure_shapes_dataset",
@@ -65,6 +67,8 @@ DEFAULT_MAX_SIZE = 320
 MAX_INSTANCES = 8
 # A new shape may hide at most 65% of any earlier one.
 MIN_VISIBLE_FRACTION = 0.35
+# Smallest circumradius drawn (px, before clipping to the image).
+MIN_RADIUS = 8.0
 # Shapes smaller than this (after clipping to the image) are not placed: too few pixels to tell the class.
 MIN_SHAPE_PIXELS = 30
 # Bump when the drawing changes, so ensure_shapes_dataset() regenerates copies made by an older generator.
@@ -78,6 +82,23 @@ _COLOR_TRIES = 20
 _MIN_COLOR_CONTRAST = 70.0
 # cv2 draws with sub-pixel vertex precision of 2**-_SHIFT pixels.
 _SHIFT = 4
+
+
+@dataclass(frozen=True)
+class SceneRules:
+    """How crowded and how hard a scene may be: the generator's difficulty, recorded in the dataset's marker."""
+
+    max_instances: int = MAX_INSTANCES
+    min_visible_fraction: float = MIN_VISIBLE_FRACTION
+    min_radius: float = MIN_RADIUS
+
+    def check(self) -> None:
+        if self.max_instances < 1:
+            raise ValueError(f"max_instances must be at least 1, got {self.max_instances}.")
+        if not 0.0 <= self.min_visible_fraction <= 1.0:
+            raise ValueError(f"min_visible_fraction must be in [0, 1], got {self.min_visible_fraction}.")
+        if not 2.0 <= self.min_radius <= 64.0:
+            raise ValueError(f"min_radius must be in [2, 64] px, got {self.min_radius}.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -253,13 +274,12 @@ def render_scene(
     rng: np.random.Generator,
     height: int,
     width: int,
-    max_instances: int = MAX_INSTANCES,
-    min_visible_fraction: float = MIN_VISIBLE_FRACTION,
+    rules: SceneRules = SceneRules(),
 ) -> Scene:
-    """Paints one image: a background, then up to ``max_instances`` shapes, each over the earlier ones.
+    """Paints one image: a background, then up to ``rules.max_instances`` shapes, each over the earlier ones.
 
     A proposed shape is re-drawn elsewhere (up to a few tries, then skipped) if it would leave an earlier
-    shape with less than ``min_visible_fraction`` of its pixels visible.
+    shape with less than ``rules.min_visible_fraction`` of its pixels visible.
     """
     image = _background(rng, height, width)
     owner = np.full((height, width), -1, dtype=np.int32)  # index of the shape on top at each pixel
@@ -267,11 +287,12 @@ def render_scene(
     full_masks: list[np.ndarray] = []
     category_ids: list[int] = []
     max_radius = 0.48 * min(height, width)
-    for _ in range(int(rng.integers(1, max_instances + 1))):
+    for _ in range(int(rng.integers(1, rules.max_instances + 1))):
         for _ in range(_PLACEMENT_TRIES):
             category = int(rng.integers(len(SHAPES_CLASSES)))
-            # Log-uniform radius: about 45% small, 45% medium, 10% large visible areas (COCO's ranges).
-            radius = float(math.exp(rng.uniform(math.log(8.0), math.log(max_radius))))
+            # Log-uniform radius: with the default rules about 45% small, 45% medium, 10% large visible areas
+            # (COCO's ranges).
+            radius = float(math.exp(rng.uniform(math.log(rules.min_radius), math.log(max_radius))))
             margin = 0.75 * radius  # up to a quarter of the radius may fall outside the image
             center = (float(rng.uniform(margin, width - margin)), float(rng.uniform(margin, height - margin)))
             angle = float(rng.uniform(0, 2 * math.pi))
@@ -279,7 +300,7 @@ def render_scene(
             if mask.sum() < MIN_SHAPE_PIXELS:
                 continue
             still_visible = np.bincount(owner[(owner >= 0) & ~mask], minlength=len(full_areas))
-            if np.all(still_visible >= min_visible_fraction * np.asarray(full_areas, dtype=np.float64)):
+            if np.all(still_visible >= rules.min_visible_fraction * np.asarray(full_areas, dtype=np.float64)):
                 break
         else:
             continue
@@ -341,7 +362,7 @@ def _check_generation_args(num_train: int, num_val: int, min_size: int, max_size
 
 
 def _write_split(
-    paths: ShapesDatasetPaths, split: str, count: int, seed: int, min_size: int, max_size: int
+    paths: ShapesDatasetPaths, split: str, count: int, seed: int, min_size: int, max_size: int, rules: SceneRules
 ) -> None:
     image_dir = paths.image_dir(split)
     image_dir.mkdir(parents=True)
@@ -353,7 +374,7 @@ def _write_split(
             logger.info("hiera_shapes %s: %d/%d images (%.0f s)", split, index, count, elapsed)
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
         height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-        scene = render_scene(rng, height, width)
+        scene = render_scene(rng, height, width, rules)
         file_name = f"{index:06d}.png"
         if not cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR)):
             raise OSError(f"Could not write {image_dir / file_name}; check the disk space and permissions.")
@@ -415,20 +436,22 @@ def _move_into_place(tmp: Path, root: Path, replace_complete: bool) -> None:
 
 
 def _generate(
-    root: Path, seed: int, num_train: int, num_val: int, min_size: int, max_size: int, replace_complete: bool
+    root: Path, seed: int, num_train: int, num_val: int, min_size: int, max_size: int, rules: SceneRules,
+    replace_complete: bool,
 ) -> ShapesDatasetPaths:
     _check_generation_args(num_train, num_val, min_size, max_size)
+    rules.check()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the dataset should read like any other directory
     start = time.perf_counter()
     try:
         tmp_paths = ShapesDatasetPaths(tmp)
-        _write_split(tmp_paths, "train", num_train, seed, min_size, max_size)
-        _write_split(tmp_paths, "val", num_val, seed, min_size, max_size)
+        _write_split(tmp_paths, "train", num_train, seed, min_size, max_size, rules)
+        _write_split(tmp_paths, "val", num_val, seed, min_size, max_size, rules)
         settings = {"generator_version": GENERATOR_VERSION, "seed": seed, "num_train": num_train,
                     "num_val": num_val, "min_size": min_size, "max_size": max_size,
-                    "classes": list(SHAPES_CLASSES)}  # fmt: skip
+                    "classes": list(SHAPES_CLASSES), "scene_rules": dataclasses.asdict(rules)}  # fmt: skip
         tmp_paths.marker.write_text(json.dumps(settings, indent=1))
         _move_into_place(tmp, root, replace_complete)
     except BaseException:
@@ -448,6 +471,7 @@ def generate_shapes_dataset(
     num_val: int = DEFAULT_NUM_VAL,
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
+    rules: SceneRules = SceneRules(),
 ) -> ShapesDatasetPaths:
     """Writes the dataset to ``root`` (replacing an earlier copy there) and returns its paths.
 
@@ -455,7 +479,7 @@ def generate_shapes_dataset(
     vary and most sides are not multiples of 32. The files are written to a temporary sibling directory that
     is renamed to ``root`` at the end: an interrupted run never leaves a partial dataset at ``root``.
     """
-    return _generate(Path(root), seed, num_train, num_val, min_size, max_size, replace_complete=True)
+    return _generate(Path(root), seed, num_train, num_val, min_size, max_size, rules, replace_complete=True)
 
 
 def ensure_shapes_dataset(
@@ -465,6 +489,7 @@ def ensure_shapes_dataset(
     num_val: int = DEFAULT_NUM_VAL,
     min_size: int = DEFAULT_MIN_SIZE,
     max_size: int = DEFAULT_MAX_SIZE,
+    rules: SceneRules = SceneRules(),
 ) -> ShapesDatasetPaths:
     """Returns the dataset at ``root``, generating it first if it is missing, incomplete or made by an older
     generator. A complete copy is used as it is, whatever seed and sizes it was made with.
@@ -476,7 +501,7 @@ def ensure_shapes_dataset(
     if problem is None:
         return ShapesDatasetPaths(root)
     logger.info("Generating hiera_shapes in %s: %s", root, problem)
-    return _generate(root, seed, num_train, num_val, min_size, max_size, replace_complete=False)
+    return _generate(root, seed, num_train, num_val, min_size, max_size, rules, replace_complete=False)
 
 
 def find_shapes_dataset_problem(root: str | Path) -> str | None:
@@ -525,13 +550,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
     parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="smallest image side (px)")
     parser.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, help="largest image side (px)")
+    parser.add_argument("--max-instances", type=int, default=MAX_INSTANCES, help="most shapes per image")
+    parser.add_argument("--min-visible-fraction", type=float, default=MIN_VISIBLE_FRACTION,
+                        help="least visible share of a shape once later shapes cover it")  # fmt: skip
+    parser.add_argument("--min-radius", type=float, default=MIN_RADIUS, help="smallest shape radius (px)")
     parser.add_argument(
         "--force", action="store_true", help="regenerate even if a complete copy already exists at --root"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = dict(seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                    min_size=args.min_size, max_size=args.max_size)  # fmt: skip
+                    min_size=args.min_size, max_size=args.max_size,
+                    rules=SceneRules(args.max_instances, args.min_visible_fraction, args.min_radius))  # fmt: skip
     try:
         if args.force:
             generate_shapes_dataset(args.root, **settings)
