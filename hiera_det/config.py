@@ -27,6 +27,7 @@ from detectron2.config import get_cfg
 
 from .checkpoint import CheckpointError
 from .checkpoint.download import check_weights
+from .checkpoint.zoo import find_entry
 from .modeling import ARCHITECTURES, ATTENTION_LAYOUTS, STEMS
 
 STAGE_NAMES = ("stage1", "stage2", "stage3", "stage4")
@@ -57,8 +58,8 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
     "MODEL.HIERA": _keys("MODEL.HIERA", [
         ("NAME", "hiera_base_224", "official architecture: image `hiera_{tiny,small,base,base_plus,large,huge}_224`, "
          "or video `hiera_{base,base_plus,large,huge}_16x224` (clips; see `MODEL.HIERA_VIDEO`)"),
-        ("STAGES", [], "blocks per stage; `[]` = the architecture's. For quick CPU runs: official weights then "
-         "load partly (the loader reports what it skipped)"),
+        ("STAGES", [], "blocks per stage; `[]` = the architecture's. For quick CPU runs: published weights do "
+         "not load into other stages (the config check names the keys to reset)"),
         ("EMBED_DIM", 0, "width of stage 1 (doubled at every stage); 0 = the architecture's. Like `STAGES`, "
          "for small CPU models"),
         ("NUM_HEADS", 0, "attention heads of stage 1 (doubled at every stage); 0 = the architecture's"),
@@ -356,6 +357,29 @@ def _validate_trunk(cfg: CN) -> None:
             check_weights(h.WEIGHTS, architecture=h.NAME, attention=h.ATTENTION)
         except CheckpointError as e:
             raise ValueError(f"MODEL.HIERA.WEIGHTS {h.WEIGHTS!r}: {e}") from None
+        _check_published_weights_fit(h)
+
+
+def _check_published_weights_fit(h: CN) -> None:
+    """Refuse, before anything is downloaded, a weights name for a trunk reshaped away from its architecture:
+    every published Hiera has its architecture's blocks, width and heads, and a patch embedding."""
+    if find_entry(h.WEIGHTS) is None:
+        return
+    spec = ARCHITECTURES[h.NAME]
+    own = {"STAGES": (list(h.STAGES), list(spec["stages"]), "[]"),
+           "EMBED_DIM": (h.EMBED_DIM, spec["embed_dim"], "0"),
+           "NUM_HEADS": (h.NUM_HEADS, spec["num_heads"], "0")}
+    fixes = [f"MODEL.HIERA.{key} {reset}" for key, (value, published, reset) in own.items()
+             if value and value != published]
+    if h.STEM != "patch":
+        fixes.append("MODEL.HIERA.STEM patch")
+    if fixes:
+        raise ValueError(
+            f"MODEL.HIERA.WEIGHTS {h.WEIGHTS!r} holds {h.NAME} as published (stages {list(spec['stages'])}, "
+            f"embed_dim {spec['embed_dim']}, num_heads {spec['num_heads']}, a patch embedding), which this "
+            f"trunk cannot take: set {' '.join(fixes)} to load it, or MODEL.HIERA.WEIGHTS '' to train from "
+            f"random init"
+        )
 
 
 def _validate_video(cfg: CN) -> None:

@@ -80,10 +80,16 @@ def check_architecture(found: Architecture, model: Hiera) -> None:
         )
     same_heads = found.num_heads is None or found.num_heads == expected.num_heads
     if (found.embed_dim, found.stages) != (expected.embed_dim, expected.stages) or not same_heads:
-        fix = f"build the model with build_hiera({found.name!r}, ...)" if found.name else "build one to match"
+        if found.name == model.name:
+            # the model is the checkpoint's architecture with its stages, width or heads overridden
+            fix = (f"build the model as build_hiera({found.name!r}) without stages / embed_dim / num_heads "
+                   f"overrides (in a config: MODEL.HIERA.STAGES [], EMBED_DIM 0, NUM_HEADS 0)")
+        else:
+            build = f"build the model with build_hiera({found.name!r}, ...)"
+            fix = f"{build if found.name else 'build one to match'} or load a {model.name} checkpoint"
         raise CheckpointError(
             f"checkpoint/model architecture mismatch: the checkpoint is {found.describe()}, the model is "
-            f"{model.name} ({expected.spec()}); {fix} or load a {model.name} checkpoint"
+            f"{model.name} ({expected.spec()}); {fix}"
         )
 
 
