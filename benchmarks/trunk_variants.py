@@ -13,9 +13,10 @@ input:
 * counts the model's FLOPs once (eager, ``torch.utils.flop_counter``) for TFLOP/s;
 * checks each of our variants' last stage against the ``shipped`` one.
 
-Variants: ``shipped`` = SDPA for every attention (the model before the small-window kernel); ``kernel`` =
-the small-window Triton kernel (``hiera_det.modeling.window_attention``, the default now); ``kernel+tanh``
-= the kernel and fc1 with cuBLASLt's tanh-GELU epilogue (``gelu_epilogue=True``, opt-in); ``+ro`` =
+Variants: ``shipped`` = the model as session 5 shipped it (SDPA for every attention, ``Conv3d`` for the video
+patch embedding); ``kernel`` = with the small-window Triton kernel (``hiera_det.modeling.window_attention``);
+``default`` = the model's defaults now (the kernel, and video's patch convolution as a 2-D convolution over
+frames); ``+tanh`` = fc1 with cuBLASLt's tanh-GELU epilogue (``gelu_epilogue=True``, opt-in); ``+ro`` =
 compiled with ``mode="reduce-overhead"`` (CUDA graphs); ``timm`` / ``official`` = the peers. Session 5's
 variants (``fast``, ``gelu``, ``fast-sdpa``, ``fast16``: ``trunk_kernels.py``) stay runnable by name.
 
@@ -48,28 +49,33 @@ from benchmarks import harness  # noqa: E402
 # name: (architecture, attention layout, input shape, batch, throughput unit, variants in the order run)
 CASES = {
     "hiera_b_224_b128": ("hiera_base_224", "mask_unit", (3, 224, 224), 128, "im/s",
-                         ["shipped", "timm", "kernel", "kernel+tanh", "kernel+ro"]),
+                         ["shipped", "timm", "default", "default+ro", "default+tanh", "default+tanh+ro"]),
     "hiera_b_16x224_video_b16": ("hiera_base_16x224", "mask_unit", (3, 16, 224, 224), 16, "clips/s",
-                                 ["shipped", "official", "kernel", "kernel+tanh"]),
-    "window_1024_b8": ("hiera_base_224", "window", (3, 1024, 1024), 8, "im/s", ["shipped", "kernel"]),
-    "mask_unit_1024_b8": ("hiera_base_224", "mask_unit", (3, 1024, 1024), 8, "im/s", ["shipped", "kernel"]),
+                                 ["shipped", "official", "default", "default+ro", "kernel", "default+tanh",
+                                  "default+tanh+ro"]),
+    "window_1024_b8": ("hiera_base_224", "window", (3, 1024, 1024), 8, "im/s", ["shipped", "default"]),
+    "mask_unit_1024_b8": ("hiera_base_224", "mask_unit", (3, 1024, 1024), 8, "im/s", ["shipped", "default"]),
 }  # fmt: skip
-# label: (how the model is made from the case's shipped model, torch.compile mode). Ours: the inference
-# kernels set on a copy (``Hiera.set_inference_kernels``) or session 5's ``with_fast_kernels`` options;
-# peers: a benchmarks.peers builder.
+# label: (how the model is made from the case's model, torch.compile mode). Ours: a copy with the inference
+# kernels set (``Hiera.set_inference_kernels``, and ``video_as_frames`` for the video patch convolution) or
+# session 5's ``with_fast_kernels`` options; peers: a benchmarks.peers builder.
+SESSION5 = dict(window_kernel=False, video_as_frames=False)  # the model as shipped before this round
 VARIANTS = {
-    "shipped": (dict(window_kernel=False), "default"),
-    "kernel": (dict(window_kernel=True), "default"),
-    "kernel+tanh": (dict(window_kernel=True, gelu_epilogue=True), "default"),
-    "kernel+ro": (dict(window_kernel=True), "reduce-overhead"),
-    "fast": (dict(fast=dict(fused_gelu=True, pack_keys=128, pack_kernel="flex")), "default"),
-    "fast-sdpa": (dict(fast=dict(fused_gelu=True, pack_keys=128, pack_kernel="sdpa")), "default"),
-    "fast16": (dict(fast=dict(fused_gelu=True, pack_keys=128, pack_up_to=16, pack_kernel="flex")), "default"),
-    "gelu": (dict(fast=dict(fused_gelu=True)), "default"),
+    "shipped": (SESSION5, "default"),
+    "kernel": (dict(window_kernel=True, video_as_frames=False), "default"),
+    "default": ({}, "default"),
+    "default+ro": ({}, "reduce-overhead"),
+    "default+tanh": (dict(gelu_epilogue=True), "default"),
+    "default+tanh+ro": (dict(gelu_epilogue=True), "reduce-overhead"),
+    "fast": (dict(SESSION5, fast=dict(fused_gelu=True, pack_keys=128, pack_kernel="flex")), "default"),
+    "fast-sdpa": (dict(SESSION5, fast=dict(fused_gelu=True, pack_keys=128, pack_kernel="sdpa")), "default"),
+    "fast16": (dict(SESSION5, fast=dict(fused_gelu=True, pack_keys=128, pack_up_to=16, pack_kernel="flex")),
+               "default"),
+    "gelu": (dict(SESSION5, fast=dict(fused_gelu=True)), "default"),
     "timm": (dict(peer="timm"), "default"),
     "official": (dict(peer="official"), "default"),
-}
-PROFILED = ("shipped", "kernel", "kernel+tanh")
+}  # fmt: skip
+PROFILED = ("shipped", "default", "default+tanh")
 DTYPE = "bf16"
 WARMUP = 3
 # fc1 of Hiera-B 224 at batch 128, per stage: (tokens, dim, hidden)
@@ -87,16 +93,14 @@ def kernel_category(name: str) -> str:
         return "attention (small-window kernel)"
     if "fc1_gelu" in n:
         return "fc1+gelu (fused)"
-    if any(s in n for s in ("flash", "fmha", "attention", "sdpa", "flex")):
-        return "attention"
+    if n.startswith("triton_tem") or any(s in n for s in ("flash", "fmha", "attention", "sdpa", "flex")):
+        return "attention"  # inductor's templated kernels here are FlexAttention's
+    if n.startswith("triton_"):  # before "conv": inductor names fused kernels after every op they hold
+        return "pointwise/norm (inductor)"
     if any(s in n for s in ("conv", "fprop", "implicit")):  # cuDNN runs convolutions on cutlass kernels
         return "conv"
     if any(s in n for s in ("gemm", "nvjet", "sm90_xmma", "cutlass", "cublas", "splitk")):
         return "gemm"
-    if n.startswith("triton_tem"):
-        return "attention"  # inductor's templated kernels here are FlexAttention's
-    if n.startswith("triton_"):
-        return "pointwise/norm (inductor)"
     if "copy" in n or "elementwise" in n or "memcpy" in n or "memset" in n:
         return "copy/elementwise (aten)"
     return "other"
@@ -156,11 +160,16 @@ def make_variant(model, case: str, label: str, device: torch.device) -> torch.nn
         build = {"timm": timm_trunk, "official": official_trunk(video=True)}[options["peer"]]
         torch.manual_seed(0)
         return build(CASES[case][2][1:], False).to(device).eval()
-    if "fast" in options:
+    options = dict(options)
+    fast = options.pop("fast", None)
+    variant = copy.deepcopy(model)
+    variant.patch_embed.video_as_frames = options.pop("video_as_frames", True)
+    variant.set_inference_kernels(**options)
+    if fast:
         from benchmarks.trunk_kernels import with_fast_kernels
 
-        return with_fast_kernels(model, **options["fast"])
-    return copy.deepcopy(model).set_inference_kernels(**options)
+        return with_fast_kernels(variant, **fast)
+    return variant
 
 
 def measure_case(case: str, device: torch.device, repeats: int, deadline: float, labels=None) -> dict:

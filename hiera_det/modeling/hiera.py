@@ -166,6 +166,10 @@ class PatchEmbed(nn.Module):
     one with a single patchifying convolution (Xiao et al., "Early convolutions help transformers see
     better", NeurIPS 2021), which matters when a trunk is trained from random init on little data. Images only,
     and only a patch stride of 4; official checkpoints hold no stem, so it is for training from scratch.
+
+    Video inference on CUDA (``video_as_frames``, on by default) runs the 3-D patch convolution as one 2-D
+    convolution over the frames with the temporal taps stacked as channels: the same sum, but cuDNN runs
+    3-D convolutions of 3-channel clips on a slow generic kernel (2.4 ms of a 16-clip batch on an H100).
     """
 
     def __init__(self, ndim: int, in_chans: int, embed_dim: int, kernel, stride, padding, stem: str = "patch"):
@@ -173,6 +177,7 @@ class PatchEmbed(nn.Module):
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        self.video_as_frames = True
         if stem == "patch":
             self.stem = None
             self.proj = conv(in_chans, embed_dim, kernel, stride, padding)
@@ -189,7 +194,21 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(c_in, embed_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5 and self.video_as_frames and x.is_cuda and not torch.is_grad_enabled():
+            return self.video_by_frames(x)
         return self.proj(x if self.stem is None else self.stem(x))
+
+    def video_by_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.proj(x)`` for clips ``[B, C, T, H, W]``, computed as a 2-D convolution over output frames
+        whose input channels are the (channel, temporal tap) pairs that frame sums over."""
+        conv = self.proj
+        (taps, *_), (t_stride, *stride), (t_pad, *padding) = conv.kernel_size, conv.stride, conv.padding
+        frames = F.pad(x, (0, 0, 0, 0, t_pad, t_pad)).unfold(2, taps, t_stride)  # [B, C, T', H, W, taps]
+        B, C, T, H, W, _ = frames.shape
+        frames = frames.permute(0, 2, 1, 5, 3, 4).reshape(B * T, C * taps, H, W)
+        weight = conv.weight.flatten(1, 2)  # [out, C * taps, kh, kw], channel c * taps + tap as above
+        y = F.conv2d(frames.contiguous(memory_format=torch.channels_last), weight, conv.bias, stride, padding)
+        return y.view(B, T, *y.shape[1:]).transpose(1, 2)
 
 
 def _tuple(v, n: int) -> tuple[int, ...]:
