@@ -63,6 +63,7 @@ SESSION5 = dict(window_kernel=False, video_as_frames=False)  # the model as ship
 VARIANTS = {
     "shipped": (SESSION5, "default"),
     "kernel": (dict(window_kernel=True, video_as_frames=False), "default"),
+    "shipped+ro": (SESSION5, "reduce-overhead"),
     "default": ({}, "default"),
     "default+ro": ({}, "reduce-overhead"),
     "default+tanh": (dict(gelu_epilogue=True), "default"),
@@ -348,14 +349,17 @@ def main(argv=None) -> int:
         "--cases", default="hiera_b_224_b128,hiera_b_16x224_video_b16",
         help=f"comma-separated subset of {', '.join(CASES)}",
     )  # fmt: skip
+    parser.add_argument("--variants", default="", help="comma-separated variants for every case (default: "
+                        "each case's own list)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant, interleaved")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; later variants are skipped")
     parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks and the deviation study")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
-    unknown = [c for c in cases if c not in CASES]
+    unknown = [c for c in cases if c not in CASES] + [v for v in args.variants.split(",") if v and v not in VARIANTS]
     if unknown:
-        parser.error(f"unknown case {', '.join(unknown)}; choose from {', '.join(CASES)}")
+        parser.error(f"unknown case or variant {', '.join(unknown)}; cases: {', '.join(CASES)}; variants: "
+                     f"{', '.join(VARIANTS)}")
     if not torch.cuda.is_available():
         sys.exit("trunk_variants measures GPU kernels; run it on a CUDA machine")
     deadline = time.monotonic() + args.budget
@@ -394,7 +398,8 @@ def main(argv=None) -> int:
         if time.monotonic() > deadline:
             record["cases"][case] = {"skipped": "time budget spent"}
             continue
-        record["cases"][case] = measure_case(case, device, args.repeats, deadline)
+        labels = [v for v in args.variants.split(",") if v] or None
+        record["cases"][case] = measure_case(case, device, args.repeats, deadline, labels)
         write()
         torch._dynamo.reset()
         harness.release_memory(device)

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .pos_embed import absolute_pos_embed, create_pos_embed, separate_pos_embed, window_pos_embed
 from .token_layout import GLOBAL, MASK_UNIT, SpatialLayout, UnrolledLayout
-from .window_attention import window_attention
+from .window_attention import register_kernel, window_attention
 
 ATTENTION_LAYOUTS = ("mask_unit", "window")
 STEMS = ("patch", "conv")
@@ -92,7 +92,7 @@ class PartitionedAttention(nn.Module):
         self.dim_out = dim_out
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
-        self.window_kernel = window_kernel
+        self.window_kernel = window_kernel and register_kernel()
 
     def forward(self, x: torch.Tensor, layout, partition, pool: bool) -> torch.Tensor:
         N, L, _ = x.shape
@@ -362,7 +362,7 @@ class Hiera(nn.Module):
         leaves a flag as it is. Returns the model."""
         for block in self.blocks:
             if window_kernel is not None:
-                block.attn.window_kernel = window_kernel
+                block.attn.window_kernel = window_kernel and register_kernel()
             if gelu_epilogue is not None:
                 block.mlp.gelu_epilogue = gelu_epilogue
         return self

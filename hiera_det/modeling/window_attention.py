@@ -8,8 +8,10 @@ fp32, and writes the output. The kernel reads the projections in place (``[N, L,
 output) and writes ``[N, Lq, heads, d]``, the layout the output projection reads, so no transposes are copied.
 
 It runs only for inference on CUDA (no autograd: training keeps ``scaled_dot_product_attention``) and only
-where Triton is installed; Triton is imported on the first call. It is a ``torch.library`` custom op, so
-``torch.compile`` keeps it as one opaque call (no graph break, no decomposition) and CUDA graphs capture it.
+where Triton is installed. It is a ``torch.library.triton_op``: ``torch.compile`` sees the Triton kernel and
+launches it from its own generated code (no graph break, no decomposition, no Python dispatch per call), and
+CUDA graphs capture it. Registering the op imports Triton, so it happens when the first model that wants the
+kernel is built on a machine with CUDA (``register_kernel``), never at import.
 """
 
 from __future__ import annotations
@@ -25,13 +27,24 @@ MAX_KEYS = 64  # longer windows (stage 3-4 global attention) fill the fused kern
 MAX_HEAD_DIM = 128
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+_registered = False
+
+
+def register_kernel() -> bool:
+    """Register the ``hiera_det::window_attention`` op (importing Triton) if Triton and CUDA are there;
+    whether it is registered. Models call this when built with the kernel on."""
+    global _registered
+    if not _registered and _HAS_TRITON and torch.cuda.is_available():
+        torch.library.triton_op("hiera_det::window_attention", launch, mutates_args=())
+        _registered = True
+    return _registered
 
 
 def kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``window_attention`` runs the Triton kernel for these ``[N, L, heads, d]`` inputs."""
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     return (
-        _HAS_TRITON
+        _registered
         and q.is_cuda
         and not needs_grad
         and k.shape[1] <= MAX_KEYS
@@ -51,23 +64,15 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, use_kern
     return out.transpose(1, 2)
 
 
-@torch.library.custom_op("hiera_det::window_attention", mutates_args=(), device_types="cuda")
-def _window_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return launch(q, k, v)
-
-
-@_window_attention_op.register_fake
-def _(q, k, v):
-    return q.new_empty(q.shape)
-
-
 def launch_config(q_block: int, k_block: int) -> tuple[int, int]:
     """(windows x heads per program, warps) for a score tile of ``q_block`` x ``k_block``: the fastest of a
     sweep at Hiera-B's shapes on an H100 (``benchmarks/trunk_variants.py``, ``window_attention_micro``)."""
     return {(64, 64): (2, 4), (16, 64): (1, 2)}.get((q_block, k_block), (2, 2))
 
 
-def launch(q, k, v, per_program: int | None = None, warps: int | None = None) -> torch.Tensor:
+def launch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, per_program: int = 0, warps: int = 0
+) -> torch.Tensor:
     """Run the kernel (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``); ``per_program`` and
     ``warps`` override ``launch_config`` (benchmarks sweep them)."""
     import triton
@@ -81,12 +86,11 @@ def launch(q, k, v, per_program: int | None = None, warps: int | None = None) ->
     default_per_program, default_warps = launch_config(q_block, k_block)
     per_program = per_program or default_per_program
     pairs = N * heads
-    _kernel()[(triton.cdiv(pairs, per_program),)](
+    torch.library.wrap_triton(_kernel())[(triton.cdiv(pairs, per_program),)](
         q, k, v, out, pairs, heads, q_len, k_len, head_dim, head_dim**-0.5 * math.log2(math.e),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         Q_BLOCK=q_block, K_BLOCK=k_block, D_BLOCK=d_block, PER_PROGRAM=per_program,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=warps or default_warps,
+        IEEE=q.dtype == torch.float32, num_warps=warps or default_warps,
     )  # fmt: skip
     return out
 
@@ -102,7 +106,7 @@ def _kernel():
         q_ptr, k_ptr, v_ptr, o_ptr, pairs, heads, q_len, k_len, head_dim, scale_log2,
         q_sn, q_sl, q_sh, k_sn, k_sl, k_sh, v_sn, v_sl, v_sh, o_sn, o_sl, o_sh,
         Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr, PER_PROGRAM: tl.constexpr,
-        PRECISION: tl.constexpr,
+        IEEE: tl.constexpr,
     ):  # fmt: skip
         rows_q = tl.arange(0, Q_BLOCK)[:, None]
         rows_k = tl.arange(0, K_BLOCK)[:, None]
@@ -117,10 +121,17 @@ def _kernel():
             q = tl.load(q_ptr + n * q_sn + h * q_sh + rows_q * q_sl + cols, mask=q_mask, other=0.0)
             k = tl.load(k_ptr + n * k_sn + h * k_sh + rows_k * k_sl + cols, mask=kv_mask, other=0.0)
             v = tl.load(v_ptr + n * v_sn + h * v_sh + rows_k * v_sl + cols, mask=kv_mask, other=0.0)
-            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-            scores = tl.where(key_is_real, scores, float("-inf"))
+            if IEEE:  # fp32 in, fp32 products (not TF32), as SDPA computes them
+                scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                scores = tl.dot(q, tl.trans(k))
+            scores = tl.where(key_is_real, scores * scale_log2, float("-inf"))
             p = tl.exp2(scores - tl.max(scores, 1)[:, None])
-            o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / tl.sum(p, 1)[:, None]
+            if IEEE:
+                o = tl.dot(p, v, input_precision="ieee")
+            else:
+                o = tl.dot(p.to(v.dtype), v)
+            o = o / tl.sum(p, 1)[:, None]
             tl.store(o_ptr + n * o_sn + h * o_sh + rows_q * o_sl + cols, o.to(o_ptr.dtype.element_ty), mask=q_mask)
 
     return window_attention_kernel
