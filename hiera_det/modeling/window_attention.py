@@ -41,12 +41,15 @@ def register_kernel() -> bool:
 
 
 def kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether ``window_attention`` runs the Triton kernel for these ``[N, L, heads, d]`` inputs."""
+    """Whether ``window_attention`` runs the Triton kernel for these ``[N, L, heads, d]`` inputs. Never while
+    exporting or tracing: an exported graph keeps standard operators (SDPA)."""
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     return (
         _registered
         and q.is_cuda
         and not needs_grad
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_exporting()
         and k.shape[1] <= MAX_KEYS
         and q.shape[-1] <= MAX_HEAD_DIM
         and q.dtype in DTYPES
