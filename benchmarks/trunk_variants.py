@@ -207,11 +207,13 @@ def measure_case(case: str, device: torch.device, repeats: int, deadline: float,
             continue
         if not is_peer:
             reference = final if reference is None else reference
-            facts[label]["rel_max_diff_vs_shipped"] = float((final - reference).abs().max() / reference.abs().max())
+            diff = (final - reference).abs().max() / reference.abs().max()
+            facts[label]["rel_max_diff_vs_shipped"] = float(diff)
         if label in PROFILED:
             profiles[label] = profile(calls[label], device)
-        print(f"{case} {label}: compiled in {facts[label].get('compile_s', 0):.1f} s, "
-              f"rel. max diff {facts[label].get('rel_max_diff_vs_shipped', float('nan')):.2e}", flush=True)  # fmt: skip
+        diff = facts[label].get("rel_max_diff_vs_shipped", float("nan"))
+        compile_s = facts[label].get("compile_s", 0)
+        print(f"{case} {label}: compiled in {compile_s:.1f} s, rel. max diff {diff:.2e}", flush=True)
     timed = harness.time_interleaved(calls, device, repeats)
     for label, times in timed.times_ms.items():
         if label in timed.errors or not times:
@@ -262,11 +264,13 @@ def window_attention_micro(device: torch.device, repeats: int = 30) -> dict:
         with torch.no_grad():
             ref = sdpa(*(t.float() for t in (q, k, v))).transpose(1, 2)
             moved = (2 * q.numel() + 2 * k.numel()) * 2  # bf16 bytes: q read and O written, k and v read
+            fp32_kernel = launch(*(t.float() for t in (q, k, v)))
             row = {"windows": windows, "q_len": q_len, "k_len": k_len, "heads": heads, "head_dim": d,
                    "sdpa_ms": round(_median_ms(sdpa, device, repeats), 4),
                    "sdpa_max_abs_err_vs_fp32": float((sdpa().transpose(1, 2).float() - ref).abs().max()),
-                   "kernel_fp32_max_abs_err_vs_sdpa_fp32": float((launch(*(t.float() for t in (q, k, v))) - ref).abs().max()),
-                   "default_launch": list(launch_config(max(16, q_len), max(16, k_len))), "kernel_ms": {}}  # fmt: skip
+                   "kernel_fp32_max_abs_err_vs_sdpa_fp32": float((fp32_kernel - ref).abs().max()),
+                   "default_launch": list(launch_config(max(16, q_len), max(16, k_len))),
+                   "kernel_ms": {}}  # fmt: skip
             for per_program, warps in LAUNCH_SWEEP:
                 fn = lambda: launch(q, k, v, per_program, warps)  # noqa: E731
                 row["kernel_ms"][f"{per_program}x{warps}w"] = round(_median_ms(fn, device, repeats), 4)
@@ -305,7 +309,8 @@ def smooth_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
     normalized like ImageNet inputs (random noise would make every logit equally unsure)."""
     g = torch.Generator().manual_seed(0)
     coarse = F.interpolate(torch.randn(batch, 3, 7, 7, generator=g), size=(size, size), mode="bicubic")
-    edges = (F.interpolate(torch.rand(batch, 1, 14, 14, generator=g), size=(size, size), mode="nearest") > 0.6)
+    cells = torch.rand(batch, 1, 14, 14, generator=g)
+    edges = F.interpolate(cells, size=(size, size), mode="nearest") > 0.6
     return (coarse + edges.float() * torch.randn(batch, 3, 1, 1, generator=g) + 0.1 * torch.randn(
         batch, 3, size, size, generator=g)).to(device)  # fmt: skip
 
@@ -353,10 +358,12 @@ def main(argv=None) -> int:
                         "each case's own list)")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant, interleaved")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; later variants are skipped")
-    parser.add_argument("--no-micro", action="store_true", help="skip the micro-benchmarks and the deviation study")
+    parser.add_argument("--no-micro", action="store_true",
+                        help="skip the micro-benchmarks and the deviation study")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
-    unknown = [c for c in cases if c not in CASES] + [v for v in args.variants.split(",") if v and v not in VARIANTS]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [c for c in cases if c not in CASES] + [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown case or variant {', '.join(unknown)}; cases: {', '.join(CASES)}; variants: "
                      f"{', '.join(VARIANTS)}")
@@ -398,8 +405,7 @@ def main(argv=None) -> int:
         if time.monotonic() > deadline:
             record["cases"][case] = {"skipped": "time budget spent"}
             continue
-        labels = [v for v in args.variants.split(",") if v] or None
-        record["cases"][case] = measure_case(case, device, args.repeats, deadline, labels)
+        record["cases"][case] = measure_case(case, device, args.repeats, deadline, variants or None)
         write()
         torch._dynamo.reset()
         harness.release_memory(device)

@@ -30,7 +30,8 @@ def qkv_views(windows, q_len, k_len, heads, d, dtype=torch.float32, device="cpu"
 
 
 def sdpa(q, k, v):
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 def test_on_the_cpu_it_is_sdpa_and_the_model_output_does_not_depend_on_the_flags():
@@ -50,11 +51,13 @@ def test_on_the_cpu_it_is_sdpa_and_the_model_output_does_not_depend_on_the_flags
 def test_video_patch_convolution_by_frames_is_the_3d_convolution():
     """What CUDA video inference runs instead of ``Conv3d`` (cuDNN's 3-D kernels are slow for 3 channels)."""
     torch.manual_seed(0)
-    patch_embed = build_hiera("hiera_base_16x224", num_classes=0, input_size=(4, 32, 32), stages=(1, 1, 1, 1)).patch_embed
+    trunk = build_hiera("hiera_base_16x224", num_classes=0, input_size=(4, 32, 32), stages=(1, 1, 1, 1))
+    patch_embed = trunk.patch_embed
     with torch.no_grad():
         for shape in [(2, 3, 8, 64, 64), (1, 3, 6, 32, 48)]:
             x = torch.randn(*shape)
-            torch.testing.assert_close(patch_embed.video_by_frames(x), patch_embed.proj(x), atol=1e-5, rtol=1e-5)
+            by_frames, conv3d = patch_embed.video_by_frames(x), patch_embed.proj(x)
+            torch.testing.assert_close(by_frames, conv3d, atol=1e-5, rtol=1e-5)
 
 
 def test_kernel_matches_sdpa_in_tritons_cpu_interpreter():
@@ -75,7 +78,9 @@ def test_kernel_matches_sdpa_in_tritons_cpu_interpreter():
         "print(worst)\n"
     )
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
 

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-MAX_KEYS = 64  # longer windows (stage 3-4 global attention) fill the fused kernels' tiles: SDPA is right there
+MAX_KEYS = 64  # longer windows (stage 3 global attention) fill the fused kernels' tiles: SDPA is right there
 MAX_HEAD_DIM = 128
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -57,7 +57,9 @@ def kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     )
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, use_kernel: bool = True) -> torch.Tensor:
+def window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, use_kernel: bool = True
+) -> torch.Tensor:
     """Softmax attention inside each of N windows: ``q`` ``[N, Lq, heads, d]``, ``k`` and ``v``
     ``[N, Lk, heads, d]`` (any strides) -> ``[N, Lq, heads, d]``, scaled by ``d ** -0.5`` as SDPA does.
     The Triton kernel if ``use_kernel`` and ``kernel_applies``, ``scaled_dot_product_attention`` otherwise."""
@@ -135,6 +137,7 @@ def _kernel():
             else:
                 o = tl.dot(p.to(v.dtype), v)
             o = o / tl.sum(p, 1)[:, None]
-            tl.store(o_ptr + n * o_sn + h * o_sh + rows_q * o_sl + cols, o.to(o_ptr.dtype.element_ty), mask=q_mask)
+            o_at = o_ptr + n * o_sn + h * o_sh + rows_q * o_sl + cols
+            tl.store(o_at, o.to(o_ptr.dtype.element_ty), mask=q_mask)
 
     return window_attention_kernel
