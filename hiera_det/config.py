@@ -79,6 +79,9 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
         ("GLOBAL_BLOCKS", [], "window only: indices of blocks with full attention; `[]` = the SAM2 preset"),
         ("ACTIVATION_CHECKPOINTING", False, "recompute each block in the backward pass: less activation "
          "memory, one more forward pass of compute"),
+        ("GELU_EPILOGUE", False, "bf16 inference on CUDA only: fc1 and a tanh-approximated GELU in one cuBLASLt "
+         "GEMM (faster; the trunk's GELU is otherwise the exact erf of the official weights, which fp32 always "
+         "keeps). Output deviation from fp32 no larger than bf16's own: `benchmarks/results/trunk_kernel.md`"),
         ("FREEZE_AT", 0, "0 trains everything; 1 freezes the patch embedding and position embeddings; k >= 2 "
          "also stages 1..k-1; 5 = the whole trunk"),
         ("WEIGHTS", "", "pretrained trunk: a file in any format `hiera_det.checkpoint.load_checkpoint` reads "

@@ -274,7 +274,7 @@ def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch
     units): every variant is timed, the profiled ones broken down by kernel category, FLOPs counted, and a
     variant's output matches the shipped model's."""
     tv = importlib.import_module("benchmarks.trunk_variants")
-    variants = ["shipped", "fast-sdpa"]
+    variants = ["shipped", "default", "default+tanh", "fast-sdpa"]
     monkeypatch.setitem(tv.CASES, "tiny", ("hiera_tiny_224", "mask_unit", (3, 32, 32), 2, "im/s", variants))
     monkeypatch.setattr(tv, "VARIANTS", {k: (options, None) for k, (options, _) in tv.VARIANTS.items()})
     monkeypatch.setattr(tv, "PROFILED", ("shipped",))
@@ -288,6 +288,8 @@ def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch
         assert r["median_ms"] > 0 and r["im/s"] > 0
         assert r["tflops"] == round(record["flops"] / r["median_ms"] / 1e9, 1)
     assert results["shipped"]["rel_max_diff_vs_shipped"] == 0.0
+    assert results["default"]["rel_max_diff_vs_shipped"] == 0.0  # no Triton kernel, no epilogue on the CPU
+    assert results["default+tanh"]["rel_max_diff_vs_shipped"] == 0.0
     assert results["fast-sdpa"]["rel_max_diff_vs_shipped"] < 1e-4
     assert set(record["profiles"]) == {"shipped"}
     shipped = record["profiles"]["shipped"]
@@ -303,6 +305,7 @@ def test_kernel_names_fall_in_the_profile_categories():
     assert kernel_category("triton_tem_fused__to_copy_flex_attention_ones_13") == "attention"
     assert kernel_category("triton_poi_fused_gelu_view_36") == "pointwise/norm (inductor)"
     assert kernel_category("_fc1_gelu_kernel") == "fc1+gelu (fused)"
+    assert kernel_category("window_attention_kernel") == "attention (small-window kernel)"
     assert kernel_category("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop") == "conv"
 
 

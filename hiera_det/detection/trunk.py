@@ -25,6 +25,7 @@ def trunk_overrides(cfg, **extra) -> dict:
         embed_dim=h.EMBED_DIM or None,
         num_heads=h.NUM_HEADS or None,
         activation_checkpointing=h.ACTIVATION_CHECKPOINTING,
+        gelu_epilogue=h.GELU_EPILOGUE or None,
     )
     if not is_video_config(cfg):
         overrides.update(

@@ -1,0 +1,136 @@
+"""The small-window attention kernel (hiera_det/modeling/window_attention.py) computes SDPA's function,
+and the model takes it only for inference on CUDA."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from triton_interpreter import interpreted
+
+from hiera_det.modeling import build_hiera
+from hiera_det.modeling.window_attention import kernel_applies, window_attention
+
+# (windows, queries, keys, heads, head dim): Hiera-B's four small-window shapes, then Hiera-L's head dim,
+# a 7x7 window (49 keys) and sizes that are no power of two anywhere
+SHAPES = [(6, 64, 64, 1, 96), (5, 16, 64, 2, 96), (7, 16, 16, 2, 96), (9, 4, 16, 4, 96), (3, 16, 64, 2, 72),
+          (4, 49, 49, 2, 64), (2, 3, 5, 3, 24)]  # fmt: skip
+
+
+def qkv_views(windows, q_len, k_len, heads, d, dtype=torch.float32, device="cpu"):
+    """q, k, v as the model hands them over: views of one qkv tensor, queries max-pooled when fewer."""
+    g = torch.Generator(device=device).manual_seed(windows)
+    q, k, v = torch.randn(windows, k_len, 3, heads, d, generator=g, device=device).to(dtype).unbind(2)
+    if q_len < k_len:
+        q = q[:, : (k_len // q_len) * q_len].reshape(windows, k_len // q_len, q_len, heads, d).amax(1)
+    return q, k, v
+
+
+def sdpa(q, k, v):
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def test_on_the_cpu_it_is_sdpa_and_the_model_output_does_not_depend_on_the_flags():
+    q, k, v = qkv_views(*SHAPES[1])
+    assert not kernel_applies(q, k, v)
+    torch.testing.assert_close(window_attention(q, k, v), sdpa(q, k, v), atol=0, rtol=0)
+    torch.manual_seed(0)
+    model = build_hiera("hiera_tiny_224", num_classes=0, input_size=(64, 64)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        after = model.set_inference_kernels(window_kernel=False, gelu_epilogue=True)(x)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_video_patch_convolution_by_frames_is_the_3d_convolution():
+    """What CUDA video inference runs instead of ``Conv3d`` (cuDNN's 3-D kernels are slow for 3 channels)."""
+    torch.manual_seed(0)
+    trunk = build_hiera("hiera_base_16x224", num_classes=0, input_size=(4, 32, 32), stages=(1, 1, 1, 1))
+    patch_embed = trunk.patch_embed
+    with torch.no_grad():
+        for shape in [(2, 3, 8, 64, 64), (1, 3, 6, 32, 48)]:
+            x = torch.randn(*shape)
+            by_frames, conv3d = patch_embed.video_by_frames(x), patch_embed.proj(x)
+            torch.testing.assert_close(by_frames, conv3d, atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_matches_sdpa_in_tritons_cpu_interpreter():
+    """The Triton kernel itself, run by Triton's CPU interpreter (a fresh process: the interpreter is chosen
+    when the kernel is defined), in fp32, at every shape, one and three windows x heads per program."""
+    pytest.importorskip("triton")
+    script = (
+        "import torch\n"
+        "from tests.test_window_attention import SHAPES, qkv_views, sdpa\n"
+        "from hiera_det.modeling.window_attention import launch\n"
+        "worst = 0.0\n"
+        "for shape in SHAPES:\n"
+        "    q, k, v = qkv_views(*shape)\n"
+        "    for per_program in (1, 3):\n"
+        "        out = launch(q, k, v, per_program=per_program)\n"
+        "        assert out.shape == q.shape and out.is_contiguous()\n"
+        "        worst = max(worst, float((out - sdpa(q, k, v)).abs().max()))\n"
+        "print(worst)\n"
+    )
+    assert interpreted(script) < 1e-5
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernel_matches_sdpa_on_the_gpu(shape, dtype, atol):
+    q, k, v = qkv_views(*shape, dtype=dtype, device="cuda")
+    assert kernel_applies(q, k, v)
+    out = window_attention(q, k, v)
+    expected = sdpa(*(t.double() for t in (q, k, v)))
+    assert out.dtype == dtype and out.shape == q.shape
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=0)
+    # no worse than SDPA itself in this dtype
+    assert (out.double() - expected).abs().max() <= 2 * (sdpa(q, k, v).double() - expected).abs().max() + 1e-6
+
+
+def relative_error(out: dict, ref: dict) -> float:
+    return max(float((out[k].float() - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_model_with_the_kernel_is_as_close_to_fp32_as_sdpa_and_training_keeps_sdpa(mode):
+    """bf16 under torch.compile (and CUDA graphs) with the kernel lands as close to the fp32 SDPA model as
+    eager bf16 SDPA does; with autograd on, the kernel stands aside."""
+    torch.manual_seed(0)
+    model = build_hiera("hiera_tiny_224", num_classes=0, input_size=(224, 224)).cuda().eval()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        ref = model.set_inference_kernels(window_kernel=False)(x)
+        with torch.autocast("cuda", torch.bfloat16):
+            sdpa_error = relative_error(model(x), ref)
+            compiled = torch.compile(model.set_inference_kernels(window_kernel=True), mode=mode)
+            for _ in range(3):  # CUDA graphs record on a later call
+                out = compiled(x)
+    kernel_error = relative_error(out, ref)
+    assert kernel_error <= 2 * sdpa_error + 1e-3, (kernel_error, sdpa_error)
+    q, k, v = qkv_views(*SHAPES[0], device="cuda")
+    assert not kernel_applies(q.requires_grad_(), k, v)  # autograd on: SDPA, which has a backward
+
+
+@pytest.mark.gpu
+@gpu
+def test_tanh_gelu_epilogue_is_bf16_only_and_lands_as_close_to_fp32_as_erf():
+    torch.manual_seed(0)
+    model = build_hiera("hiera_tiny_224", num_classes=0, input_size=(224, 224)).cuda().eval()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        ref = model(x)
+        tanh_fp32 = model.set_inference_kernels(gelu_epilogue=True)(x)  # fp32: the flag stands aside
+        with torch.autocast("cuda", torch.bfloat16):
+            tanh_error = relative_error(model(x), ref)
+            erf_error = relative_error(model.set_inference_kernels(gelu_epilogue=False)(x), ref)
+    for name in ref:
+        torch.testing.assert_close(tanh_fp32[name], ref[name], atol=1e-6, rtol=1e-6)
+    assert tanh_error <= 2 * erf_error, (tanh_error, erf_error)
