@@ -101,12 +101,13 @@ SESSION4_RECIPE = ["MODEL.HIERA.STEM", "patch", "MODEL.HIERA.OUT_NORM", "", "MOD
                    "MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "2", "MODEL.ROI_BOX_HEAD.NORM", "",
                    "MODEL.ROI_MASK_HEAD.NORM", "LN", "MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.25"]
 VARIANTS = {name: (change, SESSION4_RECIPE + overrides) for name, (change, overrides) in VARIANTS.items()}
-VARIANTS["current"] = ("configs/shapes/hiera_tiny_shapes.yaml as it is (since session 5: combo's settings)", [])
-# Session 6: changes to the current config, and the generator's difficulty (SceneRules) on the current config.
+VARIANTS["current"] = ("configs/shapes/hiera_tiny_shapes.yaml as it is (since session 6: batch 1, 1500 iterations)", [])
+# Session 6: changes to the session-5 config (batch 4, 500 iterations), and the generator's difficulty (SceneRules).
+SESSION5_RECIPE = ["SOLVER.IMS_PER_BATCH", "4"]
 BATCH2 = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0003"]
 TEST_224 = ["INPUT.MIN_SIZE_TEST", "224", "INPUT.MAX_SIZE_TEST", "352"]
-VARIANTS.update({
-    "cur_long": ("current config, 1.6x the iterations (what more CPU time would buy)", []),
+SESSION6_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "cur_long": ("session-5 config, 1.6x the iterations (what more CPU time would buy)", []),
     "bs2": ("batch 2, BASE_LR 3e-4 (a batch-2 iteration costs 0.54x a batch-4 one on 2 cores)", BATCH2),
     "lr8": ("BASE_LR 8e-4", ["SOLVER.BASE_LR", "0.0008"]),
     "giou": ("GIoU box regression loss in the box head (weight 2)", ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou",
@@ -121,7 +122,8 @@ VARIANTS.update({
     "vis60_r12_bs2": ("data: vis60 + r12; batch 2, BASE_LR 3e-4", BATCH2),
     "vis60_r12_test224": ("data: vis60 + r12; test short side 224", TEST_224),
     "easy": ("data: a shape keeps 70% visible, radius from 16 px, at most 5 shapes per image", []),
-    "current_s1": ("current config, seed 1 (the spread between seeds)", ["SEED", "1"]),
+    "current_s1": ("session-5 config, seed 1 (the spread between seeds)", ["SEED", "1"]),
+    "s5": ("session-5 config (batch 4, 500 iterations)", []),
     # second round: smaller batches with the iterations their CPU time allows, on the shipped and eased data
     "bs1_lr2": ("batch 1, BASE_LR 2e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0002"]),
     "bs1_lr3": ("batch 1, BASE_LR 3e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0003"]),
@@ -138,20 +140,44 @@ VARIANTS.update({
     "easy_bs1_lr2": ("data: easy; batch 1, BASE_LR 2e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0002"]),
     "vis60_r12_bs1_lr2": ("data: vis60 + r12; batch 1, BASE_LR 2e-4",
                           ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0002"]),
-})
-# The generator's rules (hiera_det.data.datasets.shapes.SceneRules fields) of the variants not on the shipped data.
-DATA_RULES: dict[str, dict] = {
+    # third round: higher learning rates for the small batches, which rose with every step up so far
+    "bs1_lr4": ("batch 1, BASE_LR 4e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0004"]),
+    "bs1_lr4_s1": ("batch 1, BASE_LR 4e-4, seed 1", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0004",
+                                                     "SEED", "1"]),
+    "bs1_lr5": ("batch 1, BASE_LR 5e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0005"]),
+    "bs1_lr4_late": ("batch 1, BASE_LR 4e-4, steps at 88% and 96%",
+                     ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0004", "SOLVER.STEPS", "(1496, 1632)"]),
+    "bs2_lr8": ("batch 2, BASE_LR 8e-4", ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0008"]),
+    "bs2_lr10": ("batch 2, BASE_LR 1e-3", ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001"]),
+    "vis60_r12_bs1_lr4": ("data: vis60 + r12; batch 1, BASE_LR 4e-4",
+                          ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0004"]),
+    "vis60_r12_bs1_lr5": ("data: vis60 + r12; batch 1, BASE_LR 5e-4",
+                          ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0005"]),
+    "vis60_r12_bs2_lr8": ("data: vis60 + r12; batch 2, BASE_LR 8e-4",
+                          ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.0008"]),
+    "vis60_bs1_lr4": ("data: vis60; batch 1, BASE_LR 4e-4", ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.0004"]),
+}
+VARIANTS.update({name: (change, SESSION5_RECIPE + overrides) for name, (change, overrides) in SESSION6_VARIANTS.items()})
+# The generator's rules (hiera_det.data.datasets.shapes.SceneRules fields) a variant name starts with; variants
+# without one of these prefixes train on the shipped data.
+DATA_PRESETS: dict[str, dict] = {
     "vis60": {"min_visible_fraction": 0.6},
     "r12": {"min_radius": 12.0},
     "vis60_r12": {"min_visible_fraction": 0.6, "min_radius": 12.0},
     "vis60_r12_max6": {"min_visible_fraction": 0.6, "min_radius": 12.0, "max_instances": 6},
-    "vis60_r12_bs2": {"min_visible_fraction": 0.6, "min_radius": 12.0},
-    "vis60_r12_test224": {"min_visible_fraction": 0.6, "min_radius": 12.0},
     "easy": {"min_visible_fraction": 0.7, "min_radius": 16.0, "max_instances": 5},
 }
-DATA_RULES.update({name: DATA_RULES[prefix] for name in VARIANTS for prefix in ("vis60", "vis60_r12", "easy",
-                   "vis60_r12_max6") if name.startswith(prefix + "_") and name not in DATA_RULES})
-DATA_RULES.update({name: DATA_RULES["vis60_r12_max6"] for name in VARIANTS if name.startswith("vis60_r12_max6_")})
+
+
+def data_rules(name: str) -> dict:
+    """The generator rules of a variant: the longest data preset its name starts with, else {} (shipped data)."""
+    parts = name.split("_")
+    for n in range(len(parts), 0, -1):
+        if "_".join(parts[:n]) in DATA_PRESETS:
+            return DATA_PRESETS["_".join(parts[:n])]
+    return {}
+
+
 # Iterations relative to --max-iter, for variants whose CPU iteration costs differ from the shipped recipe's:
 # each run gets the iterations that fit the same CPU time. From paired 6-iteration profiles on the shared
 # 2-core machine (two rounds, +-20% noise): cheap heads 0.71x the shipped recipe's time, GN neck/heads about
@@ -159,8 +185,10 @@ DATA_RULES.update({name: DATA_RULES["vis60_r12_max6"] for name in VARIANTS if na
 ITER_SCALE: dict[str, float] = {"gn": 0.8, "combo": 0.8, "cheap": 1.4, "fast": 1.4, "emb64": 1.1, "bs8": 0.67,
                                 "cur_long": 1.6, "bs2": 1.85, "vis60_r12_bs2": 1.85}
 # Batch 1 and 2 iterations measured against batch 4 back to back on the 2-core machine: 0.29x and 0.51-0.54x.
-ITER_SCALE.update({name: 3.4 if "bs1" in name else 1.85 for name in VARIANTS if "_bs1" in name or "_bs2" in name
-                   or name.startswith(("bs1", "bs2"))})
+ITER_SCALE.update({name: 3.4 if "bs1" in name.split("_") else 1.85 for name in VARIANTS
+                   if {"bs1", "bs2"} & set(name.split("_"))})
+# Since session 6 the config trains batch 1 for 1500 iterations: 3x a --max-iter counted in batch-4 iterations.
+ITER_SCALE["current"] = 3.0
 
 
 def schedule_overrides(max_iter: int, eval_period: int) -> list[str]:
@@ -240,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Each dataset once, before the runs start, so they do not race to generate it: the shipped one, and one
     # per set of generator rules (its own DETECTRON2_DATASETS root; the val split keeps its own seed stream).
-    data_roots = {name: args.out / "data" / "_".join(f"{k}{v}" for k, v in sorted(DATA_RULES[name].items()))
-                  for name in args.runs if name in DATA_RULES}
-    datasets = {None: SceneRules(), **{root / SHAPES_DIRNAME: SceneRules(**DATA_RULES[name])
+    data_roots = {name: args.out / "data" / "_".join(f"{k}{v}" for k, v in sorted(data_rules(name).items()))
+                  for name in args.runs if data_rules(name)}
+    datasets = {None: SceneRules(), **{root / SHAPES_DIRNAME: SceneRules(**data_rules(name))
                                        for name, root in data_roots.items()}}
     with ProcessPoolExecutor(max_workers=min(len(datasets), os.cpu_count() or 1)) as pool:
         for done in [pool.submit(ensure_shapes_dataset, root, rules=rules) for root, rules in datasets.items()]:
@@ -264,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         procs[name] = subprocess.Popen(command, cwd=REPO, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         runs[name] = {"change": change, "overrides": overrides, "max_iter": max_iter, "eval_period": eval_period,
-                      "data_rules": DATA_RULES.get(name, {})}
+                      "data_rules": data_rules(name)}
     meta = {"benchmark": "hiera_shapes: AP per iteration of recipe variants trained side by side (issue 15)",
             "device": args.device, "max_iter": args.max_iter, "eval_period": args.eval_period,
             "schedule": "steps at 80% and 93% of max_iter", "base_config": "configs/shapes/hiera_tiny_shapes.yaml"}
