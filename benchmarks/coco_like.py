@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from hiera_det.data.datasets.moving_shapes import generate_moving_shapes
-from hiera_det.data.datasets.shapes import SHAPES_CLASSES, render_scene
+from hiera_det.data.datasets.shapes import SHAPES_CLASSES, SceneRules, render_scene
 
 JPEG_QUALITY = 90
 MIN_POLYGON_AREA = 4.0
@@ -50,7 +50,7 @@ def visible_polygons(mask: np.ndarray) -> list[list[float]]:
 def _render_image(job: tuple) -> tuple[dict, list[dict]]:
     """One image (written to disk) and its annotations, without ids (assigned in order afterwards)."""
     seed, split_id, index, width, height, max_instances, path = job
-    scene = render_scene(np.random.default_rng([seed, split_id, index]), height, width, max_instances=max_instances)
+    scene = render_scene(np.random.default_rng([seed, split_id, index]), height, width, SceneRules(max_instances))
     if not cv2.imwrite(path, cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
         raise OSError(f"could not write {path}")
     annotations = []

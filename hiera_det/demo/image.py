@@ -27,6 +27,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from pycocotools import mask as mask_utils
 
+from .. import d2  # noqa: F401  (registers the backbones and meta-architectures build_model looks up)
 from ..config import get_hiera_cfg, merge_config
 from ..data.custom import register_custom_datasets
 from ..data.image_io import read_image
