@@ -183,7 +183,7 @@ def data_rules(name: str) -> dict:
 # 2-core machine (two rounds, +-20% noise): cheap heads 0.71x the shipped recipe's time, GN neck/heads about
 # 1.25x, width 64 0.9x, batch 8 at the smaller size about 1.5x, global attention from stage 2 2.1x (not run).
 ITER_SCALE: dict[str, float] = {"gn": 0.8, "combo": 0.8, "cheap": 1.4, "fast": 1.4, "emb64": 1.1, "bs8": 0.67,
-                                "cur_long": 1.6, "bs2": 1.85, "vis60_r12_bs2": 1.85}
+                                "cur_long": 1.6}
 # Batch 1 and 2 iterations measured against batch 4 back to back on the 2-core machine: 0.29x and 0.51-0.54x.
 ITER_SCALE.update({name: 3.4 if "bs1" in name.split("_") else 1.85 for name in VARIANTS
                    if {"bs1", "bs2"} & set(name.split("_"))})

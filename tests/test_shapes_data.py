@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -321,3 +322,24 @@ def test_missing_dataset_names_the_fix(tmp_path, catalogs):
     hiera_catalog.register_builtin_datasets(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"python -m hiera_det.data.datasets.shapes --root .*hiera_shapes"):
         catalog.get("hiera_shapes_train")
+
+
+def test_worker_pool_writes_the_same_files_as_one_process(tmp_path, monkeypatch):
+    settings = dict(seed=5, num_train=shapes._POOL_FROM, num_val=1, min_size=64, max_size=72)
+    pooled = generate_shapes_dataset(tmp_path / "pooled", **settings).root
+    monkeypatch.setattr(shapes, "_POOL_FROM", 10**9)
+    serial = generate_shapes_dataset(tmp_path / "serial", **settings).root
+    assert _tree_digest(pooled) == _tree_digest(serial)
+
+
+def test_scene_rules_are_obeyed_and_recorded(tmp_path):
+    rules = SceneRules(max_instances=2, min_visible_fraction=0.8, min_radius=12.0)
+    root = generate_shapes_dataset(tmp_path / "rules", seed=1, num_train=12, num_val=2, min_size=96,
+                                   max_size=128, rules=rules).root
+    per_image = Counter(a["image_id"] for a in _load(root, "train")["annotations"])
+    assert per_image and max(per_image.values()) <= 2
+    marker = json.loads((root / shapes.SHAPES_MARKER).read_text())
+    assert marker["scene_rules"] == {"max_instances": 2, "min_visible_fraction": 0.8, "min_radius": 12.0}
+    with pytest.raises(ValueError, match="min_radius"):
+        generate_shapes_dataset(tmp_path / "bad", num_train=1, num_val=1, rules=SceneRules(min_radius=0.5))
+    assert not (tmp_path / "bad").exists()
