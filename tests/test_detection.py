@@ -273,6 +273,13 @@ def test_build_optimizer_adamw_and_sgd():
     model = build_model(cfg)
     opt = build_optimizer(cfg, model)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
+    # fused on the CPU too: PyTorch's CPU default is a Python loop over the parameters
+    assert opt.defaults["fused"] is True
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     lrs = sorted({g["lr"] for g in opt.param_groups})
     assert lrs[-1] == pytest.approx(cfg.SOLVER.BASE_LR)
     assert len(lrs) == len(model.backbone.bottom_up.trunk.blocks) + 2  # patch embed, each block, heads

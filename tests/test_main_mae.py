@@ -45,14 +45,14 @@ def mae_checkpoint(tmp_path_factory) -> Path:
 def test_the_from_scratch_trunk_refuses_mae_weights_naming_the_keys(mae_checkpoint):
     cfg = get_hiera_cfg()
     merge_config(cfg, "shapes/hiera_tiny_shapes.yaml", ["MODEL.HIERA.WEIGHTS", WEIGHTS])
-    fix = r"set MODEL\.HIERA\.STAGES \[\] MODEL\.HIERA\.STEM patch to load it"
+    fix = r"set MODEL\.HIERA\.STAGES \[\] MODEL\.HIERA\.EMBED_DIM 0 MODEL\.HIERA\.STEM patch to load it"
     with pytest.raises(ValueError, match=fix):
         validate_hiera_config(cfg)  # before any download
     cfg = get_hiera_cfg()
     merge_config(cfg, "shapes/hiera_tiny_shapes_mae.yaml", [])
     validate_hiera_config(cfg)
     trunk = cfg.MODEL.HIERA
-    assert (trunk.WEIGHTS, trunk.STEM, list(trunk.STAGES)) == (WEIGHTS, "patch", [])
+    assert (trunk.WEIGHTS, trunk.STEM, list(trunk.STAGES), trunk.EMBED_DIM) == (WEIGHTS, "patch", [], 0)
 
     # a file (no name to check early) into the shorter trunk: the loader names the override to drop
     shorter = build_hiera("hiera_tiny_224", stages=(1, 1, 2, 1))
