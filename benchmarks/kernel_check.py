@@ -15,6 +15,7 @@ Writes ``<tag>.json`` and ``<tag>.md`` under ``--out`` after every step.
 
     python -m benchmarks.kernel_check --out DIR --tag trunk_kernel_h100_s7 [--budget 460]    # GPU
     python -m benchmarks.kernel_check --out /tmp/kc --smoke                                  # CPU, tiny
+    python -m benchmarks.kernel_check --out DIR --case hiera_b_224_b128=default+ro,timm --no-detector
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def smoke_cases() -> None:
     tv.WARMUP = 1
 
 
-def run_gpu_tests(out: Path, tag: str, limit_s: float) -> dict:
-    """The kernel's GPU tests (on a machine without CUDA they are skipped, and say so)."""
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "--noconftest", "-q", "-p", "no:cacheprovider",
-               "tests/test_window_attention.py"]  # fmt: skip
+def run_gpu_tests(out: Path, tag: str, limit_s: float, marks: str = "gpu", keyword: str = "") -> dict:
+    """The kernel's tests selected by ``marks`` and ``keyword`` (GPU tests on a machine without CUDA are
+    skipped, and say so)."""
+    command = [sys.executable, "-m", "pytest", "-m", marks, *(["-k", keyword] if keyword else []), "--noconftest",
+               "-q", "-p", "no:cacheprovider", "tests/test_window_attention.py"]  # fmt: skip
     log = out / f"{tag}_pytest_gpu.txt"
     t0 = time.monotonic()
     try:
@@ -184,7 +186,19 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant, interleaved")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, eager: a rehearsal")
     parser.add_argument("--skip-tests", action="store_true", help="leave out the GPU tests")
+    parser.add_argument("--test-marks", default="gpu", help="pytest -m expression for the kernel's tests")
+    parser.add_argument("--test-keyword", default="", help="pytest -k expression for the kernel's tests")
+    parser.add_argument("--case", action="append", default=[], metavar="CASE=V1,V2",
+                        help="run only these trunk_variants cases with these variants, in the order given "
+                        "(repeatable; default: PLAN, then the layouts)")
+    parser.add_argument("--no-detector", action="store_true", help="leave out the Mask R-CNN kernel on/off")
     args = parser.parse_args(argv)
+    chosen = [(spec.split("=")[0], [v for v in spec.partition("=")[2].split(",") if v]) for spec in args.case]
+    unknown = [c for c, labels in chosen if c not in tv.CASES or not labels]
+    unknown += [v for _, labels in chosen for v in labels if v not in tv.VARIANTS]
+    if unknown:
+        parser.error(f"bad --case: {', '.join(unknown)}; cases: {', '.join(tv.CASES)}; variants: "
+                     f"{', '.join(tv.VARIANTS)}")
     if args.smoke:
         smoke_cases()
     elif not torch.cuda.is_available():
@@ -214,13 +228,16 @@ def main(argv=None) -> int:
         (args.out / f"{args.tag}.md").write_text(markdown(record))
 
     if not args.skip_tests:
-        record["gpu_tests"] = run_gpu_tests(args.out, args.tag, min(PYTEST_LIMIT_S, args.budget / 2))
+        limit = min(PYTEST_LIMIT_S, args.budget / 2)
+        record["gpu_tests"] = run_gpu_tests(args.out, args.tag, limit, args.test_marks, args.test_keyword)
         write()
     repeats = 3 if args.smoke else args.repeats
-    run_cases(PLAN, device, repeats, deadline, record, write)
-    modes = (None,) if args.smoke else (None, "default")  # the CPU rehearsal does not compile
-    run_detector(device, args.smoke, repeats, modes, deadline - LAYOUTS_S, record, "detector", write)
-    run_cases(LAYOUTS, device, repeats, deadline, record, write)
+    run_cases(chosen or PLAN, device, repeats, deadline, record, write)
+    if not args.no_detector:
+        modes = (None,) if args.smoke else (None, "default")  # the CPU rehearsal does not compile
+        run_detector(device, args.smoke, repeats, modes, deadline - LAYOUTS_S, record, "detector", write)
+    if not chosen:
+        run_cases(LAYOUTS, device, repeats, deadline, record, write)
     record["elapsed_s"] = round(time.monotonic() - deadline + args.budget, 1)
     write()
     return 0
