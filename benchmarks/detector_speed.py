@@ -301,10 +301,10 @@ def run_inference(args, device, report, save):
 
 
 def window_kernel_on_off(device, smoke: bool, repeats: int, modes=(None, "default"), deadline=float("inf")):
-    """Ours (``HieraROIHeads``, bf16) on one 1024 image, the trunk's small-window attention kernel on and off
-    (``Hiera.set_inference_kernels(window_kernel=...)``), same weights: how far the kernel moves the detections
-    (bf16, on against off), the per-stage split of each (eager), and end-to-end latency per compile mode (None:
-    eager, "default": the backbone compiled), on and off timed interleaved. A mode is skipped once
+    """Ours (``HieraROIHeads``, bf16) on one 1024 image, the trunk's small-window attention kernel on and
+    off (``Hiera.set_inference_kernels(window_kernel=...)``), same weights: how far the kernel moves the
+    detections (bf16, on against off), the per-stage split of each (eager), and end-to-end latency per compile
+    mode (None: eager, "default": the backbone compiled), on and off timed interleaved. A mode is skipped once
     ``deadline`` (``time.monotonic()``) has passed."""
     import copy
 
@@ -318,7 +318,8 @@ def window_kernel_on_off(device, smoke: bool, repeats: int, modes=(None, "defaul
     off = copy.deepcopy(on)
     for model, flag in ((on, True), (off, False)):
         next(m for m in model.modules() if isinstance(m, Hiera)).set_inference_kernels(window_kernel=flag)
-    workloads = {"kernel on": harness.DetectorWorkload(on, one), "kernel off": harness.DetectorWorkload(off, one)}
+    workloads = {name: harness.DetectorWorkload(model, one) for name, model in (("kernel on", on),
+                                                                               ("kernel off", off))}
     outs = {name: infer_call(w.model, one, device, "bf16")() for name, w in workloads.items()}
     record = {
         "image": size,
@@ -343,14 +344,15 @@ def window_kernel_on_off(device, smoke: bool, repeats: int, modes=(None, "defaul
             name: harness.summarize(times) if times else {"error": timed.errors.get(name, "no timed call")}
             for name, times in timed.times_ms.items()
         }
-        print("window kernel", mode_name, {k: v.get("median_ms") for k, v in record["latency_ms"][mode_name].items()},
-              flush=True)  # fmt: skip
+        medians = {k: v.get("median_ms") for k, v in record["latency_ms"][mode_name].items()}
+        print("window kernel", mode_name, medians, flush=True)
     return record
 
 
 def run_window_kernel(args, device, report, save):
     modes = (None,) if args.no_compile else (None, "default")
-    report["window_kernel"] = window_kernel_on_off(device, args.smoke, 3 if args.smoke else args.repeats, modes)
+    repeats = 3 if args.smoke else args.repeats
+    report["window_kernel"] = window_kernel_on_off(device, args.smoke, repeats, modes)
     save()
 
 

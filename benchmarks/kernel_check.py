@@ -4,7 +4,8 @@ kernel on and off, the windowed against the mask-unit layout at 1024 in TFLOP/s,
 
 In order, within ``--budget`` seconds (work not started in time is recorded as skipped):
 
-1. ``pytest -m gpu tests/test_window_attention.py`` in a subprocess, its output saved as ``<tag>_pytest_gpu.txt``;
+1. ``pytest -m gpu tests/test_window_attention.py`` in a subprocess, its output saved as
+   ``<tag>_pytest_gpu.txt``;
 2. ``trunk_variants`` cases (``PLAN``): Hiera-B 224 b128 and video Hiera-B 16x224 b16, each variant and its
    peer timed interleaved in one process (``shipped`` = session 5's model, ``+ro`` = CUDA graphs);
 3. ``detector_speed.window_kernel_on_off``: one 1024 image through our Mask R-CNN, kernel on and off, eager
@@ -66,8 +67,8 @@ def smoke_cases() -> None:
 def run_gpu_tests(out: Path, tag: str, limit_s: float, marks: str = "gpu", keyword: str = "") -> dict:
     """The kernel's tests selected by ``marks`` and ``keyword`` (GPU tests on a machine without CUDA are
     skipped, and say so)."""
-    command = [sys.executable, "-m", "pytest", "-m", marks, *(["-k", keyword] if keyword else []), "--noconftest",
-               "-q", "-p", "no:cacheprovider", "tests/test_window_attention.py"]  # fmt: skip
+    command = [sys.executable, "-m", "pytest", "-m", marks, *(["-k", keyword] if keyword else []),
+               "--noconftest", "-q", "-p", "no:cacheprovider", "tests/test_window_attention.py"]  # fmt: skip
     log = out / f"{tag}_pytest_gpu.txt"
     t0 = time.monotonic()
     try:
@@ -130,7 +131,8 @@ def markdown(record: dict) -> str:
             lines += [f"{r}", ""]
             continue
         unit = next((k for v in r["results"].values() for k in v if "/s" in k), "im/s")
-        lines += [f"| variant | median ms (p10-p90) | {unit} | TFLOP/s | compile s | stage-4 rel. max diff vs the first of ours |",
+        lines += [f"| variant | median ms (p10-p90) | {unit} | TFLOP/s | compile s | "
+                  "stage-4 rel. diff vs first of ours |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for label, e in r["results"].items():
             if "median_ms" not in e:
@@ -145,7 +147,8 @@ def markdown(record: dict) -> str:
             lines.append(f"\nGPU kernel time of `{label}`: {p['gpu_ms_per_call']:.2f} ms per call ({split}).")
         if case.split("@")[0] in TARGETS:
             goal, unit = TARGETS[case.split("@")[0]]
-            ours = {k: e[unit] for k, e in r["results"].items() if unit in e and "rel_max_diff_vs_shipped" in e}
+            ours = {k: e[unit] for k, e in r["results"].items()
+                    if unit in e and "rel_max_diff_vs_shipped" in e}  # fmt: skip
             if ours:
                 best = max(ours, key=ours.get)
                 verdict = "met" if ours[best] >= goal else "missed"
@@ -156,11 +159,11 @@ def markdown(record: dict) -> str:
     if all("tflops" in e for e in layouts.values()):
         window, unit_ = (layouts[c]["tflops"] for c, _ in LAYOUTS)
         lines += ["## Layouts at 1024 b8, compiled", "",
-                  f"window {window:.1f} TFLOP/s against mask unit {unit_:.1f} TFLOP/s: target (window at least "
-                  f"the mask unit's) **{'met' if window >= unit_ else 'missed'}**.", ""]  # fmt: skip
+                  f"window {window:.1f} TFLOP/s against mask unit {unit_:.1f} TFLOP/s: target (window at "
+                  f"least the mask unit's) **{'met' if window >= unit_ else 'missed'}**.", ""]  # fmt: skip
     d = record.get("detector")
     if d:
-        lines += ["## Mask R-CNN (HieraROIHeads), one 1024 image, bf16: the small-window kernel on and off", ""]
+        lines += ["## Mask R-CNN (HieraROIHeads), one 1024 image, bf16: small-window kernel on and off", ""]
         if "latency_ms" in d:
             lines += ["| mode | kernel on, median ms | kernel off, median ms |", "|---|---|---|"]
             for mode, per in d["latency_ms"].items():
@@ -176,12 +179,15 @@ def markdown(record: dict) -> str:
     tests = record.get("gpu_tests")
     if tests:
         lines += ["## GPU tests", "", f"`{' '.join(tests['command'][2:])}`: {tests['summary']} "
-                  f"(return code {tests['returncode']}, {tests['seconds']} s; [{tests['log']}]({tests['log']}))", ""]
+                  f"(return code {tests['returncode']}, {tests['seconds']} s; "
+                  f"[{tests['log']}]({tests['log']}))", ""]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tag", default="kernel_check")
     parser.add_argument("--budget", type=float, default=460.0, help="seconds; later work is skipped")

@@ -112,8 +112,8 @@ def kernel_category(name: str) -> str:
 
 
 def profile(call, device: torch.device, calls: int = 3) -> dict:
-    """Kernel time per call by category, and the ``TOP_KERNELS`` kernels with the most time. On the GPU the kernels are
-    CUDA kernels; on the CPU (tests) they are the aten operators, by self time."""
+    """Kernel time per call by category, and the ``TOP_KERNELS`` kernels with the most time. On the GPU the
+    kernels are CUDA kernels; on the CPU (tests) they are the aten operators, by self time."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile

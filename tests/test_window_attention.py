@@ -77,7 +77,7 @@ def test_kernel_matches_sdpa_in_tritons_cpu_interpreter():
 
 def test_the_export_guard_is_off_under_torch_compile_and_on_under_torch_export():
     """torch.compile keeps the kernel, torch.export drops it (torch 2.11's dynamo answered
-    ``torch.compiler.is_exporting()`` with True under torch.compile, and every compiled model lost the kernel)."""
+    ``torch.compiler.is_exporting()`` with True under torch.compile: every compiled model lost the kernel)."""
 
     class Guard(torch.nn.Module):
         def forward(self, x):

@@ -45,7 +45,8 @@ def exporting() -> bool:
 
     Not ``torch.compiler.is_exporting()``: under ``torch.compile``, the dynamo of torch 2.11 answers it with
     True (a constant it folds for every trace; later releases read the flag), which turned the kernel off in
-    every compiled model (found on an H100, session 7). The flag that ``torch.export`` sets is read instead."""
+    every compiled model (found on an H100, session 7). The flag that ``torch.export`` sets is read
+    instead."""
     return bool(getattr(torch.compiler, "_is_exporting_flag", False)) or (
         not torch.compiler.is_compiling() and torch.compiler.is_exporting()
     )
