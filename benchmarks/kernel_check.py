@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -214,21 +213,7 @@ def main(argv=None) -> int:
         sys.exit("kernel_check measures GPU kernels; run it on a CUDA machine (or --smoke on the CPU)")
     device = torch.device("cpu" if args.smoke else "cuda")
     deadline = time.monotonic() + args.budget
-    record = {
-        "benchmark": "kernel_check",
-        "tag": args.tag,
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "command": sys.argv if argv is None else ["benchmarks/kernel_check.py", *argv],
-        "cases": {},
-    }
-    try:
-        import triton
-
-        record["triton"] = triton.__version__
-    except ImportError:
-        record["triton"] = None
+    record = {"tag": args.tag, **tv.run_record("kernel_check", argv, device)}
     torch._dynamo.config.cache_size_limit = 64
     args.out.mkdir(parents=True, exist_ok=True)
 

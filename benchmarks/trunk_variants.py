@@ -351,6 +351,25 @@ def gelu_deviation(device: torch.device, batch: int = 128) -> dict:
     return out
 
 
+def run_record(benchmark: str, argv, device: torch.device) -> dict:
+    """The head of a run's record: what ran, on which GPU, with which torch and Triton; ``cases`` empty."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "benchmark": benchmark,
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else f"{device.type} (smoke)",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "command": sys.argv if argv is None else [f"benchmarks/{benchmark}.py", *argv],
+        "cases": {},
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -377,20 +396,7 @@ def main(argv=None) -> int:
         sys.exit("trunk_variants measures GPU kernels; run it on a CUDA machine")
     deadline = time.monotonic() + args.budget
     device = torch.device("cuda")
-    record = {
-        "benchmark": "trunk_variants",
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "command": sys.argv if argv is None else ["benchmarks/trunk_variants.py", *argv],
-        "cases": {},
-    }
-    try:
-        import triton
-
-        record["triton"] = triton.__version__
-    except ImportError:
-        record["triton"] = None
+    record = run_record("trunk_variants", argv, device)
     torch._dynamo.config.cache_size_limit = 64
 
     def write():

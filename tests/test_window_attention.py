@@ -139,7 +139,8 @@ def test_compiled_model_with_the_kernel_is_as_close_to_fp32_as_sdpa_and_training
 @gpu
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_torch_compile_launches_the_kernel(mode):
-    """The compiled graph holds the op (not SDPA), and its output is the eager kernel's."""
+    """The compiled graph holds the op (not SDPA), and its output is the eager kernel's within bf16 rounding
+    (the compiled launch is specialized differently: on an H100, 1 element in 15,360 differed by one ulp)."""
     assert register_kernel()
     q, k, v = qkv_views(*SHAPES[1], dtype=torch.bfloat16, device="cuda")
     targets = []
@@ -157,8 +158,8 @@ def test_torch_compile_launches_the_kernel(mode):
     assert any("window_attention" in t for t in targets), targets
     assert not any("scaled_dot_product" in t for t in targets), targets
     eager = window_attention(q, k, v)
-    torch.testing.assert_close(out, eager, atol=0, rtol=0)
-    torch.testing.assert_close(graphed_out, eager, atol=0, rtol=0)
+    torch.testing.assert_close(out, eager)  # bf16 defaults: rtol 1.6e-2, atol 1e-5
+    torch.testing.assert_close(graphed_out, eager)
 
 
 @pytest.mark.gpu
