@@ -309,7 +309,8 @@ def test_kernel_check_plans_known_variants_and_reports_the_targets():
         return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, unit: 128_000 / ms, "compile_s": 1.0, **ours}
 
     record = {"tag": "t", "gpu": "GPU", "torch": "2", "command": ["kernel_check"], "cases": {
-        "hiera_b_224_b128": {"results": {"default+ro": entry(10.0, "im/s", 200.0), "timm": entry(20.0, "im/s")}},
+        "hiera_b_224_b128": {"results": {"default+ro": entry(10.0, "im/s", 200.0),
+                                         "timm": entry(20.0, "im/s")}},
         "hiera_b_16x224_video_b16": {"results": {"default+ro": entry(160.0, "clips/s", 190.0)}},
         "window_1024_b8": {"results": {"default": entry(20.0, "im/s", 150.0)}},
         "mask_unit_1024_b8": {"results": {"default": entry(25.0, "im/s", 220.0)}},
