@@ -8,7 +8,9 @@ Inference (one 1024 image, 100 detections with masks, bf16 autocast unless state
   evaluation loop's images/s on 640x480 images (resize, model, paste at 480x640, COCO json with RLE masks);
 * agreement of the fast path with Detectron2's path: boxes, scores, classes and mask IoU of matched
   detections (same precision, and bf16 against the eager fp32 path);
-* a torch.profiler table of the slowest operators of each path.
+* a torch.profiler table of the slowest operators of each path;
+* (``--parts window_kernel``) ours with the trunk's small-window attention kernel on and off, eager and with
+  the backbone compiled.
 
 Training (batch 8 at 1024, bf16 autocast): eager against the backbone compiled, foreach against fused
 AdamW: images/s and peak memory; then the loss curves of eager and compiled from the same seed.
@@ -54,6 +56,18 @@ def images(batch: int, size: int, device, seed: int = 0, height: int | None = No
 
 def _sync(device):
     harness.synchronize(device)
+
+
+def spread_predictors(model) -> None:
+    """Widen the class and mask predictors of a randomly initialized model, in place.
+
+    Detectron2 initializes them with std 0.01 and 0.001: random weights then give every class the same score
+    and every mask pixel a probability of 0.5, which makes any comparison of outputs a comparison of ties.
+    Wider predictors keep the detections and masks distinct."""
+    heads = model.roi_heads
+    with torch.no_grad():
+        heads.box_predictor.cls_score.weight.mul_(20)
+        heads.mask_head.predictor.weight.mul_(200)
 
 
 def split_once(model, inputs, device, dtype: str) -> dict:
@@ -219,13 +233,7 @@ def run_inference(args, device, report, save):
         models["vitdet_b"] = vitdet_detector((size, size), args.smoke).to(device).eval()
         models["ours_d2_heads"], _ = build_ours(size, args.smoke, "StandardROIHeads")
         models["ours_fast"], _ = build_ours(size, args.smoke, "HieraROIHeads")
-    # Detectron2 initializes the class and mask predictors with std 0.01 and 0.001: random weights then give
-    # every class the same score and every mask pixel a probability of 0.5, which makes any comparison of
-    # outputs a comparison of ties. Wider predictors keep the detections and masks distinct.
-    heads = models["ours_d2_heads"].roi_heads
-    with torch.no_grad():
-        heads.box_predictor.cls_score.weight.mul_(20)
-        heads.mask_head.predictor.weight.mul_(200)
+    spread_predictors(models["ours_d2_heads"])
     # the same weights in both of ours, so that their outputs can be compared
     models["ours_fast"].load_state_dict(models["ours_d2_heads"].state_dict())
     inf = report.setdefault("inference", {})
@@ -290,6 +298,62 @@ def run_inference(args, device, report, save):
             m.backbone = eager_backbone
     del models
     harness.release_memory(device)
+
+
+def window_kernel_on_off(device, smoke: bool, repeats: int, modes=(None, "default"), deadline=float("inf")):
+    """Ours (``HieraROIHeads``, bf16) on one 1024 image, the trunk's small-window attention kernel on and
+    off (``Hiera.set_inference_kernels(window_kernel=...)``), same weights: how far the kernel moves the
+    detections (bf16, on against off), the per-stage split of each (eager), and end-to-end latency per compile
+    mode (None: eager, "default": the backbone compiled), on and off timed interleaved. A mode is skipped once
+    ``deadline`` (``time.monotonic()``) has passed."""
+    import copy
+
+    from hiera_det.modeling import Hiera
+
+    size = 64 if smoke else 1024
+    one = images(1, size, device)
+    with torch.device(device):
+        on, _ = build_ours(size, smoke, "HieraROIHeads")
+    spread_predictors(on)
+    off = copy.deepcopy(on)
+    for model, flag in ((on, True), (off, False)):
+        next(m for m in model.modules() if isinstance(m, Hiera)).set_inference_kernels(window_kernel=flag)
+    workloads = {name: harness.DetectorWorkload(model, one) for name, model in (("kernel on", on),
+                                                                               ("kernel off", off))}
+    outs = {name: infer_call(w.model, one, device, "bf16")() for name, w in workloads.items()}
+    record = {
+        "image": size,
+        "dtype": "bf16",
+        "agreement_on_vs_off": agreement(outs["kernel on"], outs["kernel off"]),
+        "split_ms": {name: split(w.model, one, device, "bf16", repeats) for name, w in workloads.items()},
+        "latency_ms": {},
+        "compile_s": {},
+    }
+    for mode in modes:
+        mode_name = mode or "eager"
+        if time.monotonic() > deadline:
+            record["latency_ms"][mode_name] = {"skipped": "time budget spent"}
+            continue
+        calls = {}
+        for name, w in workloads.items():
+            calls[name], facts = harness.warm_up(w, "bf16", mode, device, 3, with_flops=False)
+            if "compile_s" in facts:
+                record["compile_s"][f"{name} {mode_name}"] = round(facts["compile_s"], 1)
+        timed = harness.time_interleaved(calls, device, repeats)
+        record["latency_ms"][mode_name] = {
+            name: harness.summarize(times) if times else {"error": timed.errors.get(name, "no timed call")}
+            for name, times in timed.times_ms.items()
+        }
+        medians = {k: v.get("median_ms") for k, v in record["latency_ms"][mode_name].items()}
+        print("window kernel", mode_name, medians, flush=True)
+    return record
+
+
+def run_window_kernel(args, device, report, save):
+    modes = (None,) if args.no_compile else (None, "default")
+    repeats = 3 if args.smoke else args.repeats
+    report["window_kernel"] = window_kernel_on_off(device, args.smoke, repeats, modes)
+    save()
 
 
 def train_models(args, device, fused: bool):
@@ -414,7 +478,9 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--tag", default="detector_speed")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models")
-    parser.add_argument("--parts", default="inference,training")
+    parser.add_argument("--parts", default="inference,training",
+                        help="comma-separated: inference, training, window_kernel (the trunk's small-window "
+                        "kernel on and off)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--eval-images", type=int, default=24)
     parser.add_argument("--train-repeats", type=int, default=8)
@@ -436,7 +502,8 @@ def main(argv=None):
         (out / f"{args.tag}.json").write_text(json.dumps(report, indent=1))
 
     parts = args.parts.split(",")
-    for part, fn in (("inference", run_inference), ("training", run_training)):
+    for part, fn in (("inference", run_inference), ("training", run_training),
+                     ("window_kernel", run_window_kernel)):  # fmt: skip
         if part in parts:
             t0 = time.monotonic()
             try:

@@ -264,7 +264,7 @@ def test_isolated_subjects_are_built_measured_and_released_one_at_a_time():
 
 
 def test_experiment_scripts_are_package_modules():
-    for name in ("trunk_variants", "perf_run", "shapes_ap", "video_vs_frame"):
+    for name in ("trunk_variants", "perf_run", "shapes_ap", "video_vs_frame", "kernel_check"):
         module = importlib.import_module(f"benchmarks.{name}")
         assert callable(module.main), name
 
@@ -295,6 +295,31 @@ def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch
     shipped = record["profiles"]["shipped"]
     assert shipped["gpu_ms_per_call"] > 0 and shipped["top_kernels"]
     assert abs(sum(shipped["by_category_ms"].values()) - shipped["gpu_ms_per_call"]) < 0.01
+
+
+def test_kernel_check_plans_known_variants_and_reports_the_targets():
+    from benchmarks import trunk_variants as tv
+    from benchmarks.kernel_check import LAYOUTS, PLAN, markdown
+
+    for case, labels in PLAN + LAYOUTS:
+        assert case in tv.CASES and all(label in tv.VARIANTS for label in labels), case
+
+    def entry(ms, unit, tflops=None):
+        ours = {} if tflops is None else {"tflops": tflops, "rel_max_diff_vs_shipped": 0.0}
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, unit: 128_000 / ms, "compile_s": 1.0, **ours}
+
+    record = {"tag": "t", "gpu": "GPU", "torch": "2", "command": ["kernel_check"], "cases": {
+        "hiera_b_224_b128": {"results": {"default+ro": entry(10.0, "im/s", 200.0),
+                                         "timm": entry(20.0, "im/s")}},
+        "hiera_b_16x224_video_b16": {"results": {"default+ro": entry(160.0, "clips/s", 190.0)}},
+        "window_1024_b8": {"results": {"default": entry(20.0, "im/s", 150.0)}},
+        "mask_unit_1024_b8": {"results": {"default": entry(25.0, "im/s", 220.0)}},
+    }}  # fmt: skip
+    md = markdown(record)
+    assert "best of ours `default+ro` 12,800 im/s, **met**" in md
+    assert "best of ours `default+ro` 800 clips/s, **missed**" in md
+    assert "window 150.0 TFLOP/s against mask unit 220.0 TFLOP/s" in md and "**missed**." in md
+    assert "| timm | 20.00 (20.00-20.00) | 6,400.0 | — | 1.0 | (peer) |" in md
 
 
 def test_kernel_names_fall_in_the_profile_categories():

@@ -40,6 +40,18 @@ def register_kernel() -> bool:
     return _registered
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` (or an exporter built on it) is tracing the model.
+
+    Not ``torch.compiler.is_exporting()``: under ``torch.compile``, the dynamo of torch 2.11 answers it with
+    True (a constant it folds for every trace; later releases read the flag), which turned the kernel off in
+    every compiled model (found on an H100, session 7). The flag that ``torch.export`` sets is read
+    instead."""
+    return bool(getattr(torch.compiler, "_is_exporting_flag", False)) or (
+        not torch.compiler.is_compiling() and torch.compiler.is_exporting()
+    )
+
+
 def kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``window_attention`` runs the Triton kernel for these ``[N, L, heads, d]`` inputs. Never while
     exporting or tracing: an exported graph keeps standard operators (SDPA)."""
@@ -49,7 +61,7 @@ def kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         and q.is_cuda
         and not needs_grad
         and not torch.jit.is_tracing()
-        and not torch.compiler.is_exporting()
+        and not exporting()
         and k.shape[1] <= MAX_KEYS
         and q.shape[-1] <= MAX_HEAD_DIM
         and q.dtype in DTYPES
