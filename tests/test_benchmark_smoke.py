@@ -352,7 +352,8 @@ def test_perf_run_splits_issue_16s_figures_into_runs_of_one_compile_mode_each():
 
 
 def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
-    from benchmarks.shapes_learning import SESSION4_RECIPE, VARIANTS, read_run, schedule_overrides
+    from benchmarks.shapes_learning import (SESSION4_RECIPE, SESSION6_CONFIG, SESSION6_DATA, VARIANTS, data_rules,
+                                            read_run, schedule_overrides)
 
     rows = [
         {"iteration": 19, "total_loss": 3.0, "loss_cls": 1.5, "time": 0.4, "fast_rcnn/false_negative": 1.0},
@@ -373,5 +374,8 @@ def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
     assert run["iterations_done"] == 80 and run["s_per_iter"] == 0.5
     assert schedule_overrides(800, 200) == ["SOLVER.MAX_ITER", "800", "SOLVER.STEPS", "(640, 744)",
                                            "TEST.EVAL_PERIOD", "200", "SOLVER.CHECKPOINT_PERIOD", "8000"]
-    assert VARIANTS["current"][1] == [] and VARIANTS["ship"][1] == SESSION4_RECIPE
+    # variants measured before session 7 run on the config and the data of their time
+    assert VARIANTS["current"][1] == SESSION6_CONFIG and VARIANTS["ship"][1] == SESSION6_CONFIG + SESSION4_RECIPE
+    assert data_rules("current") == SESSION6_DATA and data_rules("vis60_s7c_i2400") == {"min_visible_fraction": 0.6}
+    assert VARIANTS["vis60_s7c_i2400"][1] == []  # session 7's last rounds: the config as it is
     assert all(len(o) % 2 == 0 for _, o in VARIANTS.values())

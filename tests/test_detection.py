@@ -275,11 +275,12 @@ def test_build_optimizer_adamw_and_sgd():
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
     # fused on the CPU too: PyTorch's CPU default is a Python loop over the parameters
     assert opt.defaults["fused"] is True
-    before = [p.detach().clone() for p in model.parameters()]
-    for p in model.parameters():
+    params = [p for g in opt.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    for p in params:
         p.grad = torch.ones_like(p)
     opt.step()
-    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(not torch.equal(a, p) for a, p in zip(before, params))
     lrs = sorted({g["lr"] for g in opt.param_groups})
     assert lrs[-1] == pytest.approx(cfg.SOLVER.BASE_LR)
     assert len(lrs) == len(model.backbone.bottom_up.trunk.blocks) + 2  # patch embed, each block, heads
