@@ -368,3 +368,22 @@ def torch_equal(a, b):
     import torch
 
     return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_training_skips_an_unreadable_image_and_names_it_evaluation_refuses_it(tmp_path, caplog):
+    from hiera_det.data.image_mapper import CheckedDatasetMapper
+    from hiera_det.data.samplers import SampleKey, SeededMapDataset
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(_rgb(32, 48)).save(good)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature and nothing else
+    dicts = [{"file_name": str(p), "height": 32, "width": 48, "image_id": i} for i, p in enumerate([bad, good])]
+    train = CheckedDatasetMapper(is_train=True, augmentations=[], image_format="RGB")
+    with caplog.at_level(logging.WARNING):
+        assert train(dicts[0]) is None
+        key, mapped = SeededMapDataset(dicts, train)[SampleKey(seed=0, batch=0, position=0, index=0)]
+    assert mapped["file_name"] == str(good) and tuple(mapped["image"].shape) == (3, 32, 48)
+    skips = [r.getMessage() for r in caplog.records if "skipping unreadable training image" in r.getMessage()]
+    assert len(skips) == 2 and all(str(bad) in m and "Fix:" in m for m in skips)
+    with pytest.raises(ImageReadError, match="bad.png"):
+        CheckedDatasetMapper(is_train=False, augmentations=[], image_format="RGB")(dicts[0])

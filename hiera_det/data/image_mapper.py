@@ -5,6 +5,7 @@ padded tensors when ``MODEL.ROI_MASK_HEAD.GPU_TARGETS``."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import detectron2.data.transforms as T
 import numpy as np
@@ -18,7 +19,9 @@ from ..config import uses_gpu_mask_targets
 from ..detection.mask_head import POLYGON_FIELD
 from ..detection.mask_targets import clipped_bounds, pack_polygons
 
-from .image_io import check_image_size, read_image
+from .image_io import ImageReadError, check_image_size, read_image
+
+logger = logging.getLogger(__name__)
 
 
 class CheckedDatasetMapper(DatasetMapper):
@@ -39,9 +42,18 @@ class CheckedDatasetMapper(DatasetMapper):
 
     polygon_tensors = False
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        """The mapped dict; in training, None for an unreadable image (the training loader then draws another
+        one, see ``hiera_det.data.samplers.SeededMapDataset``), logged with its path and the reason; in
+        evaluation the ``ImageReadError`` propagates: dropping test images would change the reported AP."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image(dataset_dict["file_name"], format=self.image_format)
+        try:
+            image = read_image(dataset_dict["file_name"], format=self.image_format)
+        except ImageReadError as e:
+            if not self.is_train:
+                raise
+            logger.warning("skipping unreadable training image: %s", e)
+            return None
         check_image_size(dataset_dict, image)
         sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)
         sem_seg_gt = None if sem_seg_file is None else d2_utils.read_image(sem_seg_file, "L").squeeze(2)
