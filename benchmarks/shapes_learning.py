@@ -177,11 +177,14 @@ SESSION7_VARIANTS: dict[str, tuple[str, list[str]]] = {
 VARIANTS.update(SESSION7_VARIANTS)
 # Session 7 changed the config (width 64, 32 RoIs, RPN 300/128 in training, 2500 iterations); every variant
 # above was measured against the config before that, which these overrides restore.
+# The second and third rounds ran the new config before its training sizes became 144-176 (longest 256).
+SESSION7_SIZES = ["INPUT.MIN_SIZE_TRAIN", "(160,176,192)", "INPUT.MAX_SIZE_TRAIN", "288"]
 SESSION6_CONFIG = ["MODEL.HIERA.EMBED_DIM", "0", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "1000",
-                   "MODEL.RPN.POST_NMS_TOPK_TRAIN", "256", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"]
+                   "MODEL.RPN.POST_NMS_TOPK_TRAIN", "256", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+                   *SESSION7_SIZES]
 VARIANTS = {name: (change, SESSION6_CONFIG + overrides) for name, (change, overrides) in VARIANTS.items()}
-# Session 7, second round: the config as it is now, on the shipped and the vis60 data, with the iterations in the
-# name (run with --max-iter 100: ITER_SCALE holds iterations / 100).
+# Session 7, second round: the new config, on the shipped and the vis60 data, with the iterations in the name
+# (run with --max-iter 100: ITER_SCALE holds iterations / 100).
 SESSION7_ROUND2: dict[str, tuple[str, list[str], int]] = {
     "s7b_i2300": ("the new config, 2300 iterations", [], 2300),
     "vis60_s7b_i2300": ("data: vis60; the new config, 2300 iterations", [], 2300),
@@ -207,7 +210,8 @@ SESSION7_ROUND2: dict[str, tuple[str, list[str], int]] = {
                             ["MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2",
                              "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", "2"], 2400),
 }
-VARIANTS.update({name: (change, overrides) for name, (change, overrides, _) in SESSION7_ROUND2.items()})
+VARIANTS.update({name: (change, SESSION7_SIZES + overrides)
+                 for name, (change, overrides, _) in SESSION7_ROUND2.items()})
 # The generator's rules (hiera_det.data.datasets.shapes.SceneRules fields) a variant name starts with; variants
 # without one of these prefixes train on the shipped data.
 DATA_PRESETS: dict[str, dict] = {

@@ -352,8 +352,8 @@ def test_perf_run_splits_issue_16s_figures_into_runs_of_one_compile_mode_each():
 
 
 def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
-    from benchmarks.shapes_learning import (SESSION4_RECIPE, SESSION6_CONFIG, SESSION6_DATA, VARIANTS, data_rules,
-                                            read_run, schedule_overrides)
+    from benchmarks.shapes_learning import (SESSION4_RECIPE, SESSION6_CONFIG, SESSION6_DATA, SESSION7_SIZES,
+                                            VARIANTS, data_rules, read_run, schedule_overrides)
 
     rows = [
         {"iteration": 19, "total_loss": 3.0, "loss_cls": 1.5, "time": 0.4, "fast_rcnn/false_negative": 1.0},
@@ -377,5 +377,8 @@ def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
     # variants measured before session 7 run on the config and the data of their time
     assert VARIANTS["current"][1] == SESSION6_CONFIG and VARIANTS["ship"][1] == SESSION6_CONFIG + SESSION4_RECIPE
     assert data_rules("current") == SESSION6_DATA and data_rules("vis60_s7c_i2400") == {"min_visible_fraction": 0.6}
-    assert VARIANTS["vis60_s7c_i2400"][1] == []  # session 7's last rounds: the config as it is
+    # session 7's last rounds: the new config with the training sizes of their time
+    assert VARIANTS["vis60_s7c_i2400"][1] == SESSION7_SIZES
+    assert VARIANTS["vis60_s7c_ms144_i2400"][1][-4:] == ["INPUT.MIN_SIZE_TRAIN", "(144,160,176)",
+                                                          "INPUT.MAX_SIZE_TRAIN", "256"]
     assert all(len(o) % 2 == 0 for _, o in VARIANTS.values())

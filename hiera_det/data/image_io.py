@@ -19,6 +19,7 @@ unhelpful:
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 from detectron2.data import detection_utils as d2_utils
@@ -26,12 +27,15 @@ from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.utils.file_io import PathManager
 from PIL import Image, UnidentifiedImageError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "IMAGE_FORMATS",
     "ImageReadError",
     "ImageSizeMismatchError",
     "check_image_size",
     "read_image",
+    "read_image_or_skip",
 ]
 
 IMAGE_FORMATS = ("BGR", "RGB", "L")
@@ -88,6 +92,20 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
     if format == "BGR":
         return np.ascontiguousarray(rgb_or_gray[:, :, ::-1])
     return rgb_or_gray
+
+
+def read_image_or_skip(path: str, format: str, is_train: bool) -> np.ndarray | None:
+    """:func:`read_image` for a dataset mapper: in training an unreadable image is logged with its path, the
+    reason and the fix and gives None (the training loader then draws another, see
+    ``hiera_det.data.samplers.SeededMapDataset``); in evaluation the ``ImageReadError`` propagates, since
+    dropping test images would change the reported accuracy."""
+    try:
+        return read_image(path, format=format)
+    except ImageReadError as e:
+        if not is_train:
+            raise
+        logger.warning("skipping unreadable training image: %s", e)
+        return None
 
 
 def check_image_size(dataset_dict: dict, image: np.ndarray) -> None:

@@ -5,7 +5,6 @@ padded tensors when ``MODEL.ROI_MASK_HEAD.GPU_TARGETS``."""
 from __future__ import annotations
 
 import copy
-import logging
 
 import detectron2.data.transforms as T
 import numpy as np
@@ -19,13 +18,11 @@ from ..config import uses_gpu_mask_targets
 from ..detection.mask_head import POLYGON_FIELD
 from ..detection.mask_targets import clipped_bounds, pack_polygons
 
-from .image_io import ImageReadError, check_image_size, read_image
-
-logger = logging.getLogger(__name__)
+from .image_io import check_image_size, read_image_or_skip
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """Detectron2's ``DatasetMapper`` reading through :func:`read_image` and :func:`check_image_size`.
+    """Detectron2's ``DatasetMapper`` reading through :func:`read_image_or_skip` and :func:`check_image_size`.
 
     Same constructor, configuration and output as ``DatasetMapper``; only the image reading differs (see the
     module docstring). Semantic-segmentation label files are read as Detectron2 reads them: as stored, since
@@ -43,16 +40,10 @@ class CheckedDatasetMapper(DatasetMapper):
     polygon_tensors = False
 
     def __call__(self, dataset_dict: dict) -> dict | None:
-        """The mapped dict; in training, None for an unreadable image (the training loader then draws another
-        one, see ``hiera_det.data.samplers.SeededMapDataset``), logged with its path and the reason; in
-        evaluation the ``ImageReadError`` propagates: dropping test images would change the reported AP."""
+        """The mapped dict, or None for an unreadable training image (:func:`read_image_or_skip`)."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        try:
-            image = read_image(dataset_dict["file_name"], format=self.image_format)
-        except ImageReadError as e:
-            if not self.is_train:
-                raise
-            logger.warning("skipping unreadable training image: %s", e)
+        image = read_image_or_skip(dataset_dict["file_name"], self.image_format, self.is_train)
+        if image is None:
             return None
         check_image_size(dataset_dict, image)
         sem_seg_file = dataset_dict.pop("sem_seg_file_name", None)

@@ -11,7 +11,6 @@ dataset (labels are ignored), so the bundled generators pre-train without conver
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -19,9 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import catalog
-from .image_io import ImageReadError, read_image
-
-logger = logging.getLogger(__name__)
+from .image_io import ImageReadError, read_image, read_image_or_skip
 
 UNLABELED = "unlabeled"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -112,12 +109,8 @@ class MAEInputMapper:
             mapped = self.video_mapper(dict(dataset_dict, label=dataset_dict.get("label", -1),
                                             video_id=dataset_dict.get("video_id", dataset_dict["file_name"])))
             return None if mapped is None else {"clip": mapped["clip"], "file_name": mapped["file_name"]}
-        try:
-            image = read_image(dataset_dict["file_name"], format=self.image_format)
-        except ImageReadError as e:
-            if not self.is_train:
-                raise
-            logger.warning("skipping unreadable training image: %s", e)
+        image = read_image_or_skip(dataset_dict["file_name"], self.image_format, self.is_train)
+        if image is None:
             return None
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return {"image": self.crop(image), "file_name": dataset_dict["file_name"]}
