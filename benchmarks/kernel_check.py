@@ -4,7 +4,7 @@ kernel on and off, the windowed against the mask-unit layout at 1024 in TFLOP/s,
 
 In order, within ``--budget`` seconds (work not started in time is recorded as skipped):
 
-1. ``pytest -m gpu tests/test_window_attention.py`` in a subprocess, its output saved as
+1. ``pytest -m gpu`` of the kernels' tests (``TEST_FILES``) in a subprocess, its output saved as
    ``<tag>_pytest_gpu.txt``;
 2. ``trunk_variants`` cases (``PLAN``): Hiera-B 224 b128 and video Hiera-B 16x224 b16, each variant and its
    peer timed interleaved in one process (``shipped`` = session 5's model, ``+ro`` = CUDA graphs);
@@ -46,6 +46,7 @@ LAYOUTS = [("window_1024_b8", ["default"]), ("mask_unit_1024_b8", ["default"])]
 # the trunk targets of issue 16 (H100): case: (threshold, unit); the best of our variants counts
 TARGETS = {"hiera_b_224_b128": (12000, "im/s"), "hiera_b_16x224_video_b16": (1000, "clips/s")}
 PYTEST_LIMIT_S = 200
+TEST_FILES = ["tests/test_window_attention.py", "tests/test_fused_mlp.py"]
 LAYOUTS_S = 70  # what the layouts take (two compiles at 1024): the detector's modes leave it to them
 
 
@@ -67,7 +68,7 @@ def run_gpu_tests(out: Path, tag: str, limit_s: float, marks: str = "gpu", keywo
     """The kernel's tests selected by ``marks`` and ``keyword`` (GPU tests on a machine without CUDA are
     skipped, and say so)."""
     command = [sys.executable, "-m", "pytest", "-m", marks, *(["-k", keyword] if keyword else []),
-               "--noconftest", "-q", "-p", "no:cacheprovider", "tests/test_window_attention.py"]  # fmt: skip
+               "--noconftest", "-q", "-p", "no:cacheprovider", *TEST_FILES]  # fmt: skip
     log = out / f"{tag}_pytest_gpu.txt"
     t0 = time.monotonic()
     try:
@@ -200,6 +201,9 @@ def main(argv=None) -> int:
                         "(repeatable; CASE@NAME runs a case again under another key; default: PLAN, then the "
                         "layouts)")
     parser.add_argument("--no-detector", action="store_true", help="leave out the Mask R-CNN kernel on/off")
+    parser.add_argument("--mlp-configs", type=Path, metavar="SWEEP.json",
+                        help="launch the fused MLP kernels with the fastest settings of this fused_mlp_sweep "
+                        "record instead of the shipped tables")
     args = parser.parse_args(argv)
     chosen = [(spec.split("=")[0], [v for v in spec.partition("=")[2].split(",") if v]) for spec in args.case]
     unknown = [c for c, labels in chosen if c.split("@")[0] not in tv.CASES or not labels]
@@ -214,6 +218,10 @@ def main(argv=None) -> int:
     device = torch.device("cpu" if args.smoke else "cuda")
     deadline = time.monotonic() + args.budget
     record = {"tag": args.tag, **tv.run_record("kernel_check", argv, device)}
+    if args.mlp_configs:
+        from benchmarks import fused_mlp_sweep
+
+        record["mlp_configs"] = fused_mlp_sweep.use_best_configs(json.loads(args.mlp_configs.read_text()))
     torch._dynamo.config.cache_size_limit = 64
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -24,6 +24,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .pos_embed import absolute_pos_embed, create_pos_embed, separate_pos_embed, window_pos_embed
 from .token_layout import GLOBAL, MASK_UNIT, SpatialLayout, UnrolledLayout
+from . import fused_mlp
+from .fused_mlp import register_kernels as register_mlp_kernels
 from .window_attention import register_kernel, window_attention
 
 ATTENTION_LAYOUTS = ("mask_unit", "window")
@@ -49,29 +51,46 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1, exact (erf) GELU, fc2. ``gelu_epilogue=True`` (opt-in, bf16 CUDA inference only) runs fc1 and a
-    tanh-approximated GELU as one cuBLASLt GEMM with a GELU epilogue, saving a pass over the 4x-wide hidden
-    tensor; it is not the official models' function, so it is off by default and fp32 always takes erf."""
+    """fc1, exact (erf) GELU, fc2.
 
-    def __init__(self, dim: int, hidden: int, gelu_epilogue: bool = False):
+    For 16-bit inference on CUDA, ``fused`` (the default) runs the GELU inside the GEMMs (``fused_mlp``):
+    the whole MLP as one kernel where the layer is narrow enough, fc1 + GELU as one kernel elsewhere. Same
+    function, at least as close to fp32. ``gelu_epilogue=True`` (opt-in) runs fc1 and a tanh-approximated
+    GELU as one cuBLASLt GEMM instead; it is not the official models' function, so it is off by default and
+    fp32 always takes erf."""
+
+    def __init__(self, dim: int, hidden: int, gelu_epilogue: bool = False, fused: bool = True):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.gelu_epilogue = gelu_epilogue
+        self.fused = fused and register_mlp_kernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gelu_epilogue and _bf16_inference_on_cuda(x):
-            x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-            w, b = self.fc1.weight.to(torch.bfloat16), self.fc1.bias.to(torch.bfloat16)
+        dtype = _inference_dtype_on_cuda(x)
+        if self.gelu_epilogue and dtype == torch.bfloat16:
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            w, b = self.fc1.weight.to(dtype), self.fc1.bias.to(dtype)
             hidden = torch._addmm_activation(b, x2, w.t(), use_gelu=True).view(*x.shape[:-1], -1)
             return self.fc2(hidden)
+        if self.fused and dtype in fused_mlp.DTYPES:
+            x16 = x.to(dtype)
+            w1, b1, w2, b2 = (p.to(dtype) for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias))
+            if fused_mlp.kernel_applies(x16, w1, b1, w2, b2):
+                with torch.autocast("cuda", enabled=False):
+                    if x.shape[-1] <= fused_mlp.MLP_MAX_DIM:
+                        return torch.ops.hiera_det.mlp(x16, w1, b1, w2, b2)
+                    return F.linear(torch.ops.hiera_det.linear_gelu(x16, w1, b1), w2, b2)
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _bf16_inference_on_cuda(x: torch.Tensor) -> bool:
-    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
-    return x.is_cuda and dtype == torch.bfloat16 and not torch.is_grad_enabled()
+def _inference_dtype_on_cuda(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype a CUDA inference call computes in (autocast's, or the input's), ``None`` if ``x`` is not on
+    CUDA or autograd is on."""
+    if not x.is_cuda or torch.is_grad_enabled():
+        return None
+    return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
 
 
 class PartitionedAttention(nn.Module):
@@ -118,6 +137,7 @@ class HieraBlock(nn.Module):
         norm_eps: float = 1e-6,
         window_kernel: bool = True,
         gelu_epilogue: bool = False,
+        fused_mlp: bool = True,
     ):
         super().__init__()
         self.dim, self.dim_out = dim, dim_out
@@ -126,7 +146,7 @@ class HieraBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = PartitionedAttention(dim, dim_out, heads, window_kernel)
         self.norm2 = nn.LayerNorm(dim_out, eps=norm_eps)
-        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), gelu_epilogue)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), gelu_epilogue, fused_mlp)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
@@ -219,8 +239,9 @@ class Hiera(nn.Module):
     """Hierarchical ViT trunk returning ``{"stage1": ..., "stage4": ...}`` grids (strides 4/8/16/32).
 
     Inference kernels: ``window_kernel`` (default on) runs attention over windows of at most 64 tokens through
-    the small-window Triton kernel on CUDA (same function as SDPA); ``gelu_epilogue`` (default off) fuses fc1
-    and a tanh GELU in bf16 CUDA inference, a small departure from the exact-erf models (see ``Mlp``).
+    the small-window Triton kernel on CUDA (same function as SDPA); ``fused_mlp`` (default on) runs the erf
+    GELU inside the MLP's GEMMs in 16-bit CUDA inference (same function); ``gelu_epilogue`` (default off) fuses
+    fc1 and a tanh GELU in bf16 CUDA inference, a small departure from the exact-erf models (see ``Mlp``).
     """
 
     def __init__(
@@ -253,6 +274,7 @@ class Hiera(nn.Module):
         stem: str = "patch",
         window_kernel: bool = True,
         gelu_epilogue: bool = False,
+        fused_mlp: bool = True,
         name: str = "hiera",
     ):
         super().__init__()
@@ -329,7 +351,7 @@ class Hiera(nn.Module):
             self.blocks.append(
                 HieraBlock(
                     embed_dim, dim_out, num_heads, window, i in q_pool_blocks, mlp_ratio, dpr[i], norm_eps,
-                    window_kernel, gelu_epilogue,
+                    window_kernel, gelu_epilogue, fused_mlp,
                 )
             )
             embed_dim = dim_out
@@ -357,7 +379,9 @@ class Hiera(nn.Module):
         if self.head is not None:
             self.head.projection.weight.data.mul_(0.001)
 
-    def set_inference_kernels(self, window_kernel: bool | None = None, gelu_epilogue: bool | None = None):
+    def set_inference_kernels(
+        self, window_kernel: bool | None = None, gelu_epilogue: bool | None = None, fused_mlp: bool | None = None
+    ):
         """Switch the inference kernels of every block (the constructor's flags of the same names); ``None``
         leaves a flag as it is. Returns the model."""
         for block in self.blocks:
@@ -365,6 +389,8 @@ class Hiera(nn.Module):
                 block.attn.window_kernel = window_kernel and register_kernel()
             if gelu_epilogue is not None:
                 block.mlp.gelu_epilogue = gelu_epilogue
+            if fused_mlp is not None:
+                block.mlp.fused = fused_mlp and register_mlp_kernels()
         return self
 
     @property

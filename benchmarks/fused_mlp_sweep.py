@@ -1,0 +1,160 @@
+"""The MLP's GELU fused into its GEMMs (``hiera_det.modeling.fused_mlp``) against cuBLAS and inductor, at
+Hiera-B's MLP shapes: launch settings swept, times and errors against fp32. (GPU; ``--tiny`` checks the
+script on the CPU through Triton's interpreter.)
+
+Per MLP shape (rows, dim, hidden), bf16, CUDA-event medians after warm-up, one process:
+
+* ``fc1``: cuBLAS ``linear`` alone (the floor the fused fc1 competes with);
+* ``fc1+gelu``: compiled ``gelu(linear(x))`` (cuBLAS, then inductor's erf GELU pass) — what the model runs
+  without the fused kernels;
+* ``fc1+tanh``: cuBLASLt's tanh-GELU epilogue (the opt-in ``gelu_epilogue``);
+* ``linear_gelu``: the fused fc1 + erf GELU at every launch setting of ``LINEAR_GELU_SWEEP``, with the weight
+  as stored (``[hidden, dim]``) and pre-transposed;
+* ``mlp_unfused``: the whole MLP compiled; ``mlp_linear_gelu``: the best ``linear_gelu`` plus cuBLAS fc2;
+  ``mlp``: the whole-MLP kernel at every setting of ``MLP_SWEEP`` (``dim <= MLP_MAX_DIM``).
+
+    python -m benchmarks.fused_mlp_sweep --out fused_mlp_sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks import harness  # noqa: E402
+from hiera_det.modeling import fused_mlp  # noqa: E402
+
+# (rows, dim, hidden): Hiera-B 224 at batch 128 per stage; the video 16x224 batch-16 trunk has the same four
+SHAPES = [(128 * 3136, 96, 384), (128 * 784, 192, 768), (128 * 196, 384, 1536), (128 * 49, 768, 3072)]
+TINY_SHAPES = [(200, 96, 384), (72, 192, 768)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+LINEAR_GELU_SWEEP = [
+    (128, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 128, 64, 8, 4),
+    (128, 256, 32, 8, 3), (128, 256, 64, 8, 3), (256, 128, 32, 8, 3), (256, 128, 64, 8, 3), (64, 128, 32, 4, 4),
+    (64, 256, 32, 4, 3), (128, 64, 32, 4, 4), (128, 128, 128, 8, 2), (128, 256, 128, 8, 2), (64, 64, 32, 4, 4),
+]  # fmt: skip
+# (BLOCK_M, BLOCK_H, warps, stages)
+MLP_SWEEP = [
+    (64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2),
+    (128, 32, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (32, 64, 4, 2), (32, 128, 4, 2),
+]  # fmt: skip
+
+
+def median_ms(fn, device: torch.device, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    return harness.summarize([harness.time_call(fn, device) for _ in range(repeats)])["median_ms"]
+
+
+def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats: int, tiny: bool) -> dict:
+    torch.manual_seed(0)
+    dtype = torch.float32 if tiny else torch.bfloat16  # the interpreter has no bf16 dot
+    x = torch.randn(rows, dim, device=device, dtype=dtype)
+    w1 = (torch.randn(hidden, dim, device=device) * dim**-0.5).to(dtype)
+    b1 = (torch.randn(hidden, device=device) * 0.5).to(dtype)
+    w2 = (torch.randn(dim, hidden, device=device) * hidden**-0.5).to(dtype)
+    b2 = (torch.randn(dim, device=device) * 0.5).to(dtype)
+    w1_t = w1.t().contiguous().t()  # same values, [hidden, dim] view of a [dim, hidden] tensor
+    with torch.no_grad():
+        ref_hidden = F.gelu(F.linear(x.float(), w1.float(), b1.float()))
+        ref_out = F.linear(ref_hidden.to(dtype).float(), w2.float(), b2.float())
+    row = {"rows": rows, "dim": dim, "hidden": hidden}
+
+    def err(y, ref):
+        return float((y.float() - ref).abs().max())
+
+    def record(name, fn, ref):
+        try:
+            ms = median_ms(fn, device, repeats)
+            row[name] = {"ms": round(ms, 4), "max_abs_err_vs_fp32": err(fn(), ref)}
+        except Exception as e:  # one failing setting (out of shared memory, spills to death) must not end the sweep
+            row[name] = {"error": harness.describe_error(e)[:300]}
+        print(rows, dim, hidden, name, row[name], flush=True)
+
+    with torch.no_grad():
+        if not tiny:
+            plain_fc1 = torch.compile(lambda: F.gelu(F.linear(x, w1, b1)), dynamic=False)
+            plain_mlp = torch.compile(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2), dynamic=False)
+            record("fc1", lambda: F.linear(x, w1, b1), ref_hidden)  # error: of the pre-activation, not meaningful
+            record("fc1+gelu", plain_fc1, ref_hidden)
+            record("fc1+tanh", lambda: torch._addmm_activation(b1, x, w1.t(), use_gelu=True), ref_hidden)
+            record("mlp_unfused", plain_mlp, ref_out)
+        sweep = LINEAR_GELU_SWEEP[:2] if tiny else LINEAR_GELU_SWEEP
+        for config in sweep:
+            for label, w in (("", w1), ("wT", w1_t)):
+                record(f"linear_gelu{config}{label}", lambda c=config, w=w: fused_mlp.launch_linear_gelu(x, w, b1, c),
+                       ref_hidden)  # fmt: skip
+        timed = {k: v["ms"] for k, v in row.items() if k.startswith("linear_gelu") and "ms" in v}
+        if timed:
+            best = min(timed, key=timed.get)
+            row["linear_gelu_best"] = best
+            config = eval(best[len("linear_gelu"):].removesuffix("wT"))  # noqa: S307 - our own tuple repr
+            w = w1_t if best.endswith("wT") else w1
+            record("mlp_linear_gelu", lambda: F.linear(fused_mlp.launch_linear_gelu(x, w, b1, config), w2, b2),
+                   ref_out)  # fmt: skip
+        if dim <= fused_mlp.MLP_MAX_DIM:
+            for config in MLP_SWEEP[:2] if tiny else MLP_SWEEP:
+                record(f"mlp{config}", lambda c=config: fused_mlp.launch_mlp(x, w1, b1, w2, b2, c), ref_out)
+            timed = {k: v["ms"] for k, v in row.items() if k.startswith("mlp(") and "ms" in v}
+            if timed:
+                row["mlp_best"] = min(timed, key=timed.get)
+    return row
+
+
+def best_configs(record: dict) -> tuple[dict, dict]:
+    """The fastest launch setting per (dim, hidden) of a sweep record, for ``linear_gelu`` (weights as stored,
+    as the model holds them) and for ``mlp``."""
+    linear_gelu, mlp = {}, {}
+    for row in record["shapes"]:
+        key = (row["dim"], row["hidden"])
+        for prefix, table in (("linear_gelu(", linear_gelu), ("mlp(", mlp)):
+            timed = {k: v["ms"] for k, v in row.items()
+                     if k.startswith(prefix) and not k.endswith("wT") and "ms" in v}  # fmt: skip
+            if timed:
+                table[key] = eval(min(timed, key=timed.get)[len(prefix) - 1 :])  # noqa: S307 - our own repr
+    return linear_gelu, mlp
+
+
+def use_best_configs(record: dict) -> dict:
+    """Make ``fused_mlp`` launch with a sweep's fastest settings at the swept widths (the tables it ships were
+    written from such a sweep); returns them."""
+    linear_gelu, mlp = best_configs(record)
+    shipped_linear_gelu, shipped_mlp = fused_mlp.linear_gelu_config, fused_mlp.mlp_config
+    fused_mlp.linear_gelu_config = lambda r, d, h: linear_gelu.get((d, h)) or shipped_linear_gelu(r, d, h)
+    fused_mlp.mlp_config = lambda r, d, h: mlp.get((d, h)) or shipped_mlp(r, d, h)
+    return {"linear_gelu": {str(k): v for k, v in linear_gelu.items()}, "mlp": {str(k): v for k, v in mlp.items()}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes, fp32, CPU through TRITON_INTERPRET=1")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        device, shapes, repeats = torch.device("cpu"), TINY_SHAPES, 2
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("fused_mlp_sweep needs a CUDA GPU (or --tiny for the CPU check)")
+        device, shapes, repeats = torch.device("cuda"), SHAPES, args.repeats
+    record = {"benchmark": "fused_mlp_sweep", "torch": torch.__version__, "started": time.ctime(),
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "shapes": []}  # fmt: skip
+    for shape in shapes:
+        record["shapes"].append(sweep_shape(*shape, device, repeats, args.tiny))
+        args.out.write_text(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

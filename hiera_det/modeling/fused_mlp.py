@@ -1,0 +1,224 @@
+"""The MLP's exact-erf GELU fused into its GEMMs, in Triton: Hiera's bf16 inference path on CUDA.
+
+Unfused, ``fc2(gelu(fc1(x)))`` writes the 4x-wide hidden tensor, reads and writes it again for the GELU and
+reads it once more in fc2: about 1.2 G elements per Hiera-B 224 batch of 128, 1.8 ms of an H100's time for
+the GELU pass alone. cuBLASLt can fuse only the tanh approximation into a GEMM, which is not the official
+models' function. Here the erf GELU is applied to the fp32 accumulator inside the GEMM:
+
+* ``linear_gelu``: ``gelu(x @ w1.T + b1)`` in one kernel, so the hidden tensor is written once and never
+  re-read for the activation;
+* ``mlp``: the whole MLP in one kernel for narrow layers (``dim`` <= ``MLP_MAX_DIM``): each program keeps its
+  rows' output accumulator in registers and walks the hidden width in chunks, so the hidden tensor never
+  reaches memory at all.
+
+The GELU takes the fp32 accumulator (the unfused path rounds the pre-activation to bf16 first), so both are
+at least as close to fp32 as the unfused path. They run only for 16-bit inference on CUDA (no autograd) where
+Triton is installed; everything else runs the plain modules. Both are ``torch.library.triton_op``s, so
+``torch.compile`` launches them from its generated code and CUDA graphs capture them. Registering them
+imports Triton, which happens when the first model that wants them is built on a machine with CUDA
+(``register_kernels``), never at import.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+MLP_MAX_DIM = 256  # wider layers: the output accumulator of a 64-row tile no longer fits in registers
+DTYPES = (torch.bfloat16, torch.float16)
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_registered = False
+
+
+def register_kernels() -> bool:
+    """Register ``hiera_det::linear_gelu`` and ``hiera_det::mlp`` (importing Triton) if Triton and CUDA are
+    there; whether they are registered."""
+    global _registered
+    if not _registered and _HAS_TRITON and torch.cuda.is_available():
+        torch.library.triton_op("hiera_det::linear_gelu", launch_linear_gelu, mutates_args=())
+        torch.library.triton_op("hiera_det::mlp", launch_mlp, mutates_args=())
+        _registered = True
+    return _registered
+
+
+def kernel_applies(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether the fused kernels run for input ``x`` and parameters ``params`` (already in ``x``'s dtype):
+    16-bit CUDA tensors, no autograd, not exporting or tracing (an exported graph keeps standard ops)."""
+    from .window_attention import exporting
+
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    return (
+        _registered
+        and x.is_cuda
+        and x.dtype in DTYPES
+        and all(p.dtype == x.dtype for p in params)
+        and not needs_grad
+        and not torch.jit.is_tracing()
+        and not exporting()
+    )
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def linear_gelu_config(rows: int, dim: int, hidden: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for ``linear_gelu``: the fastest of a sweep at Hiera-B's
+    shapes on an H100 (``benchmarks/fused_mlp_sweep.py``). BLOCK_K always divides ``dim``."""
+    block_k = 64 if dim % 64 == 0 else 32
+    return (128, 128, block_k, 8, 3)
+
+
+def mlp_config(rows: int, dim: int, hidden: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_H, warps, stages) for ``mlp``, from the same sweep."""
+    return (128, 64, 8, 2) if dim <= 128 else (64, 64, 8, 2)
+
+
+def launch_linear_gelu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, config: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """``gelu(x @ weight.T + bias)``, erf GELU: ``x`` ``[..., dim]``, ``weight`` ``[hidden, dim]`` (any
+    strides with a unit stride on one side), ``bias`` ``[hidden]``. ``config`` overrides
+    ``linear_gelu_config`` (benchmarks sweep it)."""
+    import triton
+
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    rows, dim = x2.shape
+    hidden = weight.shape[0]
+    block_m, block_n, block_k, warps, stages = config or linear_gelu_config(rows, dim, hidden)
+    out = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(rows, block_m) * triton.cdiv(hidden, block_n),)
+    torch.library.wrap_triton(_linear_gelu_kernel())[grid](
+        x2, weight, bias, out, rows, hidden, dim, x2.stride(0), weight.stride(0), weight.stride(1),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, EVEN_K=dim % block_k == 0,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out.view(*x.shape[:-1], hidden)
+
+
+def launch_mlp(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    config: tuple[int, ...] = (),
+) -> torch.Tensor:
+    """``gelu(x @ w1.T + b1) @ w2.T + b2`` in one kernel: ``x`` ``[..., dim]`` with ``dim <= MLP_MAX_DIM``,
+    ``w1`` ``[hidden, dim]``, ``w2`` ``[dim, hidden]``. ``config`` overrides ``mlp_config``."""
+    import triton
+
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    rows, dim = x2.shape
+    hidden = w1.shape[0]
+    if dim > MLP_MAX_DIM:
+        raise ValueError(f"the fused MLP holds at most {MLP_MAX_DIM} channels per row, got {dim}")
+    block_m, block_h, warps, stages = config or mlp_config(rows, dim, hidden)
+    out = torch.empty(rows, dim, device=x.device, dtype=x.dtype)
+    torch.library.wrap_triton(_mlp_kernel())[(triton.cdiv(rows, block_m),)](
+        x2, w1, b1, w2, b2, out, rows, dim, hidden, x2.stride(0), w1.stride(0), w1.stride(1),
+        w2.stride(0), w2.stride(1), out.stride(0),
+        BLOCK_M=block_m, BLOCK_H=block_h, D_BLOCK=max(16, _pow2(dim)), EVEN_H=hidden % block_h == 0,
+        num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out.view(*x.shape[:-1], dim)
+
+
+@functools.cache
+def _linear_gelu_kernel():
+    """The ``linear_gelu`` Triton kernel, defined on first use so that importing the model never imports
+    Triton."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def linear_gelu_kernel(
+        x_ptr, w_ptr, b_ptr, o_ptr, M, N, K, x_sm, w_sn, w_sk,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        EVEN_K: tl.constexpr,
+    ):  # fmt: skip
+        # grouped order: the programs that run together share rows of x, which then come from L2
+        pid = tl.program_id(0)
+        grid_m = tl.cdiv(M, BLOCK_M)
+        grid_n = tl.cdiv(N, BLOCK_N)
+        group_size = GROUP_M * grid_n
+        first_m = (pid // group_size) * GROUP_M
+        size_m = min(grid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group_size) % size_m
+        pid_n = (pid % group_size) // size_m
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # rows and columns past the end wrap around instead of being masked, so the loads need no mask
+        # (the store below drops them)
+        rm_in = (rm % M).to(tl.int64)
+        rn_in = rn % N
+        rk = tl.arange(0, BLOCK_K)
+        x_at = x_ptr + rm_in[:, None] * x_sm + rk[None, :]
+        w_at = w_ptr + rn_in[None, :] * w_sn + rk[:, None] * w_sk
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN_K:
+                a = tl.load(x_at)
+                b = tl.load(w_at)
+            else:
+                k_left = K - k * BLOCK_K
+                a = tl.load(x_at, mask=rk[None, :] < k_left, other=0.0)
+                b = tl.load(w_at, mask=rk[:, None] < k_left, other=0.0)
+            acc = tl.dot(a, b, acc)
+            x_at += BLOCK_K
+            w_at += BLOCK_K * w_sk
+        acc += tl.load(b_ptr + rn_in).to(tl.float32)[None, :]
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        o_at = o_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
+        tl.store(o_at, acc.to(o_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    return linear_gelu_kernel
+
+
+@functools.cache
+def _mlp_kernel():
+    """The fused MLP Triton kernel, defined on first use."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def mlp_kernel(
+        x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, o_ptr, M, D, H, x_sm, w1_sh, w1_sd, w2_sd, w2_sh, o_sm,
+        BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, D_BLOCK: tl.constexpr, EVEN_H: tl.constexpr,
+    ):  # fmt: skip
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rm_in = (rm % M).to(tl.int64)
+        rd = tl.arange(0, D_BLOCK)
+        d_real = rd < D
+        # the rows' inputs stay in registers for the whole hidden walk; padded channels are zero
+        x = tl.load(x_ptr + rm_in[:, None] * x_sm + rd[None, :], mask=d_real[None, :], other=0.0)
+        acc = tl.zeros((BLOCK_M, D_BLOCK), dtype=tl.float32)
+        rh = tl.arange(0, BLOCK_H)
+        for h0 in range(0, H, BLOCK_H):
+            h = h0 + rh
+            if EVEN_H:
+                w1 = tl.load(w1_ptr + h[None, :] * w1_sh + rd[:, None] * w1_sd, mask=d_real[:, None], other=0.0)
+                b1 = tl.load(b1_ptr + h).to(tl.float32)
+                w2 = tl.load(w2_ptr + rd[None, :] * w2_sd + h[:, None] * w2_sh, mask=d_real[None, :], other=0.0)
+            else:
+                h_real = h < H
+                w1 = tl.load(w1_ptr + h[None, :] * w1_sh + rd[:, None] * w1_sd,
+                             mask=d_real[:, None] & h_real[None, :], other=0.0)  # fmt: skip
+                b1 = tl.load(b1_ptr + h, mask=h_real, other=0.0).to(tl.float32)
+                w2 = tl.load(w2_ptr + rd[None, :] * w2_sd + h[:, None] * w2_sh,
+                             mask=d_real[None, :] & h_real[:, None], other=0.0)  # fmt: skip
+            hidden = tl.dot(x, w1) + b1[None, :]
+            hidden = 0.5 * hidden * (1.0 + tl.math.erf(hidden * 0.7071067811865476))
+            # the unfused path hands fc2 the hidden tensor in the 16-bit dtype; so does this one
+            acc = tl.dot(hidden.to(x.dtype), w2, acc)
+        acc += tl.load(b2_ptr + rd, mask=d_real, other=0.0).to(tl.float32)[None, :]
+        o_at = o_ptr + rm.to(tl.int64)[:, None] * o_sm + rd[None, :]
+        tl.store(o_at, acc.to(o_ptr.dtype.element_ty), mask=(rm[:, None] < M) & d_real[None, :])
+
+    return mlp_kernel
