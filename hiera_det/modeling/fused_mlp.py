@@ -37,8 +37,8 @@ def register_kernels() -> bool:
     there; whether they are registered."""
     global _registered
     if not _registered and _HAS_TRITON and torch.cuda.is_available():
-        torch.library.triton_op("hiera_det::linear_gelu", launch_linear_gelu, mutates_args=())
-        torch.library.triton_op("hiera_det::mlp", launch_mlp, mutates_args=())
+        torch.library.triton_op("hiera_det::linear_gelu", _linear_gelu_op, mutates_args=())
+        torch.library.triton_op("hiera_det::mlp", _mlp_op, mutates_args=())
         _registered = True
     return _registered
 
@@ -128,6 +128,14 @@ def launch_mlp(
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(*x.shape[:-1], dim)
+
+
+def _linear_gelu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return launch_linear_gelu(x, weight, bias)  # the op's schema takes tensors only: the shipped settings
+
+
+def _mlp_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    return launch_mlp(x, w1, b1, w2, b2)
 
 
 @functools.cache
