@@ -11,7 +11,8 @@ models' function. Here the erf GELU is applied to the fp32 accumulator inside th
   rows' output accumulator in registers and walks the hidden width in chunks, so the hidden tensor never
   reaches memory at all.
 
-The GELU takes the fp32 accumulator (the unfused path rounds the pre-activation to bf16 first), so both are
+Widths and strides are compile-time constants (see ``window_attention._strides``); only the row count is
+a run-time argument. The GELU takes the fp32 accumulator (the unfused path rounds the pre-activation to bf16 first), so both are
 at least as close to fp32 as the unfused path. They run only for 16-bit inference on CUDA (no autograd) where
 Triton is installed; everything else runs the plain modules. Both are ``torch.library.triton_op``s, so
 ``torch.compile`` launches them from its generated code and CUDA graphs capture them. Registering them
@@ -64,6 +65,16 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def route(dim: int, hidden: int) -> str:
+    """Which path runs an MLP of these widths in 16-bit CUDA inference: ``"mlp"`` (the whole MLP in one
+    kernel), ``"linear_gelu"`` (fc1 + GELU in one kernel, then cuBLAS fc2) or ``"unfused"`` (cuBLAS fc1, the
+    GELU pass, cuBLAS fc2): the fastest at Hiera-B's widths on an H100 (``benchmarks/fused_mlp_sweep.py``).
+    The wider the layer, the more cuBLAS's lead over a Triton GEMM outweighs the GELU pass it saves."""
+    if dim <= 128:
+        return "mlp"
+    return "linear_gelu" if dim <= 384 else "unfused"
+
+
 def linear_gelu_config(rows: int, dim: int, hidden: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for ``linear_gelu``: the fastest of a sweep at Hiera-B's
     shapes on an H100 (``benchmarks/fused_mlp_sweep.py``). BLOCK_K always divides ``dim``."""
@@ -93,8 +104,8 @@ def launch_linear_gelu(
     out = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(rows, block_m) * triton.cdiv(hidden, block_n),)
     torch.library.wrap_triton(_linear_gelu_kernel())[grid](
-        x2, weight, bias, out, rows, hidden, dim, x2.stride(0), weight.stride(0), weight.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, EVEN_K=dim % block_k == 0,
+        x2, weight, bias, out, rows, N=hidden, K=dim, x_sm=x2.stride(0), w_sn=weight.stride(0),
+        w_sk=weight.stride(1), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, EVEN_K=dim % block_k == 0,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(*x.shape[:-1], hidden)
@@ -122,9 +133,8 @@ def launch_mlp(
     block_m, block_h, warps, stages = config or mlp_config(rows, dim, hidden)
     out = torch.empty(rows, dim, device=x.device, dtype=x.dtype)
     torch.library.wrap_triton(_mlp_kernel())[(triton.cdiv(rows, block_m),)](
-        x2, w1, b1, w2, b2, out, rows, dim, hidden, x2.stride(0), w1.stride(0), w1.stride(1),
-        w2.stride(0), w2.stride(1), out.stride(0),
-        BLOCK_M=block_m, BLOCK_H=block_h, D_BLOCK=max(16, _pow2(dim)), EVEN_H=hidden % block_h == 0,
+        x2, w1, b1, w2, b2, out, rows, D=dim, H=hidden, x_sm=x2.stride(0), w1_sh=w1.stride(0),
+        w1_sd=w1.stride(1), w2_sd=w2.stride(0), w2_sh=w2.stride(1), o_sm=out.stride(0), BLOCK_M=block_m, BLOCK_H=block_h, D_BLOCK=max(16, _pow2(dim)), EVEN_H=hidden % block_h == 0,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(*x.shape[:-1], dim)
@@ -147,8 +157,8 @@ def _linear_gelu_kernel():
 
     @triton.jit
     def linear_gelu_kernel(
-        x_ptr, w_ptr, b_ptr, o_ptr, M, N, K, x_sm, w_sn, w_sk,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        x_ptr, w_ptr, b_ptr, o_ptr, M, N: tl.constexpr, K: tl.constexpr, x_sm: tl.constexpr,
+        w_sn: tl.constexpr, w_sk: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         EVEN_K: tl.constexpr,
     ):  # fmt: skip
         # grouped order: the programs that run together share rows of x, which then come from L2
@@ -197,7 +207,8 @@ def _mlp_kernel():
 
     @triton.jit
     def mlp_kernel(
-        x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, o_ptr, M, D, H, x_sm, w1_sh, w1_sd, w2_sd, w2_sh, o_sm,
+        x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, o_ptr, M, D: tl.constexpr, H: tl.constexpr, x_sm: tl.constexpr,
+        w1_sh: tl.constexpr, w1_sd: tl.constexpr, w2_sd: tl.constexpr, w2_sh: tl.constexpr, o_sm: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, D_BLOCK: tl.constexpr, EVEN_H: tl.constexpr,
     ):  # fmt: skip
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)

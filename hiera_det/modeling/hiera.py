@@ -53,9 +53,9 @@ class DropPath(nn.Module):
 class Mlp(nn.Module):
     """fc1, exact (erf) GELU, fc2.
 
-    For 16-bit inference on CUDA, ``fused`` (the default) runs the GELU inside the GEMMs (``fused_mlp``):
-    the whole MLP as one kernel where the layer is narrow enough, fc1 + GELU as one kernel elsewhere. Same
-    function, at least as close to fp32. ``gelu_epilogue=True`` (opt-in) runs fc1 and a tanh-approximated
+    For 16-bit inference on CUDA, ``fused`` (the default) runs the GELU inside the GEMMs where that is faster
+    (``fused_mlp.route``): the whole MLP as one kernel for narrow layers, fc1 + GELU as one kernel for middle
+    widths. Same function, at least as close to fp32. ``gelu_epilogue=True`` (opt-in) runs fc1 and a tanh-approximated
     GELU as one cuBLASLt GEMM instead; it is not the official models' function, so it is off by default and
     fp32 always takes erf."""
 
@@ -77,9 +77,10 @@ class Mlp(nn.Module):
         if self.fused and dtype in fused_mlp.DTYPES:
             x16 = x.to(dtype)
             w1, b1, w2, b2 = (p.to(dtype) for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias))
-            if fused_mlp.kernel_applies(x16, w1, b1, w2, b2):
+            path = fused_mlp.route(*self.fc1.weight.shape[::-1])
+            if path != "unfused" and fused_mlp.kernel_applies(x16, w1, b1, w2, b2):
                 with torch.autocast("cuda", enabled=False):
-                    if x.shape[-1] <= fused_mlp.MLP_MAX_DIM:
+                    if path == "mlp":
                         return torch.ops.hiera_det.mlp(x16, w1, b1, w2, b2)
                     return F.linear(torch.ops.hiera_det.linear_gelu(x16, w1, b1), w2, b2)
         return self.fc2(self.act(self.fc1(x)))

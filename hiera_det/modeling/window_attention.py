@@ -104,12 +104,21 @@ def launch(
     per_program = per_program or default_per_program
     pairs = N * heads
     torch.library.wrap_triton(_kernel())[(triton.cdiv(pairs, per_program),)](
-        q, k, v, out, pairs, heads, q_len, k_len, head_dim, head_dim**-0.5 * math.log2(math.e),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        q, k, v, out, pairs, head_dim**-0.5 * math.log2(math.e),
+        HEADS=heads, Q_LEN=q_len, K_LEN=k_len, HEAD_DIM=head_dim, **_strides(q=q, k=k, v=v, o=out),
         Q_BLOCK=q_block, K_BLOCK=k_block, D_BLOCK=d_block, PER_PROGRAM=per_program,
         IEEE=q.dtype == torch.float32, num_warps=warps or default_warps,
     )  # fmt: skip
     return out
+
+
+def _strides(**tensors: torch.Tensor) -> dict[str, int]:
+    """The window, row and head strides of each tensor (``q_sn``, ``q_sl``, ``q_sh``, ...), for the kernel's
+    compile-time constants. Sizes and strides are constants, not run-time arguments: launched from
+    ``torch.compile``d code with them as run-time integers, the kernel used twice the registers and took 2-3x
+    as long as the same launch from Python (H100, session 8: ``benchmarks/window_kernel_launch.py``). Each
+    model position has fixed sizes and strides anyway; only the window count changes with the batch."""
+    return {f"{name}_s{dim}": int(s) for name, t in tensors.items() for dim, s in zip("nlh", t.stride()[:3])}
 
 
 @functools.cache
@@ -120,11 +129,14 @@ def _kernel():
 
     @triton.jit
     def window_attention_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, pairs, heads, q_len, k_len, head_dim, scale_log2,
-        q_sn, q_sl, q_sh, k_sn, k_sl, k_sh, v_sn, v_sl, v_sh, o_sn, o_sl, o_sh,
-        Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr, D_BLOCK: tl.constexpr, PER_PROGRAM: tl.constexpr,
-        IEEE: tl.constexpr,
+        q_ptr, k_ptr, v_ptr, o_ptr, pairs, scale_log2,
+        HEADS: tl.constexpr, Q_LEN: tl.constexpr, K_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
+        q_sn: tl.constexpr, q_sl: tl.constexpr, q_sh: tl.constexpr, k_sn: tl.constexpr, k_sl: tl.constexpr,
+        k_sh: tl.constexpr, v_sn: tl.constexpr, v_sl: tl.constexpr, v_sh: tl.constexpr, o_sn: tl.constexpr,
+        o_sl: tl.constexpr, o_sh: tl.constexpr, Q_BLOCK: tl.constexpr, K_BLOCK: tl.constexpr,
+        D_BLOCK: tl.constexpr, PER_PROGRAM: tl.constexpr, IEEE: tl.constexpr,
     ):  # fmt: skip
+        heads, q_len, k_len, head_dim = HEADS, Q_LEN, K_LEN, HEAD_DIM
         rows_q = tl.arange(0, Q_BLOCK)[:, None]
         rows_k = tl.arange(0, K_BLOCK)[:, None]
         cols = tl.arange(0, D_BLOCK)[None, :]
