@@ -55,20 +55,34 @@ def kernel_launches(fn, calls: int = 2, name: str = "window_attention") -> list[
     return launches[: len(launches) // calls] if calls else launches
 
 
+def _from_qkv(qkv: torch.Tensor, pooled_len: int) -> torch.Tensor:
+    """The model's way in: split (and pool) the qkv output inside the compiled graph."""
+    q, k, v = qkv.unbind(2)
+    if pooled_len:
+        q = q.reshape(q.shape[0], q.shape[1] // pooled_len, pooled_len, *q.shape[2:]).amax(1)
+    return window_attention(q, k, v)
+
+
 def micro(repeats: int) -> list[dict]:
     device = torch.device("cuda")
     rows = []
     compiled = torch.compile(window_attention, fullgraph=True)
+    compiled_from_qkv = torch.compile(_from_qkv, fullgraph=True)
     for windows, q_len, k_len, heads, d, pooled in trunk_variants.WINDOW_SHAPES:
         g = torch.Generator(device=device).manual_seed(0)
         qkv = torch.randn(windows, k_len, 3, heads, d, device=device, dtype=torch.bfloat16, generator=g)
         q, k, v = qkv.unbind(2)
         if pooled:
             q = q.reshape(windows, k_len // q_len, q_len, heads, d).amax(1)
+        qc, kc, vc = (t.contiguous() for t in (q, k, v))
         calls = {
             "python_launch": lambda: launch(q, k, v),
             "op": lambda: torch.ops.hiera_det.window_attention(q, k, v),
             "compiled": lambda: compiled(q, k, v),
+            # separate contiguous inputs: whether the views' offsets (k and v start 192 and 384 bytes into the
+            # qkv buffer) are what the compiled launch handles worse
+            "compiled_contiguous": lambda: compiled(qc, kc, vc),
+            "compiled_fused_qkv": lambda: compiled_from_qkv(qkv, q_len if pooled else 0),
             "sdpa": lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)),
         }
         row = {"shape": [windows, q_len, k_len, heads, d, pooled]}
@@ -77,6 +91,7 @@ def micro(repeats: int) -> list[dict]:
                 row[f"{label}_ms"] = round(fused_mlp_sweep.median_ms(fn, device, repeats), 4)
             row["python_launch_trace"] = kernel_launches(calls["python_launch"], 1)
             row["compiled_trace"] = kernel_launches(calls["compiled"], 1)
+            row["compiled_contiguous_trace"] = kernel_launches(calls["compiled_contiguous"], 1)
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -99,11 +114,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--micro-only", action="store_true")
     args = parser.parse_args(argv)
     assert register_kernel(), "needs CUDA and Triton"
     record = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     record["micro"] = micro(args.repeats)
     args.out.write_text(json.dumps(record, indent=1))
+    if args.micro_only:
+        return 0
     record["in_model"] = in_model()
     print("in model:", {k: v for k, v in record["in_model"].items() if k.endswith("ms")}, flush=True)
     for label in ("eager", "compiled"):

@@ -68,23 +68,23 @@ def _pow2(n: int) -> int:
 def route(dim: int, hidden: int) -> str:
     """Which path runs an MLP of these widths in 16-bit CUDA inference: ``"mlp"`` (the whole MLP in one
     kernel), ``"linear_gelu"`` (fc1 + GELU in one kernel, then cuBLAS fc2) or ``"unfused"`` (cuBLAS fc1, the
-    GELU pass, cuBLAS fc2): the fastest at Hiera-B's widths on an H100 (``benchmarks/fused_mlp_sweep.py``).
-    The wider the layer, the more cuBLAS's lead over a Triton GEMM outweighs the GELU pass it saves."""
-    if dim <= 128:
+    GELU pass, cuBLAS fc2). The fastest at Hiera-B's widths on an H100 (``benchmarks/fused_mlp_sweep.py``,
+    session 8, GPU time per MLP against unfused): 96 and 192 the whole-MLP kernel (0.30 against 0.55 ms,
+    0.24 against 0.27 ms), 384 fc1 + GELU (0.16 against 0.19 ms), 768 unfused (0.12 against 0.12 ms with
+    fc1 + GELU). The wider the layer, the more cuBLAS's lead over a Triton GEMM outweighs the saved pass."""
+    if dim <= MLP_MAX_DIM:
         return "mlp"
     return "linear_gelu" if dim <= 384 else "unfused"
 
 
 def linear_gelu_config(rows: int, dim: int, hidden: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for ``linear_gelu``: the fastest of a sweep at Hiera-B's
-    shapes on an H100 (``benchmarks/fused_mlp_sweep.py``). BLOCK_K always divides ``dim``."""
-    block_k = 64 if dim % 64 == 0 else 32
-    return (128, 128, block_k, 8, 3)
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for ``linear_gelu``: the fastest of the same sweep."""
+    return (128, 128, 64, 8, 3) if dim >= 384 and dim % 64 == 0 else (128, 64, 32, 4, 4)
 
 
 def mlp_config(rows: int, dim: int, hidden: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_H, warps, stages) for ``mlp``, from the same sweep."""
-    return (128, 64, 8, 2) if dim <= 128 else (64, 64, 8, 2)
+    return (64, 32, 4, 2) if dim <= 128 else (128, 64, 8, 2)
 
 
 def launch_linear_gelu(

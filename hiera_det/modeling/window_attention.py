@@ -104,7 +104,7 @@ def launch(
     per_program = per_program or default_per_program
     pairs = N * heads
     torch.library.wrap_triton(_kernel())[(triton.cdiv(pairs, per_program),)](
-        q, k, v, out, pairs, head_dim**-0.5 * math.log2(math.e),
+        q, k, v, out, pairs, SCALE_LOG2=head_dim**-0.5 * math.log2(math.e),
         HEADS=heads, Q_LEN=q_len, K_LEN=k_len, HEAD_DIM=head_dim, **_strides(q=q, k=k, v=v, o=out),
         Q_BLOCK=q_block, K_BLOCK=k_block, D_BLOCK=d_block, PER_PROGRAM=per_program,
         IEEE=q.dtype == torch.float32, num_warps=warps or default_warps,
@@ -114,10 +114,11 @@ def launch(
 
 def _strides(**tensors: torch.Tensor) -> dict[str, int]:
     """The window, row and head strides of each tensor (``q_sn``, ``q_sl``, ``q_sh``, ...), for the kernel's
-    compile-time constants. Sizes and strides are constants, not run-time arguments: launched from
-    ``torch.compile``d code with them as run-time integers, the kernel used twice the registers and took 2-3x
-    as long as the same launch from Python (H100, session 8: ``benchmarks/window_kernel_launch.py``). Each
-    model position has fixed sizes and strides anyway; only the window count changes with the batch."""
+    compile-time constants. Each model position has fixed sizes and strides, so they (and the softmax scale)
+    are compile-time constants and only the window count is a run-time argument. The scale must be: launched
+    from ``torch.compile``d code, a Python float argument arrives as fp64, and the kernel then scaled and
+    exponentiated its scores in double precision, 2-3x slower with twice the registers (H100, session 8,
+    ``benchmarks/window_kernel_launch.py``)."""
     return {f"{name}_s{dim}": int(s) for name, t in tensors.items() for dim, s in zip("nlh", t.stride()[:3])}
 
 
@@ -129,7 +130,7 @@ def _kernel():
 
     @triton.jit
     def window_attention_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, pairs, scale_log2,
+        q_ptr, k_ptr, v_ptr, o_ptr, pairs, SCALE_LOG2: tl.constexpr,
         HEADS: tl.constexpr, Q_LEN: tl.constexpr, K_LEN: tl.constexpr, HEAD_DIM: tl.constexpr,
         q_sn: tl.constexpr, q_sl: tl.constexpr, q_sh: tl.constexpr, k_sn: tl.constexpr, k_sl: tl.constexpr,
         k_sh: tl.constexpr, v_sn: tl.constexpr, v_sl: tl.constexpr, v_sh: tl.constexpr, o_sn: tl.constexpr,
@@ -154,7 +155,7 @@ def _kernel():
                 scores = tl.dot(q, tl.trans(k), input_precision="ieee")
             else:
                 scores = tl.dot(q, tl.trans(k))
-            scores = tl.where(key_is_real, scores * scale_log2, float("-inf"))
+            scores = tl.where(key_is_real, scores * SCALE_LOG2, float("-inf"))
             p = tl.exp2(scores - tl.max(scores, 1)[:, None])
             if IEEE:
                 o = tl.dot(p, v, input_precision="ieee")
