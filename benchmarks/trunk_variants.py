@@ -36,7 +36,6 @@ import json
 import platform
 import sys
 import time
-import types
 from collections import defaultdict
 from pathlib import Path
 
@@ -69,7 +68,7 @@ VARIANTS = {
     "s7": (SESSION7, "default"),
     "s7+ro": (SESSION7, "reduce-overhead"),
     # the fused fc1 + erf GELU at every stage (no whole-MLP kernel): what the whole-MLP kernel adds
-    "fc1only+ro": (dict(fc1_only=True), "reduce-overhead"),
+    "fc1only+ro": (dict(fast=dict(fused_gelu=True)), "reduce-overhead"),
     "shipped+ro": (SESSION5, "reduce-overhead"),
     "default": ({}, "default"),
     "default+ro": ({}, "reduce-overhead"),
@@ -103,7 +102,7 @@ def kernel_category(name: str) -> str:
     n = name.lower()
     if "window_attention" in n:
         return "attention (small-window kernel)"
-    if "fc1_gelu" in n or "linear_gelu" in n or n.startswith("mlp_kernel"):
+    if "linear_gelu" in n or n.startswith("mlp_kernel"):
         return "fc1+gelu / mlp (fused)"
     if n.startswith("triton_tem") or any(s in n for s in ("flash", "fmha", "attention", "sdpa", "flex")):
         return "attention"  # inductor's templated kernels here are FlexAttention's
@@ -174,31 +173,14 @@ def make_variant(model, case: str, label: str, device: torch.device) -> torch.nn
     options = dict(options)
     options.pop("inductor", None)  # compile-time settings: measure_case applies them
     fast = options.pop("fast", None)
-    fc1_only = options.pop("fc1_only", False)
     variant = copy.deepcopy(model)
     variant.patch_embed.video_as_frames = options.pop("video_as_frames", True)
     variant.set_inference_kernels(**options)
-    if fc1_only:
-        for block in variant.blocks:
-            block.mlp.forward = types.MethodType(_fc1_only_forward, block.mlp)
     if fast:
         from benchmarks.trunk_kernels import with_fast_kernels
 
         return with_fast_kernels(variant, **fast)
     return variant
-
-
-def _fc1_only_forward(self, x):
-    """``Mlp.forward`` with the fused fc1 + GELU kernel at every width (no whole-MLP kernel)."""
-    from hiera_det.modeling import fused_mlp
-
-    dtype = torch.get_autocast_dtype("cuda")
-    params = [p.to(dtype) for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)]
-    if not (torch.is_autocast_enabled("cuda") and fused_mlp.kernel_applies(x.to(dtype), *params)):
-        return type(self).forward(self, x)  # the CPU rehearsal, fp32
-    with torch.autocast("cuda", enabled=False):
-        hidden = torch.ops.hiera_det.linear_gelu(x.to(dtype), params[0], params[1])
-        return F.linear(hidden, params[2], params[3])
 
 
 def measure_case(case: str, device: torch.device, repeats: int, deadline: float, labels=None) -> dict:

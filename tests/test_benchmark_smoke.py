@@ -329,7 +329,8 @@ def test_kernel_names_fall_in_the_profile_categories():
     assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
     assert kernel_category("triton_tem_fused__to_copy_flex_attention_ones_13") == "attention"
     assert kernel_category("triton_poi_fused_gelu_view_36") == "pointwise/norm (inductor)"
-    assert kernel_category("_fc1_gelu_kernel") == "fc1+gelu (fused)"
+    assert kernel_category("linear_gelu_kernel") == "fc1+gelu / mlp (fused)"
+    assert kernel_category("mlp_kernel") == "fc1+gelu / mlp (fused)"
     assert kernel_category("window_attention_kernel") == "attention (small-window kernel)"
     assert kernel_category("void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop") == "conv"
 

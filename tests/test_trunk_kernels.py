@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from triton_interpreter import interpreted
 
 from benchmarks.trunk_kernels import packed_attention, with_fast_kernels
 from hiera_det.modeling import build_hiera
@@ -45,18 +44,3 @@ def test_a_trunk_with_the_fast_kernels_keeps_fp32_parity(attention, size):
     for name in expected:
         torch.testing.assert_close(out[name], expected[name], atol=2e-5, rtol=1e-4)
     assert "forward" not in vars(model.blocks[0].attn)  # the copy was patched, not the model
-
-
-def test_fused_fc1_gelu_kernel_matches_linear_then_erf_gelu():
-    """The Triton kernel, run by Triton's CPU interpreter (a fresh process: the interpreter is chosen when
-    the kernel is defined), against ``gelu(linear(x))`` at an awkward shape (masked edges on M, N and K)."""
-    pytest.importorskip("triton")
-    script = (
-        "import torch\n"
-        "from benchmarks.trunk_kernels import _linear_gelu_op, linear_gelu_reference\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "x = torch.randn(2, 37, 24, generator=g); w = torch.randn(40, 24, generator=g) * 0.2\n"
-        "b = torch.randn(40, generator=g)\n"
-        "print(float((_linear_gelu_op(x, w, b) - linear_gelu_reference(x, w, b)).abs().max()))\n"
-    )
-    assert interpreted(script) < 1e-5
