@@ -48,6 +48,8 @@ def test_kernels_match_the_mlp_in_tritons_cpu_interpreter():
         "            y = launch_mlp(x, w1, b1, w2, b2, m)\n"
         "            assert y.shape == out.shape\n"
         "            worst = max(worst, float((y - out).abs().max()))\n"
+        "assert launch_linear_gelu(x[:0], w1, b1).shape == (0, w1.shape[0])  # no rows: no launch\n"
+        "assert launch_mlp(x[:0], w1, b1, w2, b2).shape == (0, x.shape[1])\n"
         "print(worst)\n"
     )
     assert interpreted(script) < 1e-5

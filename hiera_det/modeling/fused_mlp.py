@@ -102,6 +102,8 @@ def launch_linear_gelu(
     hidden = weight.shape[0]
     block_m, block_n, block_k, warps, stages = config or linear_gelu_config(rows, dim, hidden)
     out = torch.empty(rows, hidden, device=x.device, dtype=x.dtype)
+    if rows == 0:
+        return out.view(*x.shape[:-1], hidden)
     grid = (triton.cdiv(rows, block_m) * triton.cdiv(hidden, block_n),)
     torch.library.wrap_triton(_linear_gelu_kernel())[grid](
         x2, weight, bias, out, rows, N=hidden, K=dim, x_sm=x2.stride(0), w_sn=weight.stride(0),
@@ -132,6 +134,8 @@ def launch_mlp(
         raise ValueError(f"the fused MLP holds at most {MLP_MAX_DIM} channels per row, got {dim}")
     block_m, block_h, warps, stages = config or mlp_config(rows, dim, hidden)
     out = torch.empty(rows, dim, device=x.device, dtype=x.dtype)
+    if rows == 0:
+        return out.view(*x.shape[:-1], dim)
     torch.library.wrap_triton(_mlp_kernel())[(triton.cdiv(rows, block_m),)](
         x2, w1, b1, w2, b2, out, rows, D=dim, H=hidden, x_sm=x2.stride(0), w1_sh=w1.stride(0),
         w1_sd=w1.stride(1), w2_sd=w2.stride(0), w2_sh=w2.stride(1), o_sm=out.stride(0), BLOCK_M=block_m, BLOCK_H=block_h, D_BLOCK=max(16, _pow2(dim)), EVEN_H=hidden % block_h == 0,

@@ -98,6 +98,8 @@ def launch(
     k_len = k.shape[1]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
     # tl.dot needs every tile side a power of two and at least 16
     q_block, k_block, d_block = (max(16, triton.next_power_of_2(n)) for n in (q_len, k_len, head_dim))
     default_per_program, default_warps = launch_config(q_block, k_block)
