@@ -4,6 +4,7 @@ model takes them only for 16-bit inference on CUDA."""
 import pytest
 import torch
 import torch.nn.functional as F
+from test_window_attention import relative_error
 from triton_interpreter import interpreted
 
 from hiera_det.modeling import build_hiera, fused_mlp
@@ -96,10 +97,6 @@ def test_kernels_are_as_close_to_fp32_as_the_unfused_mlp_on_the_gpu(shape, dtype
             out = torch.ops.hiera_det.mlp(*params)
             err, err_16 = ((o.double() - out_ref).abs().max() for o in (out, out_16))
             assert err <= 1.5 * err_16 + 1e-3, (err, err_16)
-
-
-def relative_error(out: dict, ref: dict) -> float:
-    return max(float((out[k].float() - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
 
 
 @pytest.mark.gpu
