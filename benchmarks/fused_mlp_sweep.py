@@ -40,7 +40,8 @@ SHAPES = [(128 * 3136, 96, 384), (128 * 784, 192, 768), (128 * 196, 384, 1536), 
 TINY_SHAPES = [(200, 96, 384), (72, 192, 768)]
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 LINEAR_GELU_SWEEP = [
-    (128, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+    (128, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3),
     (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 64, 32, 4, 4), (128, 256, 32, 8, 3), (64, 128, 64, 4, 3),
 ]  # fmt: skip
 # (BLOCK_M, BLOCK_H, warps, stages)
@@ -94,7 +95,9 @@ def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats:
         try:
             ms = median_ms(fn, device, repeats)
             row[name] = {"ms": round(ms, 4), "max_abs_err_vs_fp32": err(fn(), ref)}
-        except Exception as e:  # one failing setting (out of shared memory, spills to death) must not end the sweep
+        except (
+            Exception
+        ) as e:  # one failing setting (out of shared memory, spills to death) must not end the sweep
             row[name] = {"error": harness.describe_error(e)[:300]}
         print(rows, dim, hidden, name, row[name], flush=True)
 
@@ -102,19 +105,26 @@ def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats:
         if not tiny:
             plain_fc1 = torch.compile(lambda: F.gelu(F.linear(x, w1, b1)), dynamic=False)
             plain_mlp = torch.compile(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2), dynamic=False)
-            record("fc1", lambda: F.linear(x, w1, b1), ref_hidden)  # error: of the pre-activation, not meaningful
+            record(
+                "fc1", lambda: F.linear(x, w1, b1), ref_hidden
+            )  # error: of the pre-activation, not meaningful
             record("fc1+gelu", plain_fc1, ref_hidden)
             record("fc1+tanh", lambda: torch._addmm_activation(b1, x, w1.t(), use_gelu=True), ref_hidden)
             record("mlp_unfused", plain_mlp, ref_out)
         sweep = LINEAR_GELU_SWEEP[:2] if tiny else LINEAR_GELU_SWEEP
         for config in sweep:
-            record(f"linear_gelu{config}", lambda c=config: fused_mlp.launch_linear_gelu(x, w1, b1, c), ref_hidden)
+            record(
+                f"linear_gelu{config}",
+                lambda c=config: fused_mlp.launch_linear_gelu(x, w1, b1, c),
+                ref_hidden,
+            )
         timed = {k: v["ms"] for k, v in row.items() if k.startswith("linear_gelu") and "ms" in v}
         if timed:
             best = min(timed, key=timed.get)
             row["linear_gelu_best"] = best
             config = eval(best[len("linear_gelu") :])  # noqa: S307 - our own tuple repr
-            record("mlp_linear_gelu", lambda: F.linear(fused_mlp.launch_linear_gelu(x, w1, b1, config), w2, b2),
+            record("mlp_linear_gelu",
+                   lambda: F.linear(fused_mlp.launch_linear_gelu(x, w1, b1, config), w2, b2),
                    ref_out)  # fmt: skip
         if dim <= fused_mlp.MLP_MAX_DIM:
             for config in MLP_SWEEP[:2] if tiny else MLP_SWEEP:
@@ -170,7 +180,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes, fp32, CPU through TRITON_INTERPRET=1")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny shapes, fp32, CPU through TRITON_INTERPRET=1"
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -180,7 +192,8 @@ def main(argv=None) -> int:
             raise SystemExit("fused_mlp_sweep needs a CUDA GPU (or --tiny for the CPU check)")
         device, shapes, repeats = torch.device("cuda"), SHAPES, args.repeats
     record = {"benchmark": "fused_mlp_sweep", "torch": torch.__version__, "started": time.ctime(),
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "shapes": []}  # fmt: skip
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "shapes": []}  # fmt: skip
     for shape in shapes:
         record["shapes"].append(sweep_shape(*shape, device, repeats, args.tiny))
         args.out.write_text(json.dumps(record, indent=1))

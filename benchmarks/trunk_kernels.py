@@ -76,7 +76,8 @@ def _mlp_forward(self, x):
     if not (x.is_cuda and fused_mlp.register_kernels() and fused_mlp.kernel_applies(x.to(dtype), *params)):
         return self.fc2(self.act(self.fc1(x)))
     with torch.autocast("cuda", enabled=False):
-        return F.linear(torch.ops.hiera_det.linear_gelu(x.to(dtype), params[0], params[1]), params[2], params[3])
+        hidden = torch.ops.hiera_det.linear_gelu(x.to(dtype), params[0], params[1])
+        return F.linear(hidden, params[2], params[3])
 
 
 def _attention_forward(pack_keys: int, pack_up_to: int, kernel: str):

@@ -60,7 +60,8 @@ CASES = {
 # label: (how the model is made from the case's model, torch.compile mode). Ours: a copy with the inference
 # kernels set (``Hiera.set_inference_kernels``, and ``video_as_frames`` for the video patch convolution) or
 # session 5's ``with_fast_kernels`` options; peers: a benchmarks.peers builder.
-SESSION5 = dict(window_kernel=False, video_as_frames=False, fused_mlp=False)  # the model as shipped before this round
+# the model as shipped before session 6
+SESSION5 = dict(window_kernel=False, video_as_frames=False, fused_mlp=False)
 SESSION7 = dict(fused_mlp=False)  # session 7's defaults: the kernel and the frame convolution, no fused MLP
 VARIANTS = {
     "shipped": (SESSION5, "default"),

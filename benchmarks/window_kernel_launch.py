@@ -2,12 +2,14 @@
 micro-benchmark predicts? (GPU only.)
 
 Session 8's profile of the compiled Hiera-B 224 b128 on an H100: ``window_attention_kernel`` 1.53 ms for its 8
-launches, where session 6 measured 0.455 ms on an H200 (same model, same triton_op) and 0.605 ms on an H100 (the
-custom-op version), and the micro-benchmark's four shapes add up to about 0.6 ms. This script, in one process:
+launches, where session 6 measured 0.455 ms on an H200 (same model, same triton_op) and 0.605 ms on an H100
+(the custom-op version), and the micro-benchmark's four shapes add up to about 0.6 ms. (The answer: compiled
+code passed the softmax scale as fp64; results/trunk_kernel.md, session 8.) This script, in one process:
 
 1. times the kernel at Hiera-B's four small-window shapes launched three ways: from Python (``launch``),
-   through the op (``torch.ops.hiera_det.window_attention``) and from ``torch.compile``d code, each as CUDA-graph
-   replays (no launch costs), with SDPA beside them;
+   through the op (``torch.ops.hiera_det.window_attention``) and from ``torch.compile``d code (its inputs as
+   views of one qkv tensor, as separate contiguous tensors, and split from qkv inside the compiled graph),
+   each as CUDA-graph replays (no launch costs), with SDPA beside them;
 2. profiles the compiled model and lists every launch of the kernel with its duration, grid, block,
    registers per thread and shared memory (from the profiler's trace), and the same for the micro launches,
    so that a different specialization or launch setting shows.
@@ -83,7 +85,9 @@ def micro(repeats: int) -> list[dict]:
             # qkv buffer) are what the compiled launch handles worse
             "compiled_contiguous": lambda: compiled(qc, kc, vc),
             "compiled_fused_qkv": lambda: compiled_from_qkv(qkv, q_len if pooled else 0),
-            "sdpa": lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)),
+            "sdpa": lambda: F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            ),
         }
         row = {"shape": [windows, q_len, k_len, heads, d, pooled]}
         with torch.no_grad():

@@ -12,12 +12,12 @@ models' function. Here the erf GELU is applied to the fp32 accumulator inside th
   reaches memory at all.
 
 Widths and strides are compile-time constants (see ``window_attention._strides``); only the row count is
-a run-time argument. The GELU takes the fp32 accumulator (the unfused path rounds the pre-activation to bf16 first), so both are
-at least as close to fp32 as the unfused path. They run only for 16-bit inference on CUDA (no autograd) where
-Triton is installed; everything else runs the plain modules. Both are ``torch.library.triton_op``s, so
-``torch.compile`` launches them from its generated code and CUDA graphs capture them. Registering them
-imports Triton, which happens when the first model that wants them is built on a machine with CUDA
-(``register_kernels``), never at import.
+a run-time argument. The GELU takes the fp32 accumulator (the unfused path rounds the pre-activation to bf16
+first), so both are at least as close to fp32 as the unfused path. They run only for 16-bit inference on CUDA
+(no autograd) where Triton is installed; everything else runs the plain modules. Both are
+``torch.library.triton_op``s, so ``torch.compile`` launches them from its generated code and CUDA graphs
+capture them. Registering them imports Triton, which happens when the first model that wants them is built on
+a machine with CUDA (``register_kernels``), never at import.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def launch_linear_gelu(
     grid = (triton.cdiv(rows, block_m) * triton.cdiv(hidden, block_n),)
     torch.library.wrap_triton(_linear_gelu_kernel())[grid](
         x2, weight, bias, out, rows, N=hidden, K=dim, x_sm=x2.stride(0), w_sn=weight.stride(0),
-        w_sk=weight.stride(1), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, EVEN_K=dim % block_k == 0,
+        w_sk=weight.stride(1), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
+        EVEN_K=dim % block_k == 0,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(*x.shape[:-1], hidden)
@@ -138,7 +139,8 @@ def launch_mlp(
         return out.view(*x.shape[:-1], dim)
     torch.library.wrap_triton(_mlp_kernel())[(triton.cdiv(rows, block_m),)](
         x2, w1, b1, w2, b2, out, rows, D=dim, H=hidden, x_sm=x2.stride(0), w1_sh=w1.stride(0),
-        w1_sd=w1.stride(1), w2_sd=w2.stride(0), w2_sh=w2.stride(1), o_sm=out.stride(0), BLOCK_M=block_m, BLOCK_H=block_h, D_BLOCK=max(16, _pow2(dim)), EVEN_H=hidden % block_h == 0,
+        w1_sd=w1.stride(1), w2_sd=w2.stride(0), w2_sh=w2.stride(1), o_sm=out.stride(0), BLOCK_M=block_m,
+        BLOCK_H=block_h, D_BLOCK=max(16, _pow2(dim)), EVEN_H=hidden % block_h == 0,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out.view(*x.shape[:-1], dim)
@@ -148,7 +150,9 @@ def _linear_gelu_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     return launch_linear_gelu(x, weight, bias)  # the op's schema takes tensors only: the shipped settings
 
 
-def _mlp_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+def _mlp_op(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+) -> torch.Tensor:
     return launch_mlp(x, w1, b1, w2, b2)
 
 
@@ -162,7 +166,8 @@ def _linear_gelu_kernel():
     @triton.jit
     def linear_gelu_kernel(
         x_ptr, w_ptr, b_ptr, o_ptr, M, N: tl.constexpr, K: tl.constexpr, x_sm: tl.constexpr,
-        w_sn: tl.constexpr, w_sk: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+        w_sn: tl.constexpr, w_sk: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
         EVEN_K: tl.constexpr,
     ):  # fmt: skip
         # grouped order: the programs that run together share rows of x, which then come from L2
@@ -212,7 +217,8 @@ def _mlp_kernel():
     @triton.jit
     def mlp_kernel(
         x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, o_ptr, M, D: tl.constexpr, H: tl.constexpr, x_sm: tl.constexpr,
-        w1_sh: tl.constexpr, w1_sd: tl.constexpr, w2_sd: tl.constexpr, w2_sh: tl.constexpr, o_sm: tl.constexpr,
+        w1_sh: tl.constexpr, w1_sd: tl.constexpr, w2_sd: tl.constexpr, w2_sh: tl.constexpr,
+        o_sm: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, D_BLOCK: tl.constexpr, EVEN_H: tl.constexpr,
     ):  # fmt: skip
         rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -226,9 +232,13 @@ def _mlp_kernel():
         for h0 in range(0, H, BLOCK_H):
             h = h0 + rh
             if EVEN_H:
-                w1 = tl.load(w1_ptr + h[None, :] * w1_sh + rd[:, None] * w1_sd, mask=d_real[:, None], other=0.0)
+                w1 = tl.load(
+                    w1_ptr + h[None, :] * w1_sh + rd[:, None] * w1_sd, mask=d_real[:, None], other=0.0
+                )
                 b1 = tl.load(b1_ptr + h).to(tl.float32)
-                w2 = tl.load(w2_ptr + rd[None, :] * w2_sd + h[:, None] * w2_sh, mask=d_real[None, :], other=0.0)
+                w2 = tl.load(
+                    w2_ptr + rd[None, :] * w2_sd + h[:, None] * w2_sh, mask=d_real[None, :], other=0.0
+                )
             else:
                 h_real = h < H
                 w1 = tl.load(w1_ptr + h[None, :] * w1_sh + rd[:, None] * w1_sd,

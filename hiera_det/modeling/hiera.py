@@ -22,10 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from . import fused_mlp as mlp_kernels
 from .pos_embed import absolute_pos_embed, create_pos_embed, separate_pos_embed, window_pos_embed
 from .token_layout import GLOBAL, MASK_UNIT, SpatialLayout, UnrolledLayout
-from . import fused_mlp
-from .fused_mlp import register_kernels as register_mlp_kernels
 from .window_attention import register_kernel, window_attention
 
 ATTENTION_LAYOUTS = ("mask_unit", "window")
@@ -55,9 +54,9 @@ class Mlp(nn.Module):
 
     For 16-bit inference on CUDA, ``fused`` (the default) runs the GELU inside the GEMMs where that is faster
     (``fused_mlp.route``): the whole MLP as one kernel for narrow layers, fc1 + GELU as one kernel for middle
-    widths. Same function, at least as close to fp32. ``gelu_epilogue=True`` (opt-in) runs fc1 and a tanh-approximated
-    GELU as one cuBLASLt GEMM instead; it is not the official models' function, so it is off by default and
-    fp32 always takes erf."""
+    widths. Same function, at least as close to fp32. ``gelu_epilogue=True`` (opt-in) runs fc1 and a
+    tanh-approximated GELU as one cuBLASLt GEMM instead; it is not the official models' function, so it is off
+    by default and fp32 always takes erf."""
 
     def __init__(self, dim: int, hidden: int, gelu_epilogue: bool = False, fused: bool = True):
         super().__init__()
@@ -65,7 +64,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.gelu_epilogue = gelu_epilogue
-        self.fused = fused and register_mlp_kernels()
+        self.fused = fused and mlp_kernels.register_kernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = _inference_dtype_on_cuda(x)
@@ -74,11 +73,12 @@ class Mlp(nn.Module):
             w, b = self.fc1.weight.to(dtype), self.fc1.bias.to(dtype)
             hidden = torch._addmm_activation(b, x2, w.t(), use_gelu=True).view(*x.shape[:-1], -1)
             return self.fc2(hidden)
-        if self.fused and dtype in fused_mlp.DTYPES:
+        if self.fused and dtype in mlp_kernels.DTYPES:
             x16 = x.to(dtype)
-            w1, b1, w2, b2 = (p.to(dtype) for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias))
-            path = fused_mlp.route(*self.fc1.weight.shape[::-1])
-            if path != "unfused" and fused_mlp.kernel_applies(x16, w1, b1, w2, b2):
+            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            w1, b1, w2, b2 = (p.to(dtype) for p in params)
+            path = mlp_kernels.route(*self.fc1.weight.shape[::-1])
+            if path != "unfused" and mlp_kernels.kernel_applies(x16, w1, b1, w2, b2):
                 with torch.autocast("cuda", enabled=False):
                     if path == "mlp":
                         return torch.ops.hiera_det.mlp(x16, w1, b1, w2, b2)
@@ -241,8 +241,9 @@ class Hiera(nn.Module):
 
     Inference kernels: ``window_kernel`` (default on) runs attention over windows of at most 64 tokens through
     the small-window Triton kernel on CUDA (same function as SDPA); ``fused_mlp`` (default on) runs the erf
-    GELU inside the MLP's GEMMs in 16-bit CUDA inference (same function); ``gelu_epilogue`` (default off) fuses
-    fc1 and a tanh GELU in bf16 CUDA inference, a small departure from the exact-erf models (see ``Mlp``).
+    GELU inside the MLP's GEMMs in 16-bit CUDA inference (same function); ``gelu_epilogue`` (default off)
+    fuses fc1 and a tanh GELU in bf16 CUDA inference, a small departure from the exact-erf models (see
+    ``Mlp``).
     """
 
     def __init__(
@@ -381,7 +382,10 @@ class Hiera(nn.Module):
             self.head.projection.weight.data.mul_(0.001)
 
     def set_inference_kernels(
-        self, window_kernel: bool | None = None, gelu_epilogue: bool | None = None, fused_mlp: bool | None = None
+        self,
+        window_kernel: bool | None = None,
+        gelu_epilogue: bool | None = None,
+        fused_mlp: bool | None = None,
     ):
         """Switch the inference kernels of every block (the constructor's flags of the same names); ``None``
         leaves a flag as it is. Returns the model."""
@@ -391,7 +395,7 @@ class Hiera(nn.Module):
             if gelu_epilogue is not None:
                 block.mlp.gelu_epilogue = gelu_epilogue
             if fused_mlp is not None:
-                block.mlp.fused = fused_mlp and register_mlp_kernels()
+                block.mlp.fused = fused_mlp and mlp_kernels.register_kernels()
         return self
 
     @property
