@@ -15,10 +15,13 @@ input:
 
 Variants: ``shipped`` = the model as session 5 shipped it (SDPA for every attention, ``Conv3d`` for the video
 patch embedding); ``kernel`` = with the small-window Triton kernel (``hiera_det.modeling.window_attention``);
-``default`` = the model's defaults now (the kernel, and video's patch convolution as a 2-D convolution over
-frames); ``+tanh`` = fc1 with cuBLASLt's tanh-GELU epilogue (``gelu_epilogue=True``, opt-in); ``+ro`` =
-compiled with ``mode="reduce-overhead"`` (CUDA graphs); ``timm`` / ``official`` = the peers. Session 5's
-variants (``fast``, ``gelu``, ``fast-sdpa``, ``fast16``: ``trunk_kernels.py``) stay runnable by name.
+``default`` = the model's defaults now (the kernel, video's patch convolution as a 2-D convolution over
+frames, and the MLP's GELU inside its GEMMs, ``hiera_det.modeling.fused_mlp``); ``s7`` = session 7's defaults
+(no fused MLP); ``fc1only`` = the fused fc1 + GELU at every width; ``+tanh`` = fc1 with cuBLASLt's tanh-GELU
+epilogue (``gelu_epilogue=True``, opt-in, no fused MLP); ``+frozen`` = inductor's freezing; ``+ro`` = compiled
+with ``mode="reduce-overhead"`` (CUDA graphs); ``timm`` / ``official`` = the peers. Session 5's variants
+(``fast``, ``gelu``, ``fast-sdpa``, ``fast16``: ``trunk_kernels.py``) stay runnable by name; their fused fc1 is
+now the shipped kernel.
 
 Besides the cases: ``window_attention_micro`` times the kernel (over its launch settings) against SDPA at
 the four small-window shapes of Hiera-B 224 b128, with its error against fp32; ``fc1_micro`` the GELU epilogue
