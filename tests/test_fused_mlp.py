@@ -62,6 +62,13 @@ def test_the_whole_mlp_kernel_refuses_wide_layers():
         fused_mlp.launch_mlp(x, w1, b1, w2, b2)
 
 
+def test_route_takes_the_sweeps_fastest_path_and_no_badly_padded_whole_mlp_tile():
+    """Hiera-B's widths take what the H100 sweep measured fastest; Hiera-L's 144 would pad the whole-MLP
+    kernel's tile to 256 columns, so it takes fc1 + GELU."""
+    assert [fused_mlp.route(d, 4 * d) for d in (96, 192, 384, 768)] == ["mlp", "mlp", "linear_gelu", "unfused"]
+    assert fused_mlp.route(144, 576) == "linear_gelu"
+
+
 def test_on_the_cpu_the_mlp_is_unfused_and_the_flag_does_not_change_outputs():
     x, *params = mlp_params(8, 96, 384)
     assert not fused_mlp.kernel_applies(x, *params)

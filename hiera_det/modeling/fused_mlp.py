@@ -71,8 +71,11 @@ def route(dim: int, hidden: int) -> str:
     GELU pass, cuBLAS fc2). The fastest at Hiera-B's widths on an H100 (``benchmarks/fused_mlp_sweep.py``,
     session 8, GPU time per MLP against unfused): 96 and 192 the whole-MLP kernel (0.30 against 0.55 ms,
     0.24 against 0.27 ms), 384 fc1 + GELU (0.16 against 0.19 ms), 768 unfused (0.12 against 0.12 ms with
-    fc1 + GELU). The wider the layer, the more cuBLAS's lead over a Triton GEMM outweighs the saved pass."""
-    if dim <= MLP_MAX_DIM:
+    fc1 + GELU). The wider the layer, the more cuBLAS's lead over a Triton GEMM outweighs the saved pass.
+    The whole-MLP kernel pads the width to a power of two; where that would waste more than the third it
+    wastes at 96 and 192 (Hiera-L's 144 pads to 256), fc1 + GELU runs instead. Other widths than Hiera-B's
+    (Hiera-S/B+/L/H) follow these rules unmeasured."""
+    if dim <= MLP_MAX_DIM and 3 * _pow2(dim) <= 4 * dim:
         return "mlp"
     return "linear_gelu" if dim <= 384 else "unfused"
 
