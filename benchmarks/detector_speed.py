@@ -300,12 +300,15 @@ def run_inference(args, device, report, save):
     harness.release_memory(device)
 
 
-def window_kernel_on_off(device, smoke: bool, repeats: int, modes=(None, "default"), deadline=float("inf")):
-    """Ours (``HieraROIHeads``, bf16) on one 1024 image, the trunk's small-window attention kernel on and
-    off (``Hiera.set_inference_kernels(window_kernel=...)``), same weights: how far the kernel moves the
-    detections (bf16, on against off), the per-stage split of each (eager), and end-to-end latency per compile
-    mode (None: eager, "default": the backbone compiled), on and off timed interleaved. A mode is skipped once
-    ``deadline`` (``time.monotonic()``) has passed."""
+def kernel_on_off(
+    device, smoke: bool, repeats: int, modes=(None, "default"), deadline=float("inf"), kernel="window_kernel"
+):
+    """Ours (``HieraROIHeads``, bf16) on one 1024 image with one of the trunk's inference kernels on and off
+    (``Hiera.set_inference_kernels(<kernel>=...)``: ``window_kernel``, the small-window attention, or
+    ``fused_mlp``), same weights: how far the kernel moves the detections (bf16, on against off), the
+    per-stage split of each (eager), and end-to-end latency per compile mode (None: eager, "default": the
+    backbone compiled), on and off timed interleaved. A mode is skipped once ``deadline``
+    (``time.monotonic()``) has passed."""
     import copy
 
     from hiera_det.modeling import Hiera
@@ -317,11 +320,12 @@ def window_kernel_on_off(device, smoke: bool, repeats: int, modes=(None, "defaul
     spread_predictors(on)
     off = copy.deepcopy(on)
     for model, flag in ((on, True), (off, False)):
-        next(m for m in model.modules() if isinstance(m, Hiera)).set_inference_kernels(window_kernel=flag)
+        next(m for m in model.modules() if isinstance(m, Hiera)).set_inference_kernels(**{kernel: flag})
     workloads = {name: harness.DetectorWorkload(model, one) for name, model in (("kernel on", on),
                                                                                ("kernel off", off))}
     outs = {name: infer_call(w.model, one, device, "bf16")() for name, w in workloads.items()}
     record = {
+        "kernel": kernel,
         "image": size,
         "dtype": "bf16",
         "agreement_on_vs_off": agreement(outs["kernel on"], outs["kernel off"]),
@@ -345,14 +349,21 @@ def window_kernel_on_off(device, smoke: bool, repeats: int, modes=(None, "defaul
             for name, times in timed.times_ms.items()
         }
         medians = {k: v.get("median_ms") for k, v in record["latency_ms"][mode_name].items()}
-        print("window kernel", mode_name, medians, flush=True)
+        print(kernel, mode_name, medians, flush=True)
     return record
 
 
 def run_window_kernel(args, device, report, save):
     modes = (None,) if args.no_compile else (None, "default")
     repeats = 3 if args.smoke else args.repeats
-    report["window_kernel"] = window_kernel_on_off(device, args.smoke, repeats, modes)
+    report["window_kernel"] = kernel_on_off(device, args.smoke, repeats, modes)
+    save()
+
+
+def run_fused_mlp(args, device, report, save):
+    modes = (None,) if args.no_compile else (None, "default")
+    repeats = 3 if args.smoke else args.repeats
+    report["fused_mlp"] = kernel_on_off(device, args.smoke, repeats, modes, kernel="fused_mlp")
     save()
 
 
@@ -479,8 +490,8 @@ def main(argv=None):
     parser.add_argument("--tag", default="detector_speed")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models")
     parser.add_argument("--parts", default="inference,training",
-                        help="comma-separated: inference, training, window_kernel (the trunk's small-window "
-                        "kernel on and off)")
+                        help="comma-separated: inference, training, window_kernel, fused_mlp (one of the "
+                        "trunk's inference kernels on and off)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--eval-images", type=int, default=24)
     parser.add_argument("--train-repeats", type=int, default=8)
@@ -503,7 +514,7 @@ def main(argv=None):
 
     parts = args.parts.split(",")
     for part, fn in (("inference", run_inference), ("training", run_training),
-                     ("window_kernel", run_window_kernel)):  # fmt: skip
+                     ("window_kernel", run_window_kernel), ("fused_mlp", run_fused_mlp)):  # fmt: skip
         if part in parts:
             t0 = time.monotonic()
             try:

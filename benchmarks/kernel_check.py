@@ -8,7 +8,7 @@ In order, within ``--budget`` seconds (work not started in time is recorded as s
    ``<tag>_pytest_gpu.txt``;
 2. ``trunk_variants`` cases (``PLAN``): Hiera-B 224 b128 and video Hiera-B 16x224 b16, each variant and its
    peer timed interleaved in one process (``shipped`` = session 5's model, ``+ro`` = CUDA graphs);
-3. ``detector_speed.window_kernel_on_off``: one 1024 image through our Mask R-CNN, kernel on and off, eager
+3. ``detector_speed.kernel_on_off``: one 1024 image through our Mask R-CNN, kernel on and off, eager
    and with the backbone compiled (each mode only while ``LAYOUTS_S`` seconds are left for 4);
 4. Hiera-B at 1024 b8 in the windowed and the mask-unit layout, compiled: TFLOP/s of each.
 
@@ -106,7 +106,7 @@ def run_detector(device, smoke: bool, repeats: int, modes, deadline: float, reco
         record[key] = {"skipped": "time budget spent"}
         return
     try:
-        record[key] = detector_speed.window_kernel_on_off(device, smoke, repeats, modes, deadline)
+        record[key] = detector_speed.kernel_on_off(device, smoke, repeats, modes, deadline)
     except Exception as e:
         record[key] = {"error": harness.describe_error(e)}
         print(key, "FAILED", record[key]["error"], flush=True)
