@@ -69,6 +69,18 @@ def test_route_takes_the_sweeps_fastest_path_and_no_badly_padded_whole_mlp_tile(
     assert fused_mlp.route(144, 576) == "linear_gelu"
 
 
+def test_eager_calls_launch_the_kernels_only_for_large_hidden_tensors_compiled_code_always():
+    """An eager launch costs host time (Mask R-CNN on one 1024 image ran slower fused); compiled code launches
+    the kernels as cheaply as its own."""
+    assert not fused_mlp.worth_launching(65536, 384)  # one 1024 image, stage 1
+    assert fused_mlp.worth_launching(128 * 3136, 384)  # Hiera-B 224 at batch 128, stage 1
+
+    def launched(x):
+        return x + 1 if fused_mlp.worth_launching(1, 1) else x - 1
+
+    assert torch.compile(launched, backend="eager", fullgraph=True)(torch.zeros(1)).item() == 1
+
+
 def test_on_the_cpu_the_mlp_is_unfused_and_the_flag_does_not_change_outputs():
     x, *params = mlp_params(8, 96, 384)
     assert not fused_mlp.kernel_applies(x, *params)

@@ -53,8 +53,8 @@ class Mlp(nn.Module):
     """fc1, exact (erf) GELU, fc2.
 
     For 16-bit inference on CUDA, ``fused`` (the default) runs the GELU inside the GEMMs where that is faster
-    (``fused_mlp.route``): the whole MLP as one kernel for narrow layers, fc1 + GELU as one kernel for middle
-    widths. Same function, at least as close to fp32. ``gelu_epilogue=True`` (opt-in) runs fc1 and a
+    (``fused_mlp.route``, ``fused_mlp.worth_launching``): the whole MLP as one kernel for narrow layers, fc1 +
+    GELU as one kernel for middle widths. Same function, at least as close to fp32. ``gelu_epilogue=True`` (opt-in) runs fc1 and a
     tanh-approximated GELU as one cuBLASLt GEMM instead; it is not the official models' function, so it is off
     by default and fp32 always takes erf."""
 
@@ -73,12 +73,13 @@ class Mlp(nn.Module):
             w, b = self.fc1.weight.to(dtype), self.fc1.bias.to(dtype)
             hidden = torch._addmm_activation(b, x2, w.t(), use_gelu=True).view(*x.shape[:-1], -1)
             return self.fc2(hidden)
-        if self.fused and dtype in mlp_kernels.DTYPES:
+        hidden, dim = self.fc1.weight.shape
+        path = mlp_kernels.route(dim, hidden) if self.fused and dtype in mlp_kernels.DTYPES else "unfused"
+        if path != "unfused" and mlp_kernels.worth_launching(x.numel() // dim, hidden):
             x16 = x.to(dtype)
             params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
             w1, b1, w2, b2 = (p.to(dtype) for p in params)
-            path = mlp_kernels.route(*self.fc1.weight.shape[::-1])
-            if path != "unfused" and mlp_kernels.kernel_applies(x16, w1, b1, w2, b2):
+            if mlp_kernels.kernel_applies(x16, w1, b1, w2, b2):
                 with torch.autocast("cuda", enabled=False):
                     if path == "mlp":
                         return torch.ops.hiera_det.mlp(x16, w1, b1, w2, b2)
