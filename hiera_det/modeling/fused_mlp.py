@@ -27,6 +27,8 @@ import importlib.util
 
 import torch
 
+from .window_attention import exporting
+
 MLP_MAX_DIM = 256  # wider layers: the output accumulator of a 64-row tile no longer fits in registers
 DTYPES = (torch.bfloat16, torch.float16)
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -47,8 +49,6 @@ def register_kernels() -> bool:
 def kernel_applies(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """Whether the fused kernels run for input ``x`` and parameters ``params`` (already in ``x``'s dtype):
     16-bit CUDA tensors, no autograd, not exporting or tracing (an exported graph keeps standard ops)."""
-    from .window_attention import exporting
-
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     return (
         _registered

@@ -105,6 +105,10 @@ def launch(
     default_per_program, default_warps = launch_config(q_block, k_block)
     per_program = per_program or default_per_program
     pairs = N * heads
+    # The scale is a compile-time constant because it must not be a run-time float: launched from
+    # torch.compile'd code a Python float arrives as fp64, and the kernel then scaled and exponentiated its
+    # scores in double precision, 2-3x slower with twice the registers (H100, session 8,
+    # benchmarks/window_kernel_launch.py).
     torch.library.wrap_triton(_kernel())[(triton.cdiv(pairs, per_program),)](
         q, k, v, out, pairs, SCALE_LOG2=head_dim**-0.5 * math.log2(math.e),
         HEADS=heads, Q_LEN=q_len, K_LEN=k_len, HEAD_DIM=head_dim, **_strides(q=q, k=k, v=v, o=out),
@@ -115,12 +119,9 @@ def launch(
 
 
 def _strides(**tensors: torch.Tensor) -> dict[str, int]:
-    """The window, row and head strides of each tensor (``q_sn``, ``q_sl``, ``q_sh``, ...), for the kernel's
-    compile-time constants. Each model position has fixed sizes and strides, so they (and the softmax scale)
-    are compile-time constants and only the window count is a run-time argument. The scale must be: launched
-    from ``torch.compile``d code, a Python float argument arrives as fp64, and the kernel then scaled and
-    exponentiated its scores in double precision, 2-3x slower with twice the registers (H100, session 8,
-    ``benchmarks/window_kernel_launch.py``)."""
+    """The window, row and head strides of each tensor (``q_sn``, ``q_sl``, ``q_sh``, ...) as the kernel's
+    compile-time constants: each model position has fixed sizes and strides, so only the window count is a
+    run-time argument."""
     return {f"{name}_s{dim}": int(s) for name, t in tensors.items() for dim, s in zip("nlh", t.stride()[:3])}
 
 
