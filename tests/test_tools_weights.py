@@ -165,3 +165,20 @@ def test_resume_never_unpickles_objects(tmp_path):
     with pytest.raises(CheckpointFileError, match="holds Python objects"):
         AtomicDetectionCheckpointer(tiny_model(), save_dir=str(tmp_path)).resume_or_load("", resume=True)
     assert not marker.exists()
+
+
+def test_inference_refuses_a_checkpoint_that_leaves_model_tensors_at_initialization(tmp_path):
+    """The demos and --eval-only load with require_complete: a partial fit is an error naming the counts and
+    the fix, while extra checkpoint tensors are still ignored."""
+    state = tiny_model(seed=1).state_dict()
+    partial = tmp_path / "partial.pth"
+    torch.save({"model": {"0.weight": state["0.weight"], "0.bias": state["0.bias"],
+                          "1.weight": torch.zeros(5, 5)}}, partial)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"only in part \(.*2 of 4 model tensors.*config it was trained"):
+        load_model_weights(tiny_model(), str(partial), require_complete=True)
+    extra = tmp_path / "extra.pth"
+    torch.save({"model": {**state, "head.extra": torch.zeros(1)}}, extra)
+    model = tiny_model(seed=2)
+    report = load_model_weights(model, str(extra), require_complete=True)
+    assert report.loaded == 4 and report.unexpected_keys == ["head.extra"]
+    assert_same_weights(model, state)

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     model = build_model(cfg)
     weights = args.weights or cfg.MODEL.WEIGHTS
     if weights:
-        load_model_weights(model, weights)
+        load_model_weights(model, weights, require_complete=True)
     paths = list_inputs(args.input, args.num)
     if not paths:
         print(f"error: no images or videos in {args.input}", file=sys.stderr)

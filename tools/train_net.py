@@ -106,7 +106,7 @@ def main(args):
             elif not weights:
                 raise FileNotFoundError(f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR}; "
                                         "train first or set MODEL.WEIGHTS")
-        load_model_weights(model, weights, allow_pickle=args.allow_pickle)
+        load_model_weights(model, weights, allow_pickle=args.allow_pickle, require_complete=True)
         return Trainer.test(cfg, model)
 
     trainer = Trainer(cfg)

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     model = build_model(cfg).eval()
     if weights:
         try:
-            load_model_weights(model, weights, allow_pickle=args.allow_pickle)
+            load_model_weights(model, weights, allow_pickle=args.allow_pickle, require_complete=True)
         except (CheckpointError, FileNotFoundError) as e:
             print(f"error: {e}\n(pass --weights with the checkpoint of this config's model, e.g. "
                   "output/<run>/model_final.pth)", file=sys.stderr)  # fmt: skip

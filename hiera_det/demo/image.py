@@ -146,7 +146,9 @@ class ImagePredictor:
     def __init__(self, cfg, *, allow_pickle: bool = False):
         self.cfg = cfg
         self.model = build_model(cfg).eval()
-        self.weights = load_model_weights(self.model, cfg.MODEL.WEIGHTS, allow_pickle=allow_pickle)
+        self.weights = load_model_weights(
+            self.model, cfg.MODEL.WEIGHTS, allow_pickle=allow_pickle, require_complete=True
+        )
 
     def __call__(self, image_bgr: np.ndarray):
         """``Instances`` (on the CPU) for an ``[H, W, 3]`` uint8 BGR image."""

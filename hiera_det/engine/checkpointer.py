@@ -293,14 +293,19 @@ class _ModelWeightsLoader(AtomicDetectionCheckpointer):
         pass  # load_model_weights says it once, with counts
 
 
-def load_model_weights(model: torch.nn.Module, path: str, *, allow_pickle: bool = False) -> WeightsReport:
+def load_model_weights(
+    model: torch.nn.Module, path: str, *, allow_pickle: bool = False, require_complete: bool = False
+) -> WeightsReport:
     """Load a whole-model checkpoint (``MODEL.WEIGHTS``: a file written by ``tools/train_net.py`` or any
     ``DetectionCheckpointer``) into ``model``: the one way the tools load trained weights.
 
     The file is read once, with ``torch.load(weights_only=True)``; a file holding Python objects raises
     :class:`CheckpointFileError` saying how to re-save its weights, and a Detectron2 ``.pkl`` needs
     ``allow_pickle=True``. A checkpoint none of whose tensors fits the model raises ``CheckpointError``
-    (it belongs to another config); one that fits in part loads what fits and logs a warning with counts.
+    (it belongs to another config); one that fits in part loads what fits and logs a warning with counts
+    (fine-tuning from another model), unless ``require_complete`` (inference: the demos, ``--eval-only``),
+    where a model tensor left at initialization would make the outputs meaningless, so it raises
+    ``CheckpointError`` with the counts. Checkpoint tensors the model lacks are ignored either way.
     """
     if not path:
         raise CheckpointError("no checkpoint given: set MODEL.WEIGHTS to a trained model's .pth file "
@@ -319,6 +324,12 @@ def load_model_weights(model: torch.nn.Module, path: str, *, allow_pickle: bool 
             "OUTPUT_DIR). To start from Hiera trunk weights instead, set MODEL.HIERA.WEIGHTS "
             "(image and video trunks alike), or convert them for MODEL.WEIGHTS with "
             "tools/convert_checkpoint.py"
+        )
+    if require_complete and report.missing_keys:
+        raise CheckpointError(
+            f"checkpoint {path} fits the model of this config only in part ({report}), and inference with "
+            "tensors left at initialization gives meaningless outputs. It was trained with another config: "
+            "use the config it was trained with (the config.yaml in its OUTPUT_DIR)"
         )
     if report.complete:
         logger.info("Loaded %s", report)
