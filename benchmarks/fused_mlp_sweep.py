@@ -9,10 +9,13 @@ CUDA-graph replays, so that launch costs are left out):
 * ``fc1+gelu``: compiled ``gelu(linear(x))`` (cuBLAS, then inductor's erf GELU pass) — what the model runs
   without the fused kernels;
 * ``fc1+tanh``: cuBLASLt's tanh-GELU epilogue (the opt-in ``gelu_epilogue``);
-* ``linear_gelu``: the fused fc1 + erf GELU at every launch setting of ``LINEAR_GELU_SWEEP`` (session 8's
-  first sweep also tried the weight pre-transposed: within 4%, so the model keeps it as stored);
-* ``mlp_unfused``: the whole MLP compiled; ``mlp_linear_gelu``: the best ``linear_gelu`` plus cuBLAS fc2;
-  ``mlp``: the whole-MLP kernel at every setting of ``MLP_SWEEP`` (``dim <= MLP_MAX_DIM``).
+* ``linear_gelu|FORM|(settings)``: the fused fc1 + GELU at every launch setting of ``LINEAR_GELU_SWEEP``, for
+  each GELU form of ``FORMS`` (``fused_mlp.GELU_FORMS``, and ``none``: the same GEMM without activation, the
+  floor of the epilogue's cost); session 8's first sweep also tried the weight pre-transposed: within 4%,
+  so the model keeps it as stored;
+* ``mlp_unfused``: the whole MLP compiled; ``mlp_linear_gelu``: the best ``linear_gelu`` of the shipped form
+  plus cuBLAS fc2; ``mlp|FORM|(settings)``: the whole-MLP kernel at every setting of ``MLP_SWEEP``
+  (``dim <= MLP_MAX_DIM``).
 
     python -m benchmarks.fused_mlp_sweep --out fused_mlp_sweep.json
 """
@@ -39,16 +42,16 @@ from hiera_det.modeling import fused_mlp  # noqa: E402
 SHAPES = [(128 * 3136, 96, 384), (128 * 784, 192, 768), (128 * 196, 384, 1536), (128 * 49, 768, 3072)]
 TINY_SHAPES = [(200, 96, 384), (72, 192, 768)]
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+# (session 8's sweep had five more settings, none the fastest at any width)
 LINEAR_GELU_SWEEP = [
-    (128, 128, 32, 4, 3), (128, 128, 32, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
-    (64, 128, 32, 4, 4), (64, 64, 32, 4, 4), (128, 64, 32, 4, 4), (128, 256, 32, 8, 3), (64, 128, 64, 4, 3),
+    (128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 128, 64, 4, 3),
+    (128, 128, 128, 8, 2), (128, 128, 64, 4, 4),
 ]  # fmt: skip
 # (BLOCK_M, BLOCK_H, warps, stages)
 MLP_SWEEP = [
-    (64, 32, 4, 2), (64, 64, 4, 3), (128, 16, 8, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2),
-    (128, 32, 4, 2), (128, 16, 4, 3),
+    (64, 32, 4, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 32, 4, 3),
 ]  # fmt: skip
+FORMS = (*fused_mlp.GELU_FORMS, "none")
 
 
 GRAPHED_CALLS = 10
@@ -94,7 +97,9 @@ def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats:
     def record(name, fn, ref):
         try:
             ms = median_ms(fn, device, repeats)
-            row[name] = {"ms": round(ms, 4), "max_abs_err_vs_fp32": err(fn(), ref)}
+            row[name] = {"ms": round(ms, 4)}
+            if ref is not None:  # the GEMM without its activation computes something else
+                row[name]["max_abs_err_vs_fp32"] = err(fn(), ref)
         except (
             Exception
         ) as e:  # one failing setting (out of shared memory, spills to death) must not end the sweep
@@ -111,41 +116,49 @@ def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats:
             record("fc1+gelu", plain_fc1, ref_hidden)
             record("fc1+tanh", lambda: torch._addmm_activation(b1, x, w1.t(), use_gelu=True), ref_hidden)
             record("mlp_unfused", plain_mlp, ref_out)
-        sweep = LINEAR_GELU_SWEEP[:2] if tiny else LINEAR_GELU_SWEEP
-        for config in sweep:
-            record(
-                f"linear_gelu{config}",
-                lambda c=config: fused_mlp.launch_linear_gelu(x, w1, b1, c),
-                ref_hidden,
-            )
-        timed = {k: v["ms"] for k, v in row.items() if k.startswith("linear_gelu") and "ms" in v}
-        if timed:
-            best = min(timed, key=timed.get)
+        for form in FORMS:
+            for config in LINEAR_GELU_SWEEP[:2] if tiny else LINEAR_GELU_SWEEP:
+                record(f"linear_gelu|{form}|{config}",
+                       lambda c=config, f=form: fused_mlp.launch_linear_gelu(x, w1, b1, c, f),
+                       None if form == "none" else ref_hidden)  # fmt: skip
+        best = _fastest(row, "linear_gelu", fused_mlp.GELU_FORM)
+        if best:
             row["linear_gelu_best"] = best
-            config = eval(best[len("linear_gelu") :])  # noqa: S307 - our own tuple repr
             record("mlp_linear_gelu",
-                   lambda: F.linear(fused_mlp.launch_linear_gelu(x, w1, b1, config), w2, b2),
+                   lambda: F.linear(fused_mlp.launch_linear_gelu(x, w1, b1, _settings(best)), w2, b2),
                    ref_out)  # fmt: skip
         if dim <= fused_mlp.MLP_MAX_DIM:
-            for config in MLP_SWEEP[:2] if tiny else MLP_SWEEP:
-                record(f"mlp{config}", lambda c=config: fused_mlp.launch_mlp(x, w1, b1, w2, b2, c), ref_out)
-            timed = {k: v["ms"] for k, v in row.items() if k.startswith("mlp(") and "ms" in v}
-            if timed:
-                row["mlp_best"] = min(timed, key=timed.get)
+            for form in FORMS:
+                for config in MLP_SWEEP[:2] if tiny else MLP_SWEEP:
+                    record(f"mlp|{form}|{config}",
+                           lambda c=config, f=form: fused_mlp.launch_mlp(x, w1, b1, w2, b2, c, f),
+                           None if form == "none" else ref_out)  # fmt: skip
+            best = _fastest(row, "mlp", fused_mlp.GELU_FORM)
+            if best:
+                row["mlp_best"] = best
     return row
 
 
+def _fastest(row: dict, kernel: str, form: str) -> str | None:
+    """The key of ``kernel``'s fastest launch setting with GELU ``form`` in a sweep row."""
+    timed = {k: v["ms"] for k, v in row.items() if k.startswith(f"{kernel}|{form}|") and "ms" in v}
+    return min(timed, key=timed.get) if timed else None
+
+
+def _settings(key: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in key.rsplit("|", 1)[1].strip("()").split(","))
+
+
 def best_configs(record: dict) -> tuple[dict, dict]:
-    """The fastest launch setting per (dim, hidden) of a sweep record, for ``linear_gelu`` (weights as stored,
-    as the model holds them) and for ``mlp``."""
+    """The fastest launch setting per (dim, hidden) of a sweep record with the shipped GELU form, for
+    ``linear_gelu`` (weights as stored, as the model holds them) and for ``mlp``."""
     linear_gelu, mlp = {}, {}
     for row in record["shapes"]:
         key = (row["dim"], row["hidden"])
-        for prefix, table in (("linear_gelu(", linear_gelu), ("mlp(", mlp)):
-            timed = {k: v["ms"] for k, v in row.items()
-                     if k.startswith(prefix) and "ms" in v}  # fmt: skip
-            if timed:
-                table[key] = eval(min(timed, key=timed.get)[len(prefix) - 1 :])  # noqa: S307 - our own repr
+        for kernel, table in (("linear_gelu", linear_gelu), ("mlp", mlp)):
+            best = _fastest(row, kernel, fused_mlp.GELU_FORM)
+            if best:
+                table[key] = _settings(best)
     return linear_gelu, mlp
 
 

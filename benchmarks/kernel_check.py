@@ -132,16 +132,17 @@ def markdown(record: dict) -> str:
             continue
         unit = next((k for v in r["results"].values() for k in v if "/s" in k), "im/s")
         lines += [f"| variant | median ms (p10-p90) | {unit} | TFLOP/s | compile s | "
-                  "stage-4 rel. diff vs first of ours |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "stage-4 rel. diff vs first of ours | vs the fp32 model |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for label, e in r["results"].items():
             if "median_ms" not in e:
-                lines.append(f"| {label} | {e.get('error') or e.get('skipped')} | | | | |")
+                lines.append(f"| {label} | {e.get('error') or e.get('skipped')} | | | | | |")
                 continue
-            diff = e.get("rel_max_diff_vs_shipped")
+            diff, fp32 = e.get("rel_max_diff_vs_shipped"), e.get("rel_max_diff_vs_fp32")
             lines.append(f"| {label} | {e['median_ms']:.2f} ({e['p10_ms']:.2f}-{e['p90_ms']:.2f}) | "
                          f"{_fmt(e.get(unit))} | {_fmt(e.get('tflops'))} | {_fmt(e.get('compile_s'))} | "
-                         f"{'(peer)' if diff is None else f'{diff:.2e}'} |")  # fmt: skip
+                         f"{'(peer)' if diff is None else f'{diff:.2e}'} | "
+                         f"{'' if fp32 is None else f'{fp32:.2e}'} |")  # fmt: skip
         for label, p in r.get("profiles", {}).items():
             split = ", ".join(f"{k} {v:.2f}" for k, v in p["by_category_ms"].items())
             lines.append(f"\nGPU kernel time of `{label}`: {p['gpu_ms_per_call']:.2f} ms per call ({split}).")
@@ -152,8 +153,10 @@ def markdown(record: dict) -> str:
             if ours:
                 best = max(ours, key=ours.get)
                 verdict = "met" if ours[best] >= goal else "missed"
-                lines.append(f"\nTarget {goal:,} {unit}: best of ours `{best}` {ours[best]:,.0f} {unit}, "
-                             f"**{verdict}** on this GPU.")
+                lines.append(
+                    f"\nTarget {goal:,} {unit}: best of ours `{best}` {ours[best]:,.0f} {unit}, "
+                    f"**{verdict}** on this GPU."
+                )
         lines.append("")
     layouts = {c: record["cases"].get(c, {}).get("results", {}).get("default", {}) for c, _ in LAYOUTS}
     if all("tflops" in e for e in layouts.values()):
@@ -178,9 +181,14 @@ def markdown(record: dict) -> str:
         lines.append("")
     tests = record.get("gpu_tests")
     if tests:
-        lines += ["## GPU tests", "", f"`{' '.join(tests['command'][2:])}`: {tests['summary']} "
-                  f"(return code {tests['returncode']}, {tests['seconds']} s; "
-                  f"[{tests['log']}]({tests['log']}))", ""]
+        lines += [
+            "## GPU tests",
+            "",
+            f"`{' '.join(tests['command'][2:])}`: {tests['summary']} "
+            f"(return code {tests['returncode']}, {tests['seconds']} s; "
+            f"[{tests['log']}]({tests['log']}))",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -196,21 +204,32 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-tests", action="store_true", help="leave out the GPU tests")
     parser.add_argument("--test-marks", default="gpu", help="pytest -m expression for the kernel's tests")
     parser.add_argument("--test-keyword", default="", help="pytest -k expression for the kernel's tests")
-    parser.add_argument("--case", action="append", default=[], metavar="CASE=V1,V2",
-                        help="run only these trunk_variants cases with these variants, in the order given "
-                        "(repeatable; CASE@NAME runs a case again under another key; default: PLAN, then the "
-                        "layouts)")
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="CASE=V1,V2",
+        help="run only these trunk_variants cases with these variants, in the order given "
+        "(repeatable; CASE@NAME runs a case again under another key; default: PLAN, then the "
+        "layouts)",
+    )
     parser.add_argument("--no-detector", action="store_true", help="leave out the Mask R-CNN kernel on/off")
-    parser.add_argument("--mlp-configs", type=Path, metavar="SWEEP.json",
-                        help="launch the fused MLP kernels with the fastest settings of this fused_mlp_sweep "
-                        "record instead of the shipped tables")
+    parser.add_argument(
+        "--mlp-configs",
+        type=Path,
+        metavar="SWEEP.json",
+        help="launch the fused MLP kernels with the fastest settings of this fused_mlp_sweep "
+        "record instead of the shipped tables",
+    )
     args = parser.parse_args(argv)
     chosen = [(spec.split("=")[0], [v for v in spec.partition("=")[2].split(",") if v]) for spec in args.case]
     unknown = [c for c, labels in chosen if c.split("@")[0] not in tv.CASES or not labels]
     unknown += [v for _, labels in chosen for v in labels if v not in tv.VARIANTS]
     if unknown:
-        parser.error(f"bad --case: {', '.join(unknown)}; cases: {', '.join(tv.CASES)}; variants: "
-                     f"{', '.join(tv.VARIANTS)}")
+        parser.error(
+            f"bad --case: {', '.join(unknown)}; cases: {', '.join(tv.CASES)}; variants: "
+            f"{', '.join(tv.VARIANTS)}"
+        )
     if args.smoke:
         smoke_cases()
     elif not torch.cuda.is_available():

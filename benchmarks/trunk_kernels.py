@@ -76,7 +76,7 @@ def _mlp_forward(self, x):
     if not (x.is_cuda and fused_mlp.register_kernels() and fused_mlp.kernel_applies(x.to(dtype), *params)):
         return self.fc2(self.act(self.fc1(x)))
     with torch.autocast("cuda", enabled=False):
-        hidden = torch.ops.hiera_det.linear_gelu(x.to(dtype), params[0], params[1])
+        hidden = torch.ops.hiera_det.linear_gelu(x.to(dtype), params[0], params[1], self.gelu_form)
         return F.linear(hidden, params[2], params[3])
 
 

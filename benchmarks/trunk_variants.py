@@ -16,12 +16,17 @@ input:
 Variants: ``shipped`` = the model as session 5 shipped it (SDPA for every attention, ``Conv3d`` for the video
 patch embedding); ``kernel`` = with the small-window Triton kernel (``hiera_det.modeling.window_attention``);
 ``default`` = the model's defaults now (the kernel, video's patch convolution as a 2-D convolution over
-frames, and the MLP's GELU inside its GEMMs, ``hiera_det.modeling.fused_mlp``); ``s7`` = session 7's defaults
-(no fused MLP); ``fc1only`` = the fused fc1 + GELU at every width; ``+tanh`` = fc1 with cuBLASLt's tanh-GELU
-epilogue (``gelu_epilogue=True``, opt-in, no fused MLP); ``+frozen`` = inductor's freezing; ``+ro`` = compiled
-with ``mode="reduce-overhead"`` (CUDA graphs); ``timm`` / ``official`` = the peers. Session 5's variants
-(``fast``, ``gelu``, ``fast-sdpa``, ``fast16``: ``trunk_kernels.py``) stay runnable by name; their fused fc1 is
-now the shipped kernel.
+frames, the MLP's GELU inside its GEMMs, ``hiera_det.modeling.fused_mlp``, in its rational form, and the patch
+embedding as one GEMM); ``s7`` = session 7's defaults (no fused MLP); ``s8`` = session 8's (libdevice ``erf``
+in the fused MLP, the patch embedding on cuDNN); ``fc1only`` = the fused fc1 + GELU at every width;
+``+tanh`` = fc1 with cuBLASLt's tanh-GELU epilogue (``gelu_epilogue=True``, opt-in, no fused MLP);
+``+frozen`` = inductor's freezing; ``+ro`` = compiled with ``mode="reduce-overhead"`` (CUDA graphs);
+``+erf`` = libdevice's ``erf`` in the fused MLP; ``+conv`` = the patch embedding on cuDNN
+(``patches_as_gemm=False``); ``+bf16w`` = weights and input in bf16 and no autocast
+(``model.to(torch.bfloat16)``, as bf16 inference is often deployed: no per-call weight casts, and LayerNorm
+writes bf16 where autocast has it write fp32); ``timm`` / ``official`` = the peers (``+bf16w`` likewise).
+Session 5's variants (``fast``, ``gelu``, ``fast-sdpa``, ``fast16``: ``trunk_kernels.py``) stay runnable
+by name; their fused fc1 is now the shipped kernel.
 
 Besides the cases: ``window_attention_micro`` times the kernel (over its launch settings) against SDPA at
 the four small-window shapes of Hiera-B 224 b128, with its error against fp32; ``fc1_micro`` the GELU epilogue
@@ -64,8 +69,11 @@ CASES = {
 # kernels set (``Hiera.set_inference_kernels``, and ``video_as_frames`` for the video patch convolution) or
 # session 5's ``with_fast_kernels`` options; peers: a benchmarks.peers builder.
 # the model as shipped before session 6
-SESSION5 = dict(window_kernel=False, video_as_frames=False, fused_mlp=False)
-SESSION7 = dict(fused_mlp=False)  # session 7's defaults: the kernel and the frame convolution, no fused MLP
+SESSION5 = dict(window_kernel=False, video_as_frames=False, fused_mlp=False, patches_as_gemm=False)
+# session 7's defaults: the kernel and the frame convolution, no fused MLP
+SESSION7 = dict(fused_mlp=False, patches_as_gemm=False)
+# session 8's: the fused MLP with libdevice's erf, the patch embedding on cuDNN
+SESSION8 = dict(gelu_form="erf", patches_as_gemm=False)
 VARIANTS = {
     "shipped": (SESSION5, "default"),
     "kernel": (dict(window_kernel=True, video_as_frames=False, fused_mlp=False), "default"),
@@ -88,8 +96,17 @@ VARIANTS = {
     "gelu": (dict(SESSION5, fast=dict(fused_gelu=True)), "default"),
     "timm": (dict(peer="timm"), "default"),
     "official": (dict(peer="official"), "default"),
+    "s8+ro": (SESSION8, "reduce-overhead"),
+    "s8+bf16w+ro": (dict(SESSION8, weights="bf16"), "reduce-overhead"),
+    "default+erf+ro": (dict(gelu_form="erf"), "reduce-overhead"),
+    "default+conv+ro": (dict(patches_as_gemm=False), "reduce-overhead"),
+    "default+bf16w": (dict(weights="bf16"), "default"),
+    "default+bf16w+ro": (dict(weights="bf16"), "reduce-overhead"),
+    "timm+bf16w": (dict(peer="timm", weights="bf16"), "default"),
+    "official+bf16w": (dict(peer="official", weights="bf16"), "default"),
 }  # fmt: skip
-PROFILED = ("shipped", "s7", "default", "default+tanh")
+PROFILED = ("shipped", "s7", "default", "default+tanh", "default+bf16w")
+WEIGHT_DTYPES = {"bf16": torch.bfloat16}
 TOP_KERNELS = 50  # enough to name every pointwise / LayerNorm kernel of Hiera-B that takes 1% of the time
 DTYPE = "bf16"
 WARMUP = 3
@@ -168,14 +185,16 @@ def make_variant(model, case: str, label: str, device: torch.device) -> torch.nn
     """The module a variant times: a copy of our case model with its kernels set, or a peer."""
 
     options, _ = VARIANTS[label]
+    weights = WEIGHT_DTYPES.get(options.get("weights"), torch.float32)
     if "peer" in options:
         from benchmarks.peers import official_trunk, timm_trunk
 
         build = {"timm": timm_trunk, "official": official_trunk(video=True)}[options["peer"]]
         torch.manual_seed(0)
-        return build(CASES[case][2][1:], False).to(device).eval()
+        return build(CASES[case][2][1:], False).to(device, weights).eval()
     options = dict(options)
-    options.pop("inductor", None)  # compile-time settings: measure_case applies them
+    for key in ("inductor", "weights"):  # measure_case applies these
+        options.pop(key, None)
     fast = options.pop("fast", None)
     variant = copy.deepcopy(model)
     variant.patch_embed.video_as_frames = options.pop("video_as_frames", True)
@@ -183,16 +202,23 @@ def make_variant(model, case: str, label: str, device: torch.device) -> torch.nn
     if fast:
         from benchmarks.trunk_kernels import with_fast_kernels
 
-        return with_fast_kernels(variant, **fast)
-    return variant
+        variant = with_fast_kernels(variant, **fast)
+    return variant.to(weights)
+
+
+def run_dtype(label: str) -> str:
+    """The harness dtype a variant runs under: autocast to ``DTYPE``, or none for bf16 weights."""
+    return "fp32" if "weights" in VARIANTS[label][0] else DTYPE  # "fp32": the harness's name for no autocast
 
 
 def measure_case(case: str, device: torch.device, repeats: int, deadline: float, labels=None) -> dict:
     """One case's record: per variant the latency, throughput, TFLOP/s (ours), compile time and, for ours,
-    the largest difference of its last stage from the shipped variant's (relative to the largest value);
-    profiles of the ``PROFILED`` variants."""
+    the largest difference of its last stage from the first of ours run and from the fp32 model's (relative
+    to the largest value); profiles of the ``PROFILED`` variants."""
     _, attention, shape, batch, unit, case_labels = CASES[case]
     model, x = build_case(case, device)
+    with torch.no_grad():
+        fp32_final = model(x)["stage4"].float()
     record = {"batch": batch, "input": list(shape), "attention": attention, "dtype": DTYPE, "results": {}}
     try:
         # with the custom kernels off: the FLOP counter sees inside aten's ops only, and would leave out the
@@ -207,17 +233,19 @@ def measure_case(case: str, device: torch.device, repeats: int, deadline: float,
         if time.monotonic() > deadline and calls:
             record["results"][label] = {"skipped": "time budget spent"}
             continue
-        mode = VARIANTS[label][1]
-        is_peer = "peer" in VARIANTS[label][0]
+        mode, options = VARIANTS[label][1], VARIANTS[label][0]
+        is_peer = "peer" in options
+        dtype = run_dtype(label)
+        inputs = x.to(WEIGHT_DTYPES.get(options.get("weights"), x.dtype))
         try:
-            workload = harness.ForwardWorkload(make_variant(model, case, label, device), x)
-            with torch._inductor.config.patch(VARIANTS[label][0].get("inductor", {})):
+            workload = harness.ForwardWorkload(make_variant(model, case, label, device), inputs)
+            with torch._inductor.config.patch(options.get("inductor", {})):
                 calls[label], facts[label] = harness.warm_up(
-                    workload, DTYPE, mode, device, WARMUP, with_flops=False
+                    workload, dtype, mode, device, WARMUP, with_flops=False
                 )
                 if not is_peer:
-                    with torch.no_grad(), harness.autocast(DTYPE, device):
-                        final = workload.module_for(mode)(x)["stage4"].float()
+                    with torch.no_grad(), harness.autocast(dtype, device):
+                        final = workload.module_for(mode)(inputs)["stage4"].float()
         except Exception as e:  # a variant that fails to build, compile or run is recorded, the others go on
             record["results"][label] = {"error": harness.describe_error(e)}
             calls.pop(label, None)
@@ -228,6 +256,8 @@ def measure_case(case: str, device: torch.device, repeats: int, deadline: float,
             reference = final if reference is None else reference
             diff = (final - reference).abs().max() / reference.abs().max()
             facts[label]["rel_max_diff_vs_shipped"] = float(diff)
+            diff = (final - fp32_final).abs().max() / fp32_final.abs().max()
+            facts[label]["rel_max_diff_vs_fp32"] = float(diff)
         if label in PROFILED:
             profiles[label] = profile(calls[label], device)
         diff = facts[label].get("rel_max_diff_vs_shipped", float("nan"))
@@ -248,6 +278,7 @@ def measure_case(case: str, device: torch.device, repeats: int, deadline: float,
         }
         if "rel_max_diff_vs_shipped" in facts[label]:
             entry["rel_max_diff_vs_shipped"] = facts[label]["rel_max_diff_vs_shipped"]
+            entry["rel_max_diff_vs_fp32"] = facts[label]["rel_max_diff_vs_fp32"]
             if "flops" in record:
                 entry["tflops"] = round(record["flops"] / ms / 1e9, 1)
         record["results"][label] = entry
@@ -392,19 +423,25 @@ def main(argv=None) -> int:
         "--cases", default="hiera_b_224_b128,hiera_b_16x224_video_b16",
         help=f"comma-separated subset of {', '.join(CASES)}",
     )  # fmt: skip
-    parser.add_argument("--variants", default="", help="comma-separated variants for every case (default: "
-                        "each case's own list)")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated variants for every case (default: " "each case's own list)",
+    )
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant, interleaved")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; later variants are skipped")
-    parser.add_argument("--no-micro", action="store_true",
-                        help="skip the micro-benchmarks and the deviation study")
+    parser.add_argument(
+        "--no-micro", action="store_true", help="skip the micro-benchmarks and the deviation study"
+    )
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [c for c in cases if c not in CASES] + [v for v in variants if v not in VARIANTS]
     if unknown:
-        parser.error(f"unknown case or variant {', '.join(unknown)}; cases: {', '.join(CASES)}; variants: "
-                     f"{', '.join(VARIANTS)}")
+        parser.error(
+            f"unknown case or variant {', '.join(unknown)}; cases: {', '.join(CASES)}; variants: "
+            f"{', '.join(VARIANTS)}"
+        )
     if not torch.cuda.is_available():
         sys.exit("trunk_variants measures GPU kernels; run it on a CUDA machine")
     deadline = time.monotonic() + args.budget

@@ -56,6 +56,27 @@ def test_kernels_match_the_mlp_in_tritons_cpu_interpreter():
     assert interpreted(script) < 1e-5
 
 
+def test_both_gelu_forms_are_erf_gelu_to_fp32_precision_in_tritons_cpu_interpreter():
+    """The GELU inside the kernels, on a dense grid over [-12, 12] and beyond the rational form's clamp, against
+    the fp64 erf GELU: the rational form within 3e-7 of ``max(|x|, 1)`` (libdevice's erf within 1.5e-7),
+    four orders of magnitude below a 16-bit output's rounding."""
+    pytest.importorskip("triton")
+    script = (
+        "import torch\n"
+        "from hiera_det.modeling.fused_mlp import GELU_FORMS, launch_linear_gelu\n"
+        "x = torch.cat([torch.linspace(-12, 12, 16 * 20000), torch.tensor([-1e4, -60.0, 1e-30, 60.0, 1e4] * 16)])\n"
+        "x = x[: x.numel() // 16 * 16].view(-1, 16)\n"
+        "ref = 0.5 * x.double() * (1 + torch.special.erf(x.double() / 2**0.5))\n"
+        "errors = []\n"
+        "for form in GELU_FORMS:\n"
+        "    y = launch_linear_gelu(x, torch.eye(16), torch.zeros(16), (64, 16, 16, 4, 2), form)\n"
+        "    errors.append(float(((y.double() - ref).abs() / x.double().abs().clamp(min=1)).max()))\n"
+        "assert GELU_FORMS == ('rational', 'erf') and errors[1] < 1.5e-7, errors\n"
+        "print(errors[0])\n"
+    )
+    assert interpreted(script) < 3e-7
+
+
 def test_the_whole_mlp_kernel_refuses_wide_layers():
     x, w1, b1, w2, b2 = mlp_params(4, fused_mlp.MLP_MAX_DIM + 8, 16)
     with pytest.raises(ValueError, match="at most"):
@@ -65,7 +86,12 @@ def test_the_whole_mlp_kernel_refuses_wide_layers():
 def test_route_takes_the_sweeps_fastest_path_and_no_badly_padded_whole_mlp_tile():
     """Hiera-B's widths take what the H100 sweep measured fastest; Hiera-L's 144 would pad the whole-MLP
     kernel's tile to 256 columns, so it takes fc1 + GELU."""
-    assert [fused_mlp.route(d, 4 * d) for d in (96, 192, 384, 768)] == ["mlp", "mlp", "linear_gelu", "unfused"]
+    assert [fused_mlp.route(d, 4 * d) for d in (96, 192, 384, 768)] == [
+        "mlp",
+        "mlp",
+        "linear_gelu",
+        "unfused",
+    ]
     assert fused_mlp.route(144, 576) == "linear_gelu"
 
 
@@ -79,6 +105,15 @@ def test_eager_calls_launch_the_kernels_only_for_large_hidden_tensors_compiled_c
         return x + 1 if fused_mlp.worth_launching(1, 1) else x - 1
 
     assert torch.compile(launched, backend="eager", fullgraph=True)(torch.zeros(1)).item() == 1
+
+
+def test_gelu_form_is_checked_and_set_on_every_block():
+    model = build_hiera("hiera_tiny_224", num_classes=0, input_size=(64, 64))
+    assert {block.mlp.gelu_form for block in model.blocks} == {fused_mlp.GELU_FORM}
+    model.set_inference_kernels(gelu_form="erf")
+    assert {block.mlp.gelu_form for block in model.blocks} == {"erf"}
+    with pytest.raises(ValueError, match="unknown gelu_form 'tanh'; choose one of rational, erf"):
+        model.set_inference_kernels(gelu_form="tanh")
 
 
 def test_on_the_cpu_the_mlp_is_unfused_and_the_flag_does_not_change_outputs():
@@ -99,21 +134,22 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("form", fused_mlp.GELU_FORMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES + [(128 * 196, 384, 1536)])
-def test_kernels_are_as_close_to_fp32_as_the_unfused_mlp_on_the_gpu(shape, dtype):
+def test_kernels_are_as_close_to_fp32_as_the_unfused_mlp_on_the_gpu(shape, dtype, form):
     assert fused_mlp.register_kernels()  # a model wanting the kernels registers them; here none is built
     params = mlp_params(*shape, dtype=dtype, device="cuda")
     assert fused_mlp.kernel_applies(*params)
     hidden_ref, out_ref = unfused(*(p.double() for p in params))
     with torch.no_grad():
         hidden_16, out_16 = unfused(*params)
-        hidden = torch.ops.hiera_det.linear_gelu(*params[:3])
+        hidden = torch.ops.hiera_det.linear_gelu(*params[:3], form)
         assert hidden.dtype == dtype and hidden.shape == hidden_ref.shape
         err, err_16 = ((h.double() - hidden_ref).abs().max() for h in (hidden, hidden_16))
         assert err <= 1.5 * err_16 + 1e-3, (err, err_16)
         if shape[1] <= fused_mlp.MLP_MAX_DIM:
-            out = torch.ops.hiera_det.mlp(*params)
+            out = torch.ops.hiera_det.mlp(*params, form)
             err, err_16 = ((o.double() - out_ref).abs().max() for o in (out, out_16))
             assert err <= 1.5 * err_16 + 1e-3, (err, err_16)
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from triton_interpreter import interpreted
 
 from hiera_det.modeling import build_hiera
+from hiera_det.modeling.hiera import conv2d_as_gemm
 from hiera_det.modeling.window_attention import exporting, kernel_applies, register_kernel, window_attention
 
 # (windows, queries, keys, heads, head dim): Hiera-B's four small-window shapes, then Hiera-L's head dim,
@@ -53,6 +54,20 @@ def test_video_patch_convolution_by_frames_is_the_3d_convolution():
             x = torch.randn(*shape)
             by_frames, conv3d = patch_embed.video_by_frames(x), patch_embed.proj(x)
             torch.testing.assert_close(by_frames, conv3d, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_convolution_as_one_gemm_is_the_convolution():
+    """What 16-bit CUDA inference runs for the patch embedding (image, and video by frames: 9 channels),
+    here in fp32 on the CPU at sizes the stride does not divide, with and without a bias."""
+    torch.manual_seed(0)
+    cases = [((2, 3, 64, 64), (96, 3, 7, 7), 4, 3), ((1, 3, 37, 45), (8, 3, 7, 7), 4, 3),
+             ((3, 9, 30, 22), (16, 9, 7, 7), 4, 3), ((1, 4, 16, 16), (8, 4, 3, 3), (2, 1), (1, 0))]  # fmt: skip
+    for x_shape, w_shape, stride, padding in cases:
+        x, w, b = torch.randn(*x_shape), torch.randn(*w_shape), torch.randn(w_shape[0])
+        for bias in (b, None):
+            ours = conv2d_as_gemm(x, w, bias, stride, padding)
+            assert ours.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(ours, F.conv2d(x, w, bias, stride, padding), atol=1e-4, rtol=1e-4)
 
 
 def test_kernel_matches_sdpa_in_tritons_cpu_interpreter():
