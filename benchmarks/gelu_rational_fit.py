@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     p, q, error = fit(args.degree)
     print(
-        f"r = x p(x^2) / q(x^2), degree {args.degree}/{args.degree}: max |r - erf(x/sqrt 2)/2| = {error:.3g} (fp64)"
+        f"r = x p(x^2) / q(x^2), degree {args.degree}/{args.degree}: "
+        f"max |r - erf(x/sqrt 2)/2| = {error:.3g} (fp64)"
     )
     print("p (highest power first, as the kernel's Horner steps):", [float(np.float32(c)) for c in p[::-1]])
     print("q (highest power first):", [float(np.float32(c)) for c in q[::-1]])

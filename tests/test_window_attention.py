@@ -61,7 +61,8 @@ def test_patch_convolution_as_one_gemm_is_the_convolution():
     here in fp32 on the CPU at sizes the stride does not divide, with and without a bias."""
     torch.manual_seed(0)
     cases = [((2, 3, 64, 64), (96, 3, 7, 7), 4, 3), ((1, 3, 37, 45), (8, 3, 7, 7), 4, 3),
-             ((3, 9, 30, 22), (16, 9, 7, 7), 4, 3), ((1, 4, 16, 16), (8, 4, 3, 3), (2, 1), (1, 0))]  # fmt: skip
+             ((3, 9, 30, 22), (16, 9, 7, 7), 4, 3),
+             ((1, 4, 16, 16), (8, 4, 3, 3), (2, 1), (1, 0))]  # fmt: skip
     for x_shape, w_shape, stride, padding in cases:
         x, w, b = torch.randn(*x_shape), torch.randn(*w_shape), torch.randn(w_shape[0])
         for bias in (b, None):

@@ -52,7 +52,10 @@ _UPRIGHT_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_REDOWNLOAD = "re-download or re-extract it, or remove it from the dataset's annotation file"
+_REDOWNLOAD = (
+    "re-download or re-extract it, or leave it out (remove it from the input folder or the dataset's "
+    "annotation file)"
+)
 
 
 class ImageReadError(OSError):
