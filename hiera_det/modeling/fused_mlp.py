@@ -128,9 +128,7 @@ def launch_linear_gelu(
 
     from . import fused_mlp_triton as kernels
 
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = _rows(x)
     rows, dim = x2.shape
     hidden = weight.shape[0]
     block_m, block_n, block_k, warps, stages = config or linear_gelu_config(rows, dim, hidden)
@@ -163,9 +161,7 @@ def launch_mlp(
 
     from . import fused_mlp_triton as kernels
 
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = _rows(x)
     rows, dim = x2.shape
     hidden = w1.shape[0]
     if dim > MLP_MAX_DIM:
@@ -183,10 +179,19 @@ def launch_mlp(
     return out.view(*x.shape[:-1], dim)
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``[rows, dim]`` with unit stride along ``dim`` (a view where it can be)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
 def _gelu_form(form: str | None) -> str:
     form = GELU_FORM if form is None else form
     if form not in (*GELU_FORMS, "none"):
-        raise ValueError(f"unknown GELU form {form!r}; choose one of {', '.join(GELU_FORMS)}")
+        raise ValueError(
+            f"unknown GELU form {form!r}; choose one of {', '.join(GELU_FORMS)} (or 'none', no activation, "
+            "to time the GEMM alone)"
+        )
     return form
 
 

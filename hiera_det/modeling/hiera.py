@@ -99,10 +99,14 @@ class Mlp(nn.Module):
 
 
 def _inference_dtype_on_cuda(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype a CUDA inference call computes in (autocast's, or the input's), ``None`` if ``x`` is not on
-    CUDA or autograd is on."""
+    """The dtype a CUDA inference call computes in, ``None`` if ``x`` is not on CUDA or autograd is on."""
     if not x.is_cuda or torch.is_grad_enabled():
         return None
+    return _compute_dtype(x)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """CUDA autocast's dtype where it is on, else ``x``'s."""
     return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
 
 
@@ -267,7 +271,7 @@ def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias, stride, padding)
     """``F.conv2d(x, weight, bias, stride, padding)`` as one GEMM over the gathered patches, in autocast's
     dtype (or ``x``'s); the result is ``[B, out, H', W']`` in channels-last memory. The patch length is padded
     with zeros to a multiple of 8, the alignment cuBLAS's tensor-core kernels need."""
-    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+    dtype = _compute_dtype(x)
     (kh, kw), (sh, sw), (ph, pw) = weight.shape[2:], _tuple(stride, 2), _tuple(padding, 2)
     patches = F.pad(x.to(dtype), (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)
     B, C, H, W = patches.shape[:4]  # of [B, C, H', W', kh, kw]
