@@ -10,7 +10,10 @@ Inference (one 1024 image, 100 detections with masks, bf16 autocast unless state
   detections (same precision, and bf16 against the eager fp32 path);
 * a torch.profiler table of the slowest operators of each path;
 * (``--parts window_kernel``) ours with the trunk's small-window attention kernel on and off, eager and with
-  the backbone compiled.
+  the backbone compiled;
+* (``--parts host_after_compile``) whether a compile slows what runs after it: ours eager and compiled, with
+  inductor's compile workers alive and shut down. The compiled latencies above are taken with the workers
+  shut down after each compile.
 
 Training (batch 8 at 1024, bf16 autocast): eager against the backbone compiled, foreach against fused
 AdamW: images/s and peak memory; then the loss curves of eager and compiled from the same seed.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -120,6 +124,28 @@ def latency(fn, device, warmup, repeats) -> dict:
     for _ in range(warmup):
         fn()
     return harness.summarize([harness.time_call(fn, device) for _ in range(repeats)])
+
+
+def compile_workers() -> int:
+    """How many child processes this process has (on Linux; 0 elsewhere): inductor's compile workers."""
+    me, count = str(os.getpid()), 0
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    count += f.read().rsplit(")", 1)[1].split()[1] == me  # the field after the state: ppid
+            except (OSError, IndexError):
+                pass
+    return count
+
+
+def shutdown_compile_workers() -> None:
+    """End inductor's pool of compile workers (a later compile starts it again), so that timings after a
+    compile run on a host where only the measured process works."""
+    from torch._inductor import async_compile
+
+    if hasattr(async_compile, "shutdown_compile_workers"):
+        async_compile.shutdown_compile_workers()
 
 
 def infer_call(model, inputs, device, dtype):
@@ -267,8 +293,9 @@ def run_inference(args, device, report, save):
     ev = inf.setdefault("eval_loop", {})
     for name in ("ours_d2_heads", "ours_fast", "vitdet_b"):
         for dtype in ("bf16", "fp32"):
-            ev[f"{name} {dtype}"] = eval_loop(models[name], device, dtype, 4 if args.smoke else args.eval_images,
-                                              args.smoke)
+            ev[f"{name} {dtype}"] = eval_loop(
+                models[name], device, dtype, 4 if args.smoke else args.eval_images, args.smoke
+            )
     save()
 
     if not args.no_profile:
@@ -286,6 +313,7 @@ def run_inference(args, device, report, save):
             infer_call(m, one, device, "bf16")()
             _sync(device)
             inf.setdefault("compile_s", {})[name] = time.monotonic() - t0
+            shutdown_compile_workers()  # see run_host_after_compile
             lat[f"{name} bf16 compiled"] = latency(infer_call(m, one, device, "bf16"), device, 3, reps)
             inf["split_ms"][f"{name} compiled"] = split(m, one, device, "bf16", reps)
             save()
@@ -321,8 +349,9 @@ def kernel_on_off(
     off = copy.deepcopy(on)
     for model, flag in ((on, True), (off, False)):
         next(m for m in model.modules() if isinstance(m, Hiera)).set_inference_kernels(**{kernel: flag})
-    workloads = {name: harness.DetectorWorkload(model, one) for name, model in (("kernel on", on),
-                                                                               ("kernel off", off))}
+    workloads = {
+        name: harness.DetectorWorkload(model, one) for name, model in (("kernel on", on), ("kernel off", off))
+    }
     outs = {name: infer_call(w.model, one, device, "bf16")() for name, w in workloads.items()}
     record = {
         "kernel": kernel,
@@ -439,8 +468,10 @@ def train_variant(args, device, tr, name, compile_, fused, data, batch):
     held = harness.resident_bytes(model, opt, device)
     peak = harness.peak_call_bytes(lambda: train_step(model, opt, data[0], device), device)
     reps = 3 if args.smoke else args.train_repeats
-    times = [harness.time_call(lambda i=i: train_step(model, opt, data[i % 2], device), device)
-             for i in range(reps)]
+    times = [
+        harness.time_call(lambda i=i: train_step(model, opt, data[i % 2], device), device)
+        for i in range(reps)
+    ]
     s = harness.summarize(times)
     tr[name] = {
         "images_per_s": batch / s["median_ms"] * 1e3,
@@ -484,14 +515,60 @@ def _loss_curves(args, device, tr, size, save):
         save()
 
 
+def run_host_after_compile(args, device, report, save):
+    """Whether a compile slows what runs after it: our Mask R-CNN (``HieraROIHeads``, bf16) on one image,
+    eager and with the backbone compiled, before the compile, after it while inductor's compile workers
+    live, and after they are shut down; with the number of child processes and the load average each time.
+    (Session 9's and 10's compiled runs had the eager RPN and heads 30-65% slower than eager runs of the same
+    process, and even the pre-processing, which the compile does not touch.)"""
+    size = 64 if args.smoke else 1024
+    reps = 3 if args.smoke else args.repeats
+    one = images(1, size, device)
+    with torch.device(device):
+        model, _ = build_ours(size, args.smoke, "HieraROIHeads")
+    rec = report.setdefault("host_after_compile", {})
+
+    def measure(label):
+        rec[label] = {
+            "latency_ms": latency(infer_call(model, one, device, "bf16"), device, 3, reps)["median_ms"],
+            "split_ms": {k: round(v, 2) for k, v in split(model, one, device, "bf16", reps).items()
+                         if not k.endswith("_cpu")},
+            "child_processes": compile_workers(),
+            "load_average": os.getloadavg(),
+        }  # fmt: skip
+        print(label, rec[label], flush=True)
+        save()
+
+    measure("eager, before compiling")
+    eager_backbone = model.backbone
+    compiled = torch.compile(eager_backbone, dynamic=False)
+    model.backbone = compiled
+    infer_call(model, one, device, "bf16")()
+    _sync(device)
+    model.backbone = eager_backbone
+    measure("eager, compile workers alive")
+    model.backbone = compiled
+    measure("compiled, compile workers alive")
+    shutdown_compile_workers()
+    time.sleep(1)
+    measure("compiled, compile workers shut down")
+    model.backbone = eager_backbone
+    measure("eager, compile workers shut down")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--tag", default="detector_speed")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models")
-    parser.add_argument("--parts", default="inference,training",
-                        help="comma-separated: inference, training, window_kernel, fused_mlp (one of the "
-                        "trunk's inference kernels on and off)")
+    parser.add_argument(
+        "--parts",
+        default="inference,training",
+        help="comma-separated: inference, training, window_kernel, fused_mlp (one of the "
+        "trunk's inference kernels on and off), host_after_compile",
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--eval-images", type=int, default=24)
     parser.add_argument("--train-repeats", type=int, default=8)
@@ -506,15 +583,19 @@ def main(argv=None):
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "args": vars(args)}
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "args": vars(args),
+    }
 
     def save():
         (out / f"{args.tag}.json").write_text(json.dumps(report, indent=1))
 
     parts = args.parts.split(",")
-    for part, fn in (("inference", run_inference), ("training", run_training),
-                     ("window_kernel", run_window_kernel), ("fused_mlp", run_fused_mlp)):  # fmt: skip
+    for part, fn in (("host_after_compile", run_host_after_compile), ("inference", run_inference),
+                     ("training", run_training), ("window_kernel", run_window_kernel),
+                     ("fused_mlp", run_fused_mlp)):  # fmt: skip
         if part in parts:
             t0 = time.monotonic()
             try:

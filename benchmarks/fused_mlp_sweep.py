@@ -17,12 +17,17 @@ CUDA-graph replays, so that launch costs are left out):
   plus cuBLAS fc2; ``mlp|FORM|(settings)``: the whole-MLP kernel at every setting of ``MLP_SWEEP``
   (``dim <= MLP_MAX_DIM``).
 
-    python -m benchmarks.fused_mlp_sweep --out fused_mlp_sweep.json
+``--candidates`` instead times the candidate fc1 + GELU kernels of ``benchmarks.linear_gelu_candidates``
+(persistent grids, pointer loads or TMA descriptors) at every setting of ``CANDIDATE_SWEEP`` against cuBLAS
+``fc1`` and the shipped kernel, at the widths where ``linear_gelu`` competes (``CANDIDATE_SHAPES``).
+
+    python -m benchmarks.fused_mlp_sweep --out fused_mlp_sweep.json [--candidates]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -52,6 +57,19 @@ MLP_SWEEP = [
     (64, 32, 4, 2), (128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 32, 4, 3),
 ]  # fmt: skip
 FORMS = (*fused_mlp.GELU_FORMS, "none")
+# stage 3 and 4 of Hiera-B 224 b128
+CANDIDATE_SHAPES = SHAPES[2:]
+# (kind, (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, programs per SM[, subtile, flatten, warp_specialize]))
+CANDIDATE_SWEEP = [
+    ("persistent", (128, 128, 64, 8, 3, 1)), ("persistent", (128, 128, 64, 4, 3, 1)),
+    ("persistent", (128, 256, 64, 8, 3, 1)), ("persistent", (128, 128, 64, 8, 4, 2)),
+    ("persistent", (128, 64, 64, 4, 4, 2)),
+    ("tma", (128, 128, 64, 4, 3, 1, False, True, False)), ("tma", (128, 128, 64, 8, 3, 1, False, True, False)),
+    ("tma", (128, 256, 64, 8, 3, 1, True, True, False)), ("tma", (128, 128, 64, 8, 4, 1, True, True, False)),
+    ("tma", (128, 256, 64, 8, 4, 1, True, True, False)), ("tma", (128, 128, 64, 4, 4, 2, False, True, False)),
+    ("tma", (128, 128, 64, 8, 3, 1, False, False, False)), ("tma", (128, 128, 64, 8, 3, 1, False, True, True)),
+    ("tma", (128, 256, 64, 8, 3, 1, True, True, True)),
+]  # fmt: skip
 
 
 GRAPHED_CALLS = 10
@@ -139,6 +157,55 @@ def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats:
     return row
 
 
+def sweep_candidates(rows: int, dim: int, hidden: int, device: torch.device, repeats: int) -> dict:
+    """cuBLAS fc1, the shipped fc1 + GELU and each candidate of ``CANDIDATE_SWEEP`` (rational GELU; the
+    fastest again without activation), bf16, with errors against fp32."""
+    from benchmarks import linear_gelu_candidates as candidates
+
+    torch.manual_seed(0)
+    x = torch.randn(rows, dim, device=device, dtype=torch.bfloat16)
+    w1 = (torch.randn(hidden, dim, device=device) * dim**-0.5).to(torch.bfloat16)
+    b1 = (torch.randn(hidden, device=device) * 0.5).to(torch.bfloat16)
+    w2 = (torch.randn(dim, hidden, device=device) * hidden**-0.5).to(torch.bfloat16)
+    b2 = (torch.randn(dim, device=device) * 0.5).to(torch.bfloat16)
+    ref = F.gelu(F.linear(x.float(), w1.float(), b1.float()))
+    row = {"rows": rows, "dim": dim, "hidden": hidden}
+
+    def record(name, fn, check=True):
+        try:
+            ms = median_ms(fn, device, repeats)
+            row[name] = {"ms": round(ms, 4)}
+            if check:
+                row[name]["max_abs_err_vs_fp32"] = float((fn().float() - ref).abs().max())
+        except Exception as e:  # a setting that does not compile or fit must not end the sweep
+            row[name] = {"error": harness.describe_error(e)[:300]}
+        print(rows, dim, hidden, name, row[name], flush=True)
+
+    with torch.no_grad():
+        record("fc1", lambda: F.linear(x, w1, b1), check=False)
+        record("mlp_unfused", torch.compile(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)), False)
+        shipped = fused_mlp.linear_gelu_config(rows, dim, hidden)
+        for form in ("rational", "none"):
+            record(f"linear_gelu|{form}|{shipped}",
+                   lambda f=form: fused_mlp.launch_linear_gelu(x, w1, b1, shipped, f), form != "none")  # fmt: skip
+        for kind, config in CANDIDATE_SWEEP:
+            record(
+                f"{kind}|rational|{config}",
+                lambda k=kind, c=config: candidates.launch(k, x, w1, b1, c, "rational"),
+            )
+        timed = {
+            k: v["ms"] for k, v in row.items() if "|rational|" in k and "ms" in v and "linear_gelu" not in k
+        }
+        if timed:
+            best = min(timed, key=timed.get)
+            kind, config = best.split("|")[0], ast.literal_eval(best.split("|")[2])
+            row["candidate_best"] = best
+            record(f"{kind}|none|{config}", lambda: candidates.launch(kind, x, w1, b1, config, "none"), False)
+            record("mlp_candidate_best",
+                   lambda: F.linear(candidates.launch(kind, x, w1, b1, config, "rational"), w2, b2), False)  # fmt: skip
+    return row
+
+
 def _fastest(row: dict, kernel: str, form: str) -> str | None:
     """The key of ``kernel``'s fastest launch setting with GELU ``form`` in a sweep row."""
     timed = {k: v["ms"] for k, v in row.items() if k.startswith(f"{kernel}|{form}|") and "ms" in v}
@@ -196,7 +263,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="tiny shapes, fp32, CPU through TRITON_INTERPRET=1"
     )
+    parser.add_argument(
+        "--candidates", action="store_true", help="time benchmarks.linear_gelu_candidates instead (GPU)"
+    )
     args = parser.parse_args(argv)
+    if args.candidates:
+        device = torch.device("cuda")
+        record = {"benchmark": "fused_mlp_sweep --candidates", "torch": torch.__version__,
+                  "device": torch.cuda.get_device_name(), "shapes": []}  # fmt: skip
+        for shape in CANDIDATE_SHAPES:
+            record["shapes"].append(sweep_candidates(*shape, device, args.repeats))
+            args.out.write_text(json.dumps(record, indent=1))
+        return 0
     if args.tiny:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         device, shapes, repeats = torch.device("cpu"), TINY_SHAPES, 2

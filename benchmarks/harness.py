@@ -62,6 +62,25 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def time_back_to_back(fn: Callable[[], object], device: torch.device, calls: int) -> float:
+    """Milliseconds per call of ``calls`` calls of ``fn`` issued back to back, timed from before the first to
+    after the last: the steady state of an inference loop, where the host prepares each call while the GPU
+    runs the one before (``time_call`` starts from an idle GPU and so also counts the host's dispatch)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        synchronize(device)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile (q in [0, 100]) of a non-empty sequence."""
     xs = sorted(values)
@@ -270,7 +289,9 @@ class DetectorWorkload:
     def _backbone(self, mode: str | None) -> nn.Module | None:
         if mode not in self.backbones:
             if self.backbones[None] is None:
-                raise ValueError(f"{type(self.model).__name__} has no .backbone to compile: time it eager (mode None)")
+                raise ValueError(
+                    f"{type(self.model).__name__} has no .backbone to compile: time it eager (mode None)"
+                )
             self.backbones[mode] = compiled(self.backbones[None], mode)
         return self.backbones[mode]
 

@@ -131,16 +131,21 @@ def markdown(record: dict) -> str:
             lines += [f"{r}", ""]
             continue
         unit = next((k for v in r["results"].values() for k in v if "/s" in k), "im/s")
-        lines += [f"| variant | median ms (p10-p90) | {unit} | TFLOP/s | compile s | "
+        lines += [f"| variant | median ms (p10-p90) | {unit} | back to back: ms, {unit} | TFLOP/s | compile s | "
                   "stage-4 rel. diff vs first of ours | vs the fp32 model |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for label, e in r["results"].items():
             if "median_ms" not in e:
-                lines.append(f"| {label} | {e.get('error') or e.get('skipped')} | | | | | |")
+                lines.append(f"| {label} | {e.get('error') or e.get('skipped')} | | | | | | |")
                 continue
             diff, fp32 = e.get("rel_max_diff_vs_shipped"), e.get("rel_max_diff_vs_fp32")
+            b2b = (
+                f"{e['back_to_back_ms']:.2f}, {e[f'back_to_back_{unit}']:,.0f}"
+                if "back_to_back_ms" in e
+                else ""
+            )
             lines.append(f"| {label} | {e['median_ms']:.2f} ({e['p10_ms']:.2f}-{e['p90_ms']:.2f}) | "
-                         f"{_fmt(e.get(unit))} | {_fmt(e.get('tflops'))} | {_fmt(e.get('compile_s'))} | "
+                         f"{_fmt(e.get(unit))} | {b2b} | {_fmt(e.get('tflops'))} | {_fmt(e.get('compile_s'))} | "
                          f"{'(peer)' if diff is None else f'{diff:.2e}'} | "
                          f"{'' if fp32 is None else f'{fp32:.2e}'} |")  # fmt: skip
         for label, p in r.get("profiles", {}).items():

@@ -287,6 +287,7 @@ def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch
     for r in results.values():
         assert r["median_ms"] > 0 and r["im/s"] > 0
         assert r["tflops"] == round(record["flops"] / r["median_ms"] / 1e9, 1)
+        assert r["back_to_back_ms"] > 0 and r["back_to_back_im/s"] == round(2000 / r["back_to_back_ms"], 1)
     assert results["shipped"]["rel_max_diff_vs_shipped"] == 0.0
     assert results["default"]["rel_max_diff_vs_shipped"] == 0.0  # no Triton kernel, no epilogue on the CPU
     assert results["default+tanh"]["rel_max_diff_vs_shipped"] == 0.0
@@ -295,6 +296,57 @@ def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch
     shipped = record["profiles"]["shipped"]
     assert shipped["gpu_ms_per_call"] > 0 and shipped["top_kernels"]
     assert abs(sum(shipped["by_category_ms"].values()) - shipped["gpu_ms_per_call"]) < 0.01
+
+
+def test_timeline_measures_a_calls_span_busy_time_and_the_gaps_before_each_kernel():
+    """Two identical calls of three kernels: only the last call counts; a gap is charged to the kernel that
+    waited, and the largest come first."""
+    from benchmarks.trunk_variants import timeline
+
+    call = [
+        (0.0, 100.0, "nvjet_gemm"),
+        (110.0, 150.0, "triton_per_fused_layer_norm"),
+        (180.0, 200.0, "mlp_kernel"),
+    ]
+    spans = call + [(start + 1000, end + 1000, name) for start, end, name in call]
+    t = timeline(spans, calls=2)
+    assert t["kernels_per_call"] == 3
+    assert (t["span_ms"], t["busy_ms"], t["gaps_ms"]) == (0.2, 0.16, 0.04)
+    assert t["gaps_ms_by_next_category"] == {
+        "fc1+gelu / mlp (fused)": 0.03,
+        "pointwise/norm (inductor)": 0.01,
+    }
+    assert t["largest_gaps"][0] == {
+        "us": 30.0,
+        "after": "triton_per_fused_layer_norm",
+        "before": "mlp_kernel",
+    }
+
+
+def test_linear_gelu_candidates_match_the_mlp_in_tritons_cpu_interpreter():
+    """The candidate fc1 + GELU kernels that fused_mlp_sweep --candidates times (persistent, pointer loads and
+    TMA descriptors), in fp32 through Triton's interpreter, with fewer programs than tiles and rows that divide
+    no tile."""
+    pytest.importorskip("triton")
+    from triton_interpreter import interpreted
+
+    script = (
+        "import torch, triton\n"
+        "import torch.nn.functional as F\n"
+        "from benchmarks import linear_gelu_candidates as c\n"
+        "triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8))\n"
+        "c._allocator_set = True\n"
+        "torch.cuda.get_device_properties = lambda d: type('P', (), {'multi_processor_count': 3})\n"
+        "torch.manual_seed(0)\n"
+        "x, w, b = torch.randn(200, 64), torch.randn(96, 64) * 0.1, torch.randn(96)\n"
+        "ref = F.gelu(F.linear(x, w, b))\n"
+        "worst = 0.0\n"
+        "for kind, config in [('persistent', (64, 32, 32, 4, 2, 1)), ('tma', (64, 32, 32, 4, 2, 1, True, True, False)),\n"
+        "                     ('tma', (64, 32, 32, 4, 2, 1, False, False, False))]:\n"
+        "    worst = max(worst, float((c.launch(kind, x, w, b, config, 'rational') - ref).abs().max()))\n"
+        "print(worst)\n"
+    )
+    assert interpreted(script) < 1e-5
 
 
 def test_kernel_check_plans_known_variants_and_reports_the_targets():
@@ -319,7 +371,12 @@ def test_kernel_check_plans_known_variants_and_reports_the_targets():
     assert "best of ours `default+ro` 12,800 im/s, **met**" in md
     assert "best of ours `default+ro` 800 clips/s, **missed**" in md
     assert "window 150.0 TFLOP/s against mask unit 220.0 TFLOP/s" in md and "**missed**." in md
-    assert "| timm | 20.00 (20.00-20.00) | 6,400.0 | — | 1.0 | (peer) |" in md
+    assert "| timm | 20.00 (20.00-20.00) | 6,400.0 |  | — | 1.0 | (peer) |" in md
+    # the back-to-back column, where the record has it
+    record["cases"]["hiera_b_224_b128"]["results"]["timm"].update(
+        back_to_back_ms=16.0, **{"back_to_back_im/s": 8000.0}
+    )
+    assert "| timm | 20.00 (20.00-20.00) | 6,400.0 | 16.00, 8,000 | — | 1.0 | (peer) |" in markdown(record)
 
 
 def test_kernel_names_fall_in_the_profile_categories():
@@ -353,8 +410,16 @@ def test_perf_run_splits_issue_16s_figures_into_runs_of_one_compile_mode_each():
 
 
 def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
-    from benchmarks.shapes_learning import (SESSION4_RECIPE, SESSION6_CONFIG, SESSION6_DATA, SESSION7_SIZES,
-                                            VARIANTS, data_rules, read_run, schedule_overrides)
+    from benchmarks.shapes_learning import (
+        SESSION4_RECIPE,
+        SESSION6_CONFIG,
+        SESSION6_DATA,
+        SESSION7_SIZES,
+        VARIANTS,
+        data_rules,
+        read_run,
+        schedule_overrides,
+    )
 
     rows = [
         {"iteration": 19, "total_loss": 3.0, "loss_cls": 1.5, "time": 0.4, "fast_rcnn/false_negative": 1.0},
@@ -364,7 +429,7 @@ def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
         {"iteration": 79, "total_loss": 1.2, "loss_cls": 0.6, "time": 0.5, "fast_rcnn/false_negative": 0.5},
         {"iteration": 80, "bbox/AP": 4.0, "bbox/AP50": 9.0, "segm/AP": 2.0, "bbox/AP-ring": 8.0},
     ]
-    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n{\"iteration\": 9")
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"iteration": 9')
     run = read_run(tmp_path, eval_period=40)
     # the periodic evaluation (logged at 39) and the final one (logged at max_iter 80) both land on their iteration
     assert run["evals"] == {
@@ -373,13 +438,29 @@ def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
     }
     assert run["fg_rois_found_from"] == 80  # the dip at 40 did not last
     assert run["iterations_done"] == 80 and run["s_per_iter"] == 0.5
-    assert schedule_overrides(800, 200) == ["SOLVER.MAX_ITER", "800", "SOLVER.STEPS", "(640, 744)",
-                                           "TEST.EVAL_PERIOD", "200", "SOLVER.CHECKPOINT_PERIOD", "8000"]
+    assert schedule_overrides(800, 200) == [
+        "SOLVER.MAX_ITER",
+        "800",
+        "SOLVER.STEPS",
+        "(640, 744)",
+        "TEST.EVAL_PERIOD",
+        "200",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "8000",
+    ]
     # variants measured before session 7 run on the config and the data of their time
-    assert VARIANTS["current"][1] == SESSION6_CONFIG and VARIANTS["ship"][1] == SESSION6_CONFIG + SESSION4_RECIPE
-    assert data_rules("current") == SESSION6_DATA and data_rules("vis60_s7c_i2400") == {"min_visible_fraction": 0.6}
+    assert (
+        VARIANTS["current"][1] == SESSION6_CONFIG and VARIANTS["ship"][1] == SESSION6_CONFIG + SESSION4_RECIPE
+    )
+    assert data_rules("current") == SESSION6_DATA and data_rules("vis60_s7c_i2400") == {
+        "min_visible_fraction": 0.6
+    }
     # session 7's last rounds: the new config with the training sizes of their time
     assert VARIANTS["vis60_s7c_i2400"][1] == SESSION7_SIZES
-    assert VARIANTS["vis60_s7c_ms144_i2400"][1][-4:] == ["INPUT.MIN_SIZE_TRAIN", "(144,160,176)",
-                                                          "INPUT.MAX_SIZE_TRAIN", "256"]
+    assert VARIANTS["vis60_s7c_ms144_i2400"][1][-4:] == [
+        "INPUT.MIN_SIZE_TRAIN",
+        "(144,160,176)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "256",
+    ]
     assert all(len(o) % 2 == 0 for _, o in VARIANTS.values())
