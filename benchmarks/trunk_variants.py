@@ -186,7 +186,7 @@ def timeline(spans: list, calls: int) -> dict:
     kernel's end, the time kernels ran, the idle gaps between them (summed by the kernel that waits), the
     number of kernels, and the largest gaps."""
     per_call = len(spans) // calls
-    last = spans[(calls - 1) * per_call : calls * per_call]
+    last = spans[len(spans) - per_call :]  # the tail: a first call with extra kernels would shift the rest
     busy = sum(end - start for start, end, _ in last)
     gaps, waits = [], defaultdict(float)
     for (_, prev_end, prev), (start, _, name) in zip(last, last[1:]):
@@ -195,6 +195,7 @@ def timeline(spans: list, calls: int) -> dict:
         waits[kernel_category(name)] += gap
     return {
         "kernels_per_call": per_call,
+        "even_split": len(spans) == per_call * calls,  # False: the calls launched different kernel counts
         "span_ms": round((last[-1][1] - last[0][0]) / 1000, 3),
         "busy_ms": round(busy / 1000, 3),
         "gaps_ms": round(sum(g for g, _, _ in gaps) / 1000, 3),
