@@ -321,6 +321,10 @@ def test_timeline_measures_a_calls_span_busy_time_and_the_gaps_before_each_kerne
         "after": "triton_per_fused_layer_norm",
         "before": "mlp_kernel",
     }
+    assert t["even_split"]
+    # a first call with one kernel more (a one-off copy, say): the last call is still read from the tail
+    uneven = timeline([(-50.0, -40.0, "copy")] + spans, calls=2)
+    assert not uneven["even_split"] and uneven["kernels_per_call"] == 3 and uneven["span_ms"] == 0.2
 
 
 def test_linear_gelu_candidates_match_the_mlp_in_tritons_cpu_interpreter():
