@@ -287,7 +287,8 @@ def test_trunk_variants_time_profile_and_compare_the_kernel_variants(monkeypatch
     for r in results.values():
         assert r["median_ms"] > 0 and r["im/s"] > 0
         assert r["tflops"] == round(record["flops"] / r["median_ms"] / 1e9, 1)
-        assert r["back_to_back_ms"] > 0 and r["back_to_back_im/s"] == round(2000 / r["back_to_back_ms"], 1)
+        assert r["back_to_back_ms"] > 0  # the record rounds both: compare at that precision
+        assert r["back_to_back_im/s"] == pytest.approx(2000 / r["back_to_back_ms"], rel=1e-3)
     assert results["shipped"]["rel_max_diff_vs_shipped"] == 0.0
     assert results["default"]["rel_max_diff_vs_shipped"] == 0.0  # no Triton kernel, no epilogue on the CPU
     assert results["default+tanh"]["rel_max_diff_vs_shipped"] == 0.0
