@@ -268,6 +268,8 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     if args.candidates:
+        if not torch.cuda.is_available():
+            raise SystemExit("fused_mlp_sweep --candidates times GPU kernels; run it on a CUDA machine")
         device = torch.device("cuda")
         record = {"benchmark": "fused_mlp_sweep --candidates", "torch": torch.__version__,
                   "device": torch.cuda.get_device_name(), "shapes": []}  # fmt: skip
