@@ -556,6 +556,10 @@ def run_host_after_compile(args, device, report, save):
     measure("eager, compile workers shut down")
 
 
+PARTS = {"host_after_compile": run_host_after_compile, "inference": run_inference, "training": run_training,
+         "window_kernel": run_window_kernel, "fused_mlp": run_fused_mlp}  # fmt: skip
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -577,6 +581,10 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown --parts {', '.join(unknown)}; choose from {', '.join(PARTS)}")
 
     import hiera_det.d2  # noqa: F401
 
@@ -592,10 +600,7 @@ def main(argv=None):
     def save():
         (out / f"{args.tag}.json").write_text(json.dumps(report, indent=1))
 
-    parts = args.parts.split(",")
-    for part, fn in (("host_after_compile", run_host_after_compile), ("inference", run_inference),
-                     ("training", run_training), ("window_kernel", run_window_kernel),
-                     ("fused_mlp", run_fused_mlp)):  # fmt: skip
+    for part, fn in PARTS.items():
         if part in parts:
             t0 = time.monotonic()
             try:

@@ -469,3 +469,17 @@ def test_shapes_learning_reads_evaluations_onset_and_schedule(tmp_path):
         "256",
     ]
     assert all(len(o) % 2 == 0 for _, o in VARIANTS.values())
+
+
+def test_detector_speed_names_unknown_parts_and_counts_child_processes(capsys):
+    from benchmarks import detector_speed
+
+    with pytest.raises(SystemExit):
+        detector_speed.main(["--out", "unused", "--smoke", "--parts", "inference,bogus"])
+    assert "unknown --parts bogus; choose from host_after_compile, inference" in capsys.readouterr().err
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert detector_speed.compile_workers() >= 1
+    finally:
+        child.kill()
+        child.wait()
