@@ -24,7 +24,8 @@ embedding as one GEMM); ``s7`` = session 7's defaults (no fused MLP); ``s8`` = s
 in the fused MLP, the patch embedding on cuDNN); ``fc1only`` = the fused fc1 + GELU at every width;
 ``+tanh`` = fc1 with cuBLASLt's tanh-GELU epilogue (``gelu_epilogue=True``, opt-in, no fused MLP);
 ``+frozen`` = inductor's freezing; ``+ro`` = compiled with ``mode="reduce-overhead"`` (CUDA graphs);
-``+erf`` = libdevice's ``erf`` in the fused MLP; ``+conv`` = the patch embedding on cuDNN
+``+erf`` = libdevice's ``erf`` in the fused MLP; ``resnorm`` = the defaults with each block's attention
+residual add and second LayerNorm as one kernel (``trunk_kernels.add_layer_norm``); ``+conv`` = the patch embedding on cuDNN
 (``patches_as_gemm=False``); ``+bf16w`` = weights and input in bf16 and no autocast
 (``model.to(torch.bfloat16)``, as bf16 inference is often deployed: no per-call weight casts, and LayerNorm
 writes bf16 where autocast has it write fp32); ``timm`` / ``official`` = the peers (``+bf16w`` likewise).
@@ -105,6 +106,9 @@ VARIANTS = {
     "default+conv+ro": (dict(patches_as_gemm=False), "reduce-overhead"),
     "default+bf16w": (dict(weights="bf16"), "default"),
     "default+bf16w+ro": (dict(weights="bf16"), "reduce-overhead"),
+    # session 10, unmeasured: each block's attention residual add + norm2 as one kernel that stores the stream
+    "resnorm+ro": (dict(fast=dict(residual_norm=True)), "reduce-overhead"),
+    "resnorm+bf16w+ro": (dict(fast=dict(residual_norm=True), weights="bf16"), "reduce-overhead"),
     "timm+bf16w": (dict(peer="timm", weights="bf16"), "default"),
     "official+bf16w": (dict(peer="official", weights="bf16"), "default"),
 }  # fmt: skip
