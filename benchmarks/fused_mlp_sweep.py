@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import sys
@@ -64,10 +65,14 @@ CANDIDATE_SWEEP = [
     ("persistent", (128, 128, 64, 8, 3, 1)), ("persistent", (128, 128, 64, 4, 3, 1)),
     ("persistent", (128, 256, 64, 8, 3, 1)), ("persistent", (128, 128, 64, 8, 4, 2)),
     ("persistent", (128, 64, 64, 4, 4, 2)),
-    ("tma", (128, 128, 64, 4, 3, 1, False, True, False)), ("tma", (128, 128, 64, 8, 3, 1, False, True, False)),
-    ("tma", (128, 256, 64, 8, 3, 1, True, True, False)), ("tma", (128, 128, 64, 8, 4, 1, True, True, False)),
-    ("tma", (128, 256, 64, 8, 4, 1, True, True, False)), ("tma", (128, 128, 64, 4, 4, 2, False, True, False)),
-    ("tma", (128, 128, 64, 8, 3, 1, False, False, False)), ("tma", (128, 128, 64, 8, 3, 1, False, True, True)),
+    ("tma", (128, 128, 64, 4, 3, 1, False, True, False)),
+    ("tma", (128, 128, 64, 8, 3, 1, False, True, False)),
+    ("tma", (128, 256, 64, 8, 3, 1, True, True, False)),
+    ("tma", (128, 128, 64, 8, 4, 1, True, True, False)),
+    ("tma", (128, 256, 64, 8, 4, 1, True, True, False)),
+    ("tma", (128, 128, 64, 4, 4, 2, False, True, False)),
+    ("tma", (128, 128, 64, 8, 3, 1, False, False, False)),
+    ("tma", (128, 128, 64, 8, 3, 1, False, True, True)),
     ("tma", (128, 256, 64, 8, 3, 1, True, True, True)),
 ]  # fmt: skip
 
@@ -186,8 +191,8 @@ def sweep_candidates(rows: int, dim: int, hidden: int, device: torch.device, rep
         record("mlp_unfused", torch.compile(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)), False)
         shipped = fused_mlp.linear_gelu_config(rows, dim, hidden)
         for form in ("rational", "none"):
-            record(f"linear_gelu|{form}|{shipped}",
-                   lambda f=form: fused_mlp.launch_linear_gelu(x, w1, b1, shipped, f), form != "none")  # fmt: skip
+            launch = functools.partial(fused_mlp.launch_linear_gelu, x, w1, b1, shipped, form)
+            record(f"linear_gelu|{form}|{shipped}", launch, form != "none")
         for kind, config in CANDIDATE_SWEEP:
             record(
                 f"{kind}|rational|{config}",
@@ -201,8 +206,8 @@ def sweep_candidates(rows: int, dim: int, hidden: int, device: torch.device, rep
             kind, config = best.split("|")[0], ast.literal_eval(best.split("|")[2])
             row["candidate_best"] = best
             record(f"{kind}|none|{config}", lambda: candidates.launch(kind, x, w1, b1, config, "none"), False)
-            record("mlp_candidate_best",
-                   lambda: F.linear(candidates.launch(kind, x, w1, b1, config, "rational"), w2, b2), False)  # fmt: skip
+            hidden = functools.partial(candidates.launch, kind, x, w1, b1, config, "rational")
+            record("mlp_candidate_best", lambda: F.linear(hidden(), w2, b2), False)
     return row
 
 

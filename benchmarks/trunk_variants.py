@@ -24,11 +24,13 @@ embedding as one GEMM); ``s7`` = session 7's defaults (no fused MLP); ``s8`` = s
 in the fused MLP, the patch embedding on cuDNN); ``fc1only`` = the fused fc1 + GELU at every width;
 ``+tanh`` = fc1 with cuBLASLt's tanh-GELU epilogue (``gelu_epilogue=True``, opt-in, no fused MLP);
 ``+frozen`` = inductor's freezing; ``+ro`` = compiled with ``mode="reduce-overhead"`` (CUDA graphs);
-``+erf`` = libdevice's ``erf`` in the fused MLP; ``resnorm`` = the defaults with each block's attention
-residual add and second LayerNorm as one kernel (``trunk_kernels.add_layer_norm``); ``+conv`` = the patch embedding on cuDNN
-(``patches_as_gemm=False``); ``+bf16w`` = weights and input in bf16 and no autocast
-(``model.to(torch.bfloat16)``, as bf16 inference is often deployed: no per-call weight casts, and LayerNorm
-writes bf16 where autocast has it write fp32); ``timm`` / ``official`` = the peers (``+bf16w`` likewise).
+``+graph`` = compiled in the default mode and captured in one CUDA graph by hand (``harness.GRAPH_MODE``: no
+per-call checks); ``+erf`` = libdevice's ``erf`` in the fused MLP; ``resnorm`` = the defaults with each
+block's attention residual add and second LayerNorm as one kernel (``trunk_kernels.add_layer_norm``);
+``+conv`` = the patch embedding on cuDNN (``patches_as_gemm=False``); ``+bf16w`` = weights and input in
+bf16 and no autocast (``model.to(torch.bfloat16)``, as bf16 inference is often deployed: no per-call weight
+casts, and LayerNorm writes bf16 where autocast has it write fp32); ``timm`` / ``official`` = the peers
+(``+bf16w`` likewise).
 Session 5's variants (``fast``, ``gelu``, ``fast-sdpa``, ``fast16``: ``trunk_kernels.py``) stay runnable
 by name; their fused fc1 is now the shipped kernel.
 
@@ -106,6 +108,13 @@ VARIANTS = {
     "default+conv+ro": (dict(patches_as_gemm=False), "reduce-overhead"),
     "default+bf16w": (dict(weights="bf16"), "default"),
     "default+bf16w+ro": (dict(weights="bf16"), "reduce-overhead"),
+    # session 10, unmeasured: the default-mode compiled model in one CUDA graph captured by hand
+    # (harness.GRAPH_MODE), without reduce-overhead's per-call checks; the peer likewise
+    "default+graph": ({}, "graph"),
+    "default+bf16w+graph": (dict(weights="bf16"), "graph"),
+    "timm+graph": (dict(peer="timm"), "graph"),
+    "timm+bf16w+graph": (dict(peer="timm", weights="bf16"), "graph"),
+    "resnorm+bf16w+graph": (dict(fast=dict(residual_norm=True), weights="bf16"), "graph"),
     # session 10, unmeasured: each block's attention residual add + norm2 as one kernel that stores the stream
     "resnorm+ro": (dict(fast=dict(residual_norm=True)), "reduce-overhead"),
     "resnorm+bf16w+ro": (dict(fast=dict(residual_norm=True), weights="bf16"), "reduce-overhead"),

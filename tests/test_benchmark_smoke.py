@@ -330,8 +330,8 @@ def test_timeline_measures_a_calls_span_busy_time_and_the_gaps_before_each_kerne
 
 def test_linear_gelu_candidates_match_the_mlp_in_tritons_cpu_interpreter():
     """The candidate fc1 + GELU kernels that fused_mlp_sweep --candidates times (persistent, pointer loads and
-    TMA descriptors), in fp32 through Triton's interpreter, with fewer programs than tiles and rows that divide
-    no tile."""
+    TMA descriptors), in fp32 through Triton's interpreter, with fewer programs than tiles and rows that
+    divide no tile."""
     pytest.importorskip("triton")
     from triton_interpreter import interpreted
 
@@ -346,8 +346,10 @@ def test_linear_gelu_candidates_match_the_mlp_in_tritons_cpu_interpreter():
         "x, w, b = torch.randn(200, 64), torch.randn(96, 64) * 0.1, torch.randn(96)\n"
         "ref = F.gelu(F.linear(x, w, b))\n"
         "worst = 0.0\n"
-        "for kind, config in [('persistent', (64, 32, 32, 4, 2, 1)), ('tma', (64, 32, 32, 4, 2, 1, True, True, False)),\n"
-        "                     ('tma', (64, 32, 32, 4, 2, 1, False, False, False))]:\n"
+        "configs = [('persistent', (64, 32, 32, 4, 2, 1)),\n"
+        "           ('tma', (64, 32, 32, 4, 2, 1, True, True, False)),\n"
+        "           ('tma', (64, 32, 32, 4, 2, 1, False, False, False))]\n"
+        "for kind, config in configs:\n"
         "    worst = max(worst, float((c.launch(kind, x, w, b, config, 'rational') - ref).abs().max()))\n"
         "print(worst)\n"
     )
@@ -483,3 +485,17 @@ def test_detector_speed_names_unknown_parts_and_counts_child_processes(capsys):
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_hand_captured_graph_mode_compiles_in_the_default_mode_and_wants_cuda_inputs():
+    """``GRAPH_MODE`` is not a torch.compile mode: it compiles in the default mode, and the workload captures
+    the CUDA graph itself, so CPU inputs are refused with the reason."""
+    model = nn.Linear(4, 4)
+    workload = harness.ForwardWorkload(model, torch.randn(2, 4))
+    assert workload.module_for(harness.GRAPH_MODE) is not model  # a compiled wrapper, mode None
+    with pytest.raises(ValueError, match="captures a CUDA graph: give the workload CUDA inputs"):
+        workload.step("fp32", harness.GRAPH_MODE)
+    from benchmarks import trunk_variants as tv
+
+    graphed = [label for label, (_, mode) in tv.VARIANTS.items() if mode == harness.GRAPH_MODE]
+    assert {"default+graph", "default+bf16w+graph", "timm+graph", "timm+bf16w+graph"} <= set(graphed)
