@@ -180,13 +180,7 @@ def add_layer_norm(
 def _block_forward(self, x, layout):
     """``HieraBlock.forward`` with the attention residual add and ``norm2`` as one ``add_layer_norm``; the
     stream is then stored after every block (the op takes it as input)."""
-    x_norm = self.norm1(x)
-    if self.dim != self.dim_out:
-        x = self.proj(x_norm)
-    if self.q_pool:
-        x = layout.pool(x)
-    seqs, partition = layout.partition(x_norm, self.window)
-    attn = layout.merge(self.attn(seqs, layout, partition, self.q_pool), partition, self.q_pool)
+    x, attn = self.shortcut_and_attention(x, layout)
     x, h = add_layer_norm(x.contiguous(), attn.contiguous(), self.norm2)
     return x + self.mlp(h)
 

@@ -169,6 +169,13 @@ class HieraBlock(nn.Module):
             self.proj = nn.Linear(dim, dim_out)
 
     def forward(self, x: torch.Tensor, layout) -> torch.Tensor:
+        x, attn = self.shortcut_and_attention(x, layout)
+        x = x + self.drop_path(attn)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def shortcut_and_attention(self, x: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream the attention branch adds to (widened and pooled in a stage's first block)
+        and that branch's output, both as tokens of ``layout``."""
         x_norm = self.norm1(x)
         if self.dim != self.dim_out:
             x = self.proj(x_norm)
@@ -176,8 +183,7 @@ class HieraBlock(nn.Module):
             x = layout.pool(x)
         seqs, partition = layout.partition(x_norm, self.window)
         attn = self.attn(seqs, layout, partition, self.q_pool)
-        x = x + self.drop_path(layout.merge(attn, partition, self.q_pool))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, layout.merge(attn, partition, self.q_pool)
 
     def extra_repr(self) -> str:
         kind = {GLOBAL: "global", MASK_UNIT: "mask_unit"}.get(self.window, f"window={self.window}")
