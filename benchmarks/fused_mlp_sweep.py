@@ -101,33 +101,41 @@ def median_ms(fn, device: torch.device, repeats: int) -> float:
     return harness.summarize(times)["median_ms"]
 
 
-def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats: int, tiny: bool) -> dict:
+def mlp_operands(rows: int, dim: int, hidden: int, device: torch.device, dtype: torch.dtype):
+    """Seeded ``x, w1, b1, w2, b2`` of one MLP shape, weights scaled as trained layers are."""
     torch.manual_seed(0)
-    dtype = torch.float32 if tiny else torch.bfloat16  # the interpreter has no bf16 dot
     x = torch.randn(rows, dim, device=device, dtype=dtype)
     w1 = (torch.randn(hidden, dim, device=device) * dim**-0.5).to(dtype)
     b1 = (torch.randn(hidden, device=device) * 0.5).to(dtype)
     w2 = (torch.randn(dim, hidden, device=device) * hidden**-0.5).to(dtype)
     b2 = (torch.randn(dim, device=device) * 0.5).to(dtype)
+    return x, w1, b1, w2, b2
+
+
+def recorder(row: dict, device: torch.device, repeats: int):
+    """``record(name, fn, ref)``: ``row[name]`` = ``fn``'s GPU time and, unless ``ref`` is None, its largest
+    error against ``ref``; a failing setting is recorded as an error and the sweep goes on."""
+
+    def record(name, fn, ref=None):
+        try:
+            row[name] = {"ms": round(median_ms(fn, device, repeats), 4)}
+            if ref is not None:  # the GEMM without its activation computes something else
+                row[name]["max_abs_err_vs_fp32"] = float((fn().float() - ref).abs().max())
+        except Exception as e:  # out of shared memory, spills to death, no compile: the others still run
+            row[name] = {"error": harness.describe_error(e)[:300]}
+        print(row["rows"], row["dim"], row["hidden"], name, row[name], flush=True)
+
+    return record
+
+
+def sweep_shape(rows: int, dim: int, hidden: int, device: torch.device, repeats: int, tiny: bool) -> dict:
+    dtype = torch.float32 if tiny else torch.bfloat16  # the interpreter has no bf16 dot
+    x, w1, b1, w2, b2 = mlp_operands(rows, dim, hidden, device, dtype)
     with torch.no_grad():
         ref_hidden = F.gelu(F.linear(x.float(), w1.float(), b1.float()))
         ref_out = F.linear(ref_hidden.to(dtype).float(), w2.float(), b2.float())
     row = {"rows": rows, "dim": dim, "hidden": hidden}
-
-    def err(y, ref):
-        return float((y.float() - ref).abs().max())
-
-    def record(name, fn, ref):
-        try:
-            ms = median_ms(fn, device, repeats)
-            row[name] = {"ms": round(ms, 4)}
-            if ref is not None:  # the GEMM without its activation computes something else
-                row[name]["max_abs_err_vs_fp32"] = err(fn(), ref)
-        except (
-            Exception
-        ) as e:  # one failing setting (out of shared memory, spills to death) must not end the sweep
-            row[name] = {"error": harness.describe_error(e)[:300]}
-        print(rows, dim, hidden, name, row[name], flush=True)
+    record = recorder(row, device, repeats)
 
     with torch.no_grad():
         if not tiny:
@@ -167,36 +175,23 @@ def sweep_candidates(rows: int, dim: int, hidden: int, device: torch.device, rep
     fastest again without activation), bf16, with errors against fp32."""
     from benchmarks import linear_gelu_candidates as candidates
 
-    torch.manual_seed(0)
-    x = torch.randn(rows, dim, device=device, dtype=torch.bfloat16)
-    w1 = (torch.randn(hidden, dim, device=device) * dim**-0.5).to(torch.bfloat16)
-    b1 = (torch.randn(hidden, device=device) * 0.5).to(torch.bfloat16)
-    w2 = (torch.randn(dim, hidden, device=device) * hidden**-0.5).to(torch.bfloat16)
-    b2 = (torch.randn(dim, device=device) * 0.5).to(torch.bfloat16)
+    x, w1, b1, w2, b2 = mlp_operands(rows, dim, hidden, device, torch.bfloat16)
     ref = F.gelu(F.linear(x.float(), w1.float(), b1.float()))
     row = {"rows": rows, "dim": dim, "hidden": hidden}
-
-    def record(name, fn, check=True):
-        try:
-            ms = median_ms(fn, device, repeats)
-            row[name] = {"ms": round(ms, 4)}
-            if check:
-                row[name]["max_abs_err_vs_fp32"] = float((fn().float() - ref).abs().max())
-        except Exception as e:  # a setting that does not compile or fit must not end the sweep
-            row[name] = {"error": harness.describe_error(e)[:300]}
-        print(rows, dim, hidden, name, row[name], flush=True)
+    record = recorder(row, device, repeats)
 
     with torch.no_grad():
-        record("fc1", lambda: F.linear(x, w1, b1), check=False)
-        record("mlp_unfused", torch.compile(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)), False)
+        record("fc1", lambda: F.linear(x, w1, b1))
+        record("mlp_unfused", torch.compile(lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)))
         shipped = fused_mlp.linear_gelu_config(rows, dim, hidden)
         for form in ("rational", "none"):
             launch = functools.partial(fused_mlp.launch_linear_gelu, x, w1, b1, shipped, form)
-            record(f"linear_gelu|{form}|{shipped}", launch, form != "none")
+            record(f"linear_gelu|{form}|{shipped}", launch, None if form == "none" else ref)
         for kind, config in CANDIDATE_SWEEP:
             record(
                 f"{kind}|rational|{config}",
                 lambda k=kind, c=config: candidates.launch(k, x, w1, b1, c, "rational"),
+                ref,
             )
         timed = {
             k: v["ms"] for k, v in row.items() if "|rational|" in k and "ms" in v and "linear_gelu" not in k
@@ -205,9 +200,9 @@ def sweep_candidates(rows: int, dim: int, hidden: int, device: torch.device, rep
             best = min(timed, key=timed.get)
             kind, config = best.split("|")[0], ast.literal_eval(best.split("|")[2])
             row["candidate_best"] = best
-            record(f"{kind}|none|{config}", lambda: candidates.launch(kind, x, w1, b1, config, "none"), False)
+            record(f"{kind}|none|{config}", lambda: candidates.launch(kind, x, w1, b1, config, "none"))
             hidden = functools.partial(candidates.launch, kind, x, w1, b1, config, "rational")
-            record("mlp_candidate_best", lambda: F.linear(hidden(), w2, b2), False)
+            record("mlp_candidate_best", lambda: F.linear(hidden(), w2, b2))
     return row
 
 

@@ -19,6 +19,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from hiera_det.modeling import fused_mlp
+
 # --------------------------------------------------------------------------------------------------------
 # packed small-window attention
 
@@ -73,7 +75,6 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pack_key
 # read-two-write-two. An opaque op that takes the stream as input makes inductor store it, and this one also
 # stores the sum it makes; both LayerNorms of a block then cost read-two-write-two.
 
-DTYPES = (torch.bfloat16, torch.float16)
 _registered = False
 
 
@@ -164,8 +165,8 @@ def add_layer_norm(
         _registered
         and x.is_cuda
         and not torch.is_grad_enabled()
-        and y.dtype in DTYPES
-        and norm_dtype in DTYPES
+        and y.dtype in fused_mlp.DTYPES  # the 16-bit dtypes of the model's other inference kernels
+        and norm_dtype in fused_mlp.DTYPES
         and x.shape == y.shape
         and x.is_contiguous()
         and y.is_contiguous()
@@ -192,8 +193,6 @@ def _block_forward(self, x, layout):
 def _mlp_forward(self, x):
     """``Mlp.forward`` with fc1 + GELU in the shipped fused kernel (``hiera_det.modeling.fused_mlp``) at every
     width, never the whole-MLP kernel; the plain modules where the kernel does not apply."""
-    from hiera_det.modeling import fused_mlp
-
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
     params = [p.to(dtype) for p in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)]
     if not (x.is_cuda and fused_mlp.register_kernels() and fused_mlp.kernel_applies(x.to(dtype), *params)):

@@ -7,24 +7,26 @@ import triton.language as tl
 
 
 @triton.jit
+def _poly5(s, c5, c4, c3, c2, c1, c0):
+    # c5 s^5 + ... + c0 by Horner's rule
+    return ((((c5 * s + c4) * s + c3) * s + c2) * s + c1) * s + c0
+
+
+@triton.jit
 def gelu(h, FORM: tl.constexpr):
     """The GELU the kernels apply to their fp32 accumulator (``fused_mlp.GELU_FORM``)."""
     if FORM == "rational":
         # erf(h / sqrt(2)) / 2 = hc * p(hc^2) / q(hc^2): a minimax fit on [0, 5.75], where it reaches 1/2
         hc = tl.minimum(tl.maximum(h, -5.75), 5.75)
         s = hc * hc
-        p = 2.298864032468373e-08
-        p = p * s + 5.988931661704555e-06
-        p = p * s + 0.00014515293878503144
-        p = p * s + 0.004524098243564367
-        p = p * s + 0.03174901008605957
-        p = p * s + 0.398942232131958
-        q = 1.1785172091549612e-06
-        q = q * s + 6.511114770546556e-05
-        q = q * s + 0.0017477747751399875
-        q = q * s + 0.02738162875175476
-        q = q * s + 0.24624933302402496
-        q = q * s + 1.0
+        p = _poly5(
+            s, 2.298864032468373e-08, 5.988931661704555e-06, 0.00014515293878503144, 0.004524098243564367,
+            0.03174901008605957, 0.398942232131958,
+        )  # fmt: skip
+        q = _poly5(
+            s, 1.1785172091549612e-06, 6.511114770546556e-05, 0.0017477747751399875, 0.02738162875175476,
+            0.24624933302402496, 1.0,
+        )  # fmt: skip
         return h * (0.5 + hc * p / q)
     elif FORM == "erf":
         return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
