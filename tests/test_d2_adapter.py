@@ -94,6 +94,8 @@ def _train_two_steps_under_ddp(models):
         checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().item()
         checksums = comm.all_gather(checksum)
         assert checksums[0] == checksums[1], f"{name}: weights differ across ranks after DDP steps {checksums}"
+    # a gloo group alive at exit can abort the process after its work is done
+    torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
@@ -115,12 +116,23 @@ def main(args):
     return trainer.train()
 
 
+def run(args):
+    """``main`` in one launched process, with the process group destroyed before the process exits: a gloo
+    group still alive at exit can abort the process (``terminate called without an active exception``)
+    after its work is done."""
+    try:
+        return main(args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def invoke_main() -> None:
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
     try:
         launch(
-            main,
+            run,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
