@@ -236,11 +236,18 @@ def matmul_ceiling(
 GRAPH_MODE = "graph"
 
 
-def compiled(module: nn.Module, mode: str) -> nn.Module:
+def compiled(module: nn.Module, mode: str, options: dict | None = None) -> nn.Module:
     """``torch.compile`` with static shapes; ``mode`` is a torch.compile mode name ("default" included), or
-    ``GRAPH_MODE``, which compiles in the default mode (the workload captures the graph)."""
+    ``GRAPH_MODE``, which compiles in the default mode (the workload captures the graph). ``options`` are
+    inductor options: given to torch.compile rather than patched into inductor's config, because dynamo
+    would otherwise reuse code compiled for another module of the same class with other options."""
     mode = None if mode in ("default", GRAPH_MODE) else mode
-    return torch.compile(module, mode=mode, dynamic=False)
+    if not options:
+        return torch.compile(module, mode=mode, dynamic=False)
+    if mode not in (None, "reduce-overhead"):
+        raise ValueError(f"inductor options go with the default or reduce-overhead mode, not {mode!r}")
+    options = dict(options, **({"triton.cudagraphs": True} if mode == "reduce-overhead" else {}))
+    return torch.compile(module, options=options, dynamic=False)
 
 
 class Workload(Protocol):
@@ -254,9 +261,10 @@ class Workload(Protocol):
 class ForwardWorkload:
     """Inference forward pass of a feature extractor on one input batch."""
 
-    def __init__(self, module: nn.Module, inputs: torch.Tensor):
+    def __init__(self, module: nn.Module, inputs: torch.Tensor, compile_options: dict | None = None):
         self.module = module.eval()
         self.inputs = inputs
+        self.compile_options = compile_options
         self._compiled: dict[str, nn.Module] = {}
 
     def module_for(self, mode: str | None) -> nn.Module:
@@ -264,7 +272,7 @@ class ForwardWorkload:
         if mode is None:
             return self.module
         if mode not in self._compiled:
-            self._compiled[mode] = compiled(self.module, mode)
+            self._compiled[mode] = compiled(self.module, mode, self.compile_options)
         return self._compiled[mode]
 
     def step(self, dtype: str, mode: str | None) -> Callable[[], None]:
@@ -279,30 +287,24 @@ class ForwardWorkload:
         return run
 
     def _graphed(self, dtype: str) -> Callable[[], torch.Tensor]:
-        """The default-mode compiled module captured in one CUDA graph by hand and replayed on a static copy
-        of the inputs, as a deployment that owns its buffers runs it. ``mode="reduce-overhead"`` replays the
-        same kernels from CUDA graphs too, behind per-call checks (guards, input copies, its tree of graphs):
-        those cost the host 0.9-1.2 ms per Hiera-B 224 b128 call before the first kernel starts (session 10,
-        results/trunk_kernel.md)."""
+        """The module through ``hiera_det.inference.CudaGraphRunner``: compiled in the default mode and
+        replayed from one CUDA graph, as a deployment that owns its buffers runs it. ``mode="reduce-overhead"``
+        replays the same kernels from CUDA graphs too, behind per-call checks (guards, input copies, its tree
+        of graphs): those cost the host 0.9-1.2 ms per Hiera-B 224 b128 call before the first kernel starts
+        (session 10, results/trunk_kernel.md)."""
         if not self.inputs.is_cuda:
             raise ValueError(f"mode {GRAPH_MODE!r} captures a CUDA graph: give the workload CUDA inputs")
-        module, static = self.module_for(GRAPH_MODE), self.inputs.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad(), autocast(dtype, static.device):
-            for _ in range(3):  # compiles, then settles the allocations outside the capture
-                module(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), autocast(dtype, static.device), torch.cuda.graph(graph):
-            out = module(static)
+        if GRAPH_MODE not in self._compiled:
+            from hiera_det.inference import CudaGraphRunner
+
+            self._compiled[GRAPH_MODE] = CudaGraphRunner(self.module, compile_options=self.compile_options)
+        runner, x = self._compiled[GRAPH_MODE], self.inputs
 
         def run():
-            static.copy_(self.inputs)
-            graph.replay()
-            return out
+            with autocast(dtype, x.device):
+                return runner(x)
 
-        return run
+        return run  # its first call compiles and captures
 
     def resident_bytes(self) -> int:
         return resident_bytes(self.module)

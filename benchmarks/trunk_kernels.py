@@ -1,7 +1,7 @@
 """Experimental inference kernels for the trunk's small shapes (measured by ``trunk_variants``, not shipped as
 defaults): many small attention windows packed into one attention sequence (FlexAttention, or SDPA with a
-block-diagonal mask), fc1 + erf GELU fused at every width, and the block's residual add + LayerNorm as one
-kernel that stores the residual stream (``residual_norm``).
+block-diagonal mask) and fc1 + erf GELU fused at every width. (Session 10's residual add + LayerNorm kernel
+was measured here and now ships: ``hiera_det.modeling.residual_norm``.)
 
 ``with_fast_kernels(model, ...)`` returns a copy of a ``Hiera`` whose MLPs and attention modules use them.
 Both compute the model's function: the packed attention masks every packed window to itself, and the fused
@@ -66,127 +66,6 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pack_key
 
 
 # --------------------------------------------------------------------------------------------------------
-# residual add + LayerNorm
-#
-# Session 10's H100 profile of the compiled Hiera-B 224 b128: inductor does not store the residual stream
-# after each stage-1 block. Each LayerNorm kernel recomputes it from every earlier branch output (the patch
-# GEMM's output, the position embedding, each attention and MLP output), so the four stage-1 LayerNorms read
-# 1 to 4 tensors of 77 MB, three of them twice (looped reductions): 0.75 ms, against about 0.37 ms for
-# read-two-write-two. An opaque op that takes the stream as input makes inductor store it, and this one also
-# stores the sum it makes; both LayerNorms of a block then cost read-two-write-two.
-
-_registered = False
-
-
-def _add_layer_norm_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def add_layer_norm_kernel(
-        x_ptr, y_ptr, w_ptr, b_ptr, sum_ptr, norm_ptr, M, D: tl.constexpr, D_BLOCK: tl.constexpr,
-        BLOCK_M: tl.constexpr, EPS: tl.constexpr,
-    ):  # fmt: skip
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
-        cols = tl.arange(0, D_BLOCK)[None, :]
-        mask = (rows < M) & (cols < D)
-        at = rows.to(tl.int64) * D + cols
-        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32)
-        # the sum as stored (the stream's dtype), as the unfused path normalizes it
-        s = (x + y).to(sum_ptr.dtype.element_ty)
-        tl.store(sum_ptr + at, s, mask=mask)
-        s = s.to(tl.float32)
-        mean = tl.sum(s, 1) / D
-        centered = tl.where(mask, s - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, 1) / D + EPS)
-        w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-        out = centered * rstd[:, None] * w + b
-        tl.store(norm_ptr + at, out.to(norm_ptr.dtype.element_ty), mask=mask)
-
-    return add_layer_norm_kernel
-
-
-_KERNEL = None
-
-
-def launch_add_layer_norm(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, norm_dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(s, layer_norm(s))`` with ``s = x + y`` in ``x``'s dtype (``x``, ``y`` contiguous ``[..., D]``) and
-    the norm in ``norm_dtype`` (under autocast the stream is fp32 and the norm feeds a bf16 GEMM)."""
-    import triton
-
-    global _KERNEL
-    _KERNEL = _KERNEL or _add_layer_norm_kernel()
-    D = x.shape[-1]
-    rows = x.numel() // D
-    total = torch.empty_like(x)
-    norm = torch.empty(x.shape, dtype=norm_dtype, device=x.device)
-    if rows == 0:
-        return total, norm
-    d_block = triton.next_power_of_2(D)
-    block_m = max(1, 4096 // d_block)
-    torch.library.wrap_triton(_KERNEL)[(triton.cdiv(rows, block_m),)](
-        x, y, weight, bias, total, norm, rows, D=D, D_BLOCK=d_block, BLOCK_M=block_m, EPS=eps,
-        num_warps=4 if d_block <= 256 else 8,
-    )  # fmt: skip
-    return total, norm
-
-
-def _add_layer_norm_op(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    eps: float,
-    norm_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return launch_add_layer_norm(x, y, weight, bias, eps, norm_dtype)
-
-
-def register_add_layer_norm() -> bool:
-    global _registered
-    if not _registered and torch.cuda.is_available():
-        torch.library.triton_op("hiera_det_bench::add_layer_norm", _add_layer_norm_op, mutates_args=())
-        _registered = True
-    return _registered
-
-
-def add_layer_norm(
-    x: torch.Tensor, y: torch.Tensor, norm: torch.nn.LayerNorm
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x + y, norm(x + y))``: one kernel for CUDA inference with 16-bit ``y`` (the stream ``x`` may be
-    fp32, as under autocast), the plain ops elsewhere."""
-    autocast = torch.is_autocast_enabled("cuda")
-    norm_dtype = torch.get_autocast_dtype("cuda") if autocast else y.dtype
-    applies = (
-        _registered
-        and x.is_cuda
-        and not torch.is_grad_enabled()
-        and y.dtype in fused_mlp.DTYPES  # the 16-bit dtypes of the model's other inference kernels
-        and norm_dtype in fused_mlp.DTYPES
-        and x.shape == y.shape
-        and x.is_contiguous()
-        and y.is_contiguous()
-    )
-    if not applies:
-        total = x + y
-        return total, norm(total)
-    params = (norm.weight.to(norm_dtype), norm.bias.to(norm_dtype))
-    return torch.ops.hiera_det_bench.add_layer_norm(x, y, *params, norm.eps, norm_dtype)
-
-
-def _block_forward(self, x, layout):
-    """``HieraBlock.forward`` with the attention residual add and ``norm2`` as one ``add_layer_norm``; the
-    stream is then stored after every block (the op takes it as input)."""
-    x, attn = self.shortcut_and_attention(x, layout)
-    x, h = add_layer_norm(x.contiguous(), attn.contiguous(), self.norm2)
-    return x + self.mlp(h)
-
-
-# --------------------------------------------------------------------------------------------------------
 # a model that uses them
 
 
@@ -226,27 +105,19 @@ def with_fast_kernels(
     pack_keys: int = 0,
     pack_up_to: int | None = None,
     pack_kernel: str = "flex",
-    residual_norm: bool = False,
 ) -> torch.nn.Module:
     """A copy of ``model`` (same weights) with fc1 + GELU fused, attention windows of at most
     ``pack_up_to`` keys (default ``pack_keys // 2``) packed ``pack_keys`` keys to a sequence through
-    ``pack_kernel`` ("flex" or "sdpa"; ``pack_keys=0`` packs nothing), and with ``residual_norm`` each
-    block's attention residual add and second LayerNorm as one kernel (``add_layer_norm``)."""
-    from hiera_det.modeling.hiera import HieraBlock, Mlp, PartitionedAttention
+    ``pack_kernel`` ("flex" or "sdpa"; ``pack_keys=0`` packs nothing)."""
+    from hiera_det.modeling.hiera import Mlp, PartitionedAttention
 
     if pack_kernel not in ("flex", "sdpa"):
         raise ValueError(f"unknown pack_kernel {pack_kernel!r}; choose 'flex' or 'sdpa'")
     pack_up_to = pack_keys // 2 if pack_up_to is None else pack_up_to
     model = copy.deepcopy(model)
-    if residual_norm:
-        register_add_layer_norm()
     for module in model.modules():
         if isinstance(module, Mlp) and fused_gelu:
             module.forward = types.MethodType(_mlp_forward, module)
         elif isinstance(module, PartitionedAttention) and pack_keys:
             module.forward = types.MethodType(_attention_forward(pack_keys, pack_up_to, pack_kernel), module)
-        elif isinstance(module, HieraBlock) and residual_norm:
-            if not isinstance(module.drop_path, torch.nn.Identity):
-                raise ValueError("residual_norm is for inference models: build the trunk without drop_path")
-            module.forward = types.MethodType(_block_forward, module)
     return model

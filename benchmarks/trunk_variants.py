@@ -25,8 +25,9 @@ in the fused MLP, the patch embedding on cuDNN); ``fc1only`` = the fused fc1 + G
 ``+tanh`` = fc1 with cuBLASLt's tanh-GELU epilogue (``gelu_epilogue=True``, opt-in, no fused MLP);
 ``+frozen`` = inductor's freezing; ``+ro`` = compiled with ``mode="reduce-overhead"`` (CUDA graphs);
 ``+graph`` = compiled in the default mode and captured in one CUDA graph by hand (``harness.GRAPH_MODE``: no
-per-call checks); ``+erf`` = libdevice's ``erf`` in the fused MLP; ``resnorm`` = the defaults with each
-block's attention residual add and second LayerNorm as one kernel (``trunk_kernels.add_layer_norm``);
+per-call checks); ``+erf`` = libdevice's ``erf`` in the fused MLP; ``s10`` = sessions 9-10's defaults, without
+the residual add + LayerNorm kernel (``hiera_det.modeling.residual_norm``); ``+realize`` = inductor stores
+every reused pointwise result with two or more reads (``REALIZE``);
 ``+conv`` = the patch embedding on cuDNN (``patches_as_gemm=False``); ``+bf16w`` = weights and input in
 bf16 and no autocast (``model.to(torch.bfloat16)``, as bf16 inference is often deployed: no per-call weight
 casts, and LayerNorm writes bf16 where autocast has it write fp32); ``timm`` / ``official`` = the peers
@@ -75,11 +76,16 @@ CASES = {
 # kernels set (``Hiera.set_inference_kernels``, and ``video_as_frames`` for the video patch convolution) or
 # session 5's ``with_fast_kernels`` options; peers: a benchmarks.peers builder.
 # the model as shipped before session 6
-SESSION5 = dict(window_kernel=False, video_as_frames=False, fused_mlp=False, patches_as_gemm=False)
+SESSION5 = dict(
+    window_kernel=False, video_as_frames=False, fused_mlp=False, patches_as_gemm=False, residual_norm=False
+)
 # session 7's defaults: the kernel and the frame convolution, no fused MLP
-SESSION7 = dict(fused_mlp=False, patches_as_gemm=False)
+SESSION7 = dict(fused_mlp=False, patches_as_gemm=False, residual_norm=False)
 # session 8's: the fused MLP with libdevice's erf, the patch embedding on cuDNN
-SESSION8 = dict(gelu_form="erf", patches_as_gemm=False)
+SESSION8 = dict(gelu_form="erf", patches_as_gemm=False, residual_norm=False)
+# sessions 9-10's: the defaults without the residual add + LayerNorm kernel (hiera_det.modeling.residual_norm)
+SESSION10 = dict(residual_norm=False)
+REALIZE = dict(realize_reads_threshold=1)
 VARIANTS = {
     "shipped": (SESSION5, "default"),
     "kernel": (dict(window_kernel=True, video_as_frames=False, fused_mlp=False), "default"),
@@ -108,20 +114,28 @@ VARIANTS = {
     "default+conv+ro": (dict(patches_as_gemm=False), "reduce-overhead"),
     "default+bf16w": (dict(weights="bf16"), "default"),
     "default+bf16w+ro": (dict(weights="bf16"), "reduce-overhead"),
-    # session 10, unmeasured: the default-mode compiled model in one CUDA graph captured by hand
-    # (harness.GRAPH_MODE), without reduce-overhead's per-call checks; the peer likewise
+    # the default-mode compiled model replayed from one CUDA graph (harness.GRAPH_MODE:
+    # hiera_det.inference.CudaGraphRunner), without reduce-overhead's per-call checks; the peer likewise
     "default+graph": ({}, "graph"),
     "default+bf16w+graph": (dict(weights="bf16"), "graph"),
     "timm+graph": (dict(peer="timm"), "graph"),
     "timm+bf16w+graph": (dict(peer="timm", weights="bf16"), "graph"),
-    "resnorm+bf16w+graph": (dict(fast=dict(residual_norm=True), weights="bf16"), "graph"),
-    # session 10, unmeasured: each block's attention residual add + norm2 as one kernel that stores the stream
-    "resnorm+ro": (dict(fast=dict(residual_norm=True)), "reduce-overhead"),
-    "resnorm+bf16w+ro": (dict(fast=dict(residual_norm=True), weights="bf16"), "reduce-overhead"),
+    # sessions 9-10's defaults, before the residual add + LayerNorm kernel shipped (session 11)
+    "s10": (SESSION10, "default"),
+    "s10+ro": (SESSION10, "reduce-overhead"),
+    "s10+bf16w+ro": (dict(SESSION10, weights="bf16"), "reduce-overhead"),
+    "s10+graph": (SESSION10, "graph"),
+    "s10+bf16w+graph": (dict(SESSION10, weights="bf16"), "graph"),
+    # session 11: inductor stores every pointwise result with two or more users and two or more reads (its
+    # default: from five reads on), on sessions 9-10's defaults: the residual stream stored by inductor's own
+    # choice rather than by the residual add + LayerNorm kernel
+    "s10+realize": (dict(SESSION10, inductor=REALIZE), "default"),
+    "s10+realize+bf16w+graph": (dict(SESSION10, inductor=REALIZE, weights="bf16"), "graph"),
     "timm+bf16w": (dict(peer="timm", weights="bf16"), "default"),
     "official+bf16w": (dict(peer="official", weights="bf16"), "default"),
 }  # fmt: skip
-PROFILED = ("shipped", "s7", "default", "default+tanh", "default+bf16w", "default+ro", "default+bf16w+ro")
+PROFILED = ("shipped", "s7", "default", "default+tanh", "default+bf16w", "default+ro", "default+bf16w+ro", "s10",
+            "s10+ro", "s10+bf16w+ro")  # fmt: skip
 WEIGHT_DTYPES = {"bf16": torch.bfloat16}
 TOP_KERNELS = 50  # enough to name every pointwise / LayerNorm kernel of Hiera-B that takes 1% of the time
 DTYPE = "bf16"
@@ -141,6 +155,8 @@ def kernel_category(name: str) -> str:
         return "attention (small-window kernel)"
     if "linear_gelu" in n or n.startswith("mlp_kernel"):
         return "fc1+gelu / mlp (fused)"
+    if "add_layer_norm" in n:
+        return "residual add + norm (Triton)"
     if n.startswith("triton_tem") or any(s in n for s in ("flash", "fmha", "attention", "sdpa", "flex")):
         return "attention"  # inductor's templated kernels here are FlexAttention's
     if n.startswith("triton_"):  # before "conv": inductor names fused kernels after every op they hold
@@ -289,14 +305,14 @@ def measure_case(case: str, device: torch.device, repeats: int, deadline: float,
         dtype = run_dtype(label)
         inputs = x.to(WEIGHT_DTYPES.get(options.get("weights"), x.dtype))
         try:
-            workload = harness.ForwardWorkload(make_variant(model, case, label, device), inputs)
-            with torch._inductor.config.patch(options.get("inductor", {})):
-                calls[label], facts[label] = harness.warm_up(
-                    workload, dtype, mode, device, WARMUP, with_flops=False
-                )
-                if not is_peer:
-                    with torch.no_grad(), harness.autocast(dtype, device):
-                        final = workload.module_for(mode)(inputs)["stage4"].float()
+            variant = make_variant(model, case, label, device)
+            workload = harness.ForwardWorkload(variant, inputs, options.get("inductor"))
+            calls[label], facts[label] = harness.warm_up(
+                workload, dtype, mode, device, WARMUP, with_flops=False
+            )
+            if not is_peer:
+                with torch.no_grad(), harness.autocast(dtype, device):
+                    final = workload.module_for(mode)(inputs)["stage4"].float()
         except Exception as e:  # a variant that fails to build, compile or run is recorded, the others go on
             record["results"][label] = {"error": harness.describe_error(e)}
             calls.pop(label, None)

@@ -218,6 +218,13 @@ CONFIG_KEYS: dict[str, list[ConfigKey]] = {
         ("PRECISION", "float32", "autocast dtype of inference on CUDA (evaluation, `tools/demo.py`): `float32` "
          "(no autocast), `bfloat16` or `float16`; `bfloat16` runs the Mask R-CNN of `configs/hiera_fpn.yaml` "
          "about 1.4x faster on an H100 (benchmarks/results/h100_run4_detector.md). Ignored on the CPU"),
+        ("CUDA_GRAPHS", False, "image detectors on CUDA (`tools/demo.py`, `tools/video_demo.py`, `--eval-only`): "
+         "run the backbone (trunk + FPN) compiled and replayed from CUDA graphs (`torch.compile`, "
+         "`mode=\"reduce-overhead\"`); one image at a time is bound by the host, and this takes most of the "
+         "backbone's host work away: Mask R-CNN at 1024 with `TEST.PRECISION bfloat16` on an H100 went from "
+         "35.0 to 29.5 ms per image (benchmarks/results/trunk_kernel.md, session 11). Each new input size "
+         "compiles and captures again (about 30 s), so it suits inputs of one size: the frames of a video, or "
+         "images padded to one square (`INPUT.LSJ.ENABLED`). Ignored on the CPU"),
     ]),
     "SOLVER": _keys("SOLVER", [
         ("OPTIMIZER", "ADAMW", "`ADAMW` (betas `SOLVER.BETAS`) or `SGD` (`SOLVER.MOMENTUM`, `SOLVER.NESTEROV`)"),
@@ -456,6 +463,9 @@ def validate_hiera_config(cfg: CN) -> None:
                          f"{_choices(OPTIMIZERS)}")
     if not 0.0 < cfg.SOLVER.LAYER_DECAY <= 1.0:
         raise ValueError(f"SOLVER.LAYER_DECAY {cfg.SOLVER.LAYER_DECAY} must be in (0, 1]; 1.0 turns it off")
+    if cfg.TEST.CUDA_GRAPHS and is_video_config(cfg):
+        raise ValueError(f"TEST.CUDA_GRAPHS is for image detectors, and {cfg.MODEL.HIERA.NAME} is a video "
+                         "architecture: set TEST.CUDA_GRAPHS False")
     if cfg.TEST.PRECISION not in TEST_PRECISIONS:
         raise ValueError(f"TEST.PRECISION {cfg.TEST.PRECISION!r} is unknown; choose one of: "
                          f"{_choices(TEST_PRECISIONS)}")

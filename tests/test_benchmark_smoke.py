@@ -392,6 +392,7 @@ def test_kernel_names_fall_in_the_profile_categories():
     assert kernel_category("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "gemm"
     assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
     assert kernel_category("triton_tem_fused__to_copy_flex_attention_ones_13") == "attention"
+    assert kernel_category("add_layer_norm_kernel") == "residual add + norm (Triton)"
     assert kernel_category("triton_poi_fused_gelu_view_36") == "pointwise/norm (inductor)"
     assert kernel_category("linear_gelu_kernel") == "fc1+gelu / mlp (fused)"
     assert kernel_category("mlp_kernel") == "fc1+gelu / mlp (fused)"

@@ -1,7 +1,9 @@
 """HieraROIHeads' fast inference gives Detectron2's answers: top-k batched NMS against
 fast_rcnn_inference_single_image, separable mask pasting against paste_masks_in_image, and a whole tiny
-Mask R-CNN with both heads on the same weights; and the switches TEST.PRECISION and SOLVER.COMPILE_BACKBONE."""
+Mask R-CNN with both heads on the same weights; and the switches TEST.PRECISION, TEST.CUDA_GRAPHS and
+SOLVER.COMPILE_BACKBONE."""
 
+import pytest
 import torch
 from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
@@ -154,3 +156,48 @@ def test_compile_backbone_keeps_parameter_names_and_refuses_models_without_backb
     assert list(model.state_dict()) == names and model.backbone._compiled_call_impl is not None
     with pytest.raises(ValueError, match="SOLVER.COMPILE_BACKBONE needs a model with a .backbone module"):
         compile_backbone(torch.nn.Linear(2, 2))
+
+
+def test_cuda_graphs_switch_is_ignored_off_cuda_and_refused_for_video_models():
+    import pytest
+
+    from hiera_det.config import get_hiera_cfg, validate_hiera_config
+    from hiera_det.detection.fast_inference import use_cuda_graphs
+
+    cfg = get_hiera_cfg()
+    model = torch.nn.Module()
+    model.backbone = torch.nn.Linear(2, 2)
+    assert not use_cuda_graphs(cfg, model)  # off by default
+    cfg.TEST.CUDA_GRAPHS = True
+    validate_hiera_config(cfg)
+    assert not use_cuda_graphs(cfg, model)  # a model on the CPU: ignored, as TEST.PRECISION is
+    assert model.backbone._compiled_call_impl is None
+    cfg.MODEL.HIERA.NAME = "hiera_base_16x224"
+    with pytest.raises(ValueError, match="TEST.CUDA_GRAPHS is for image detectors.*set TEST.CUDA_GRAPHS False"):
+        validate_hiera_config(cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_give_the_eager_detections():
+    """Our Mask R-CNN (tiny trunk, random weights) on CUDA in bf16: with the backbone replayed from CUDA
+    graphs, repeated calls give the eager model's detections (scores within bf16 noise)."""
+    from detectron2.modeling import build_model
+
+    from benchmarks.peers import _ours_cfg
+    from hiera_det.detection.fast_inference import inference_autocast, use_cuda_graphs
+
+    cfg = _ours_cfg("mask_unit", (256, 256), True, torch.device("cuda"))
+    cfg.defrost()
+    cfg.TEST.PRECISION, cfg.TEST.CUDA_GRAPHS = "bfloat16", True
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    inputs = [{"image": torch.randint(0, 256, (3, 256, 256), generator=g, dtype=torch.uint8)}]
+    with torch.no_grad(), inference_autocast(cfg):
+        eager = model(inputs)[0]["instances"]
+        assert use_cuda_graphs(cfg, model)
+        for _ in range(3):  # compiles, records, replays
+            graphed = model(inputs)[0]["instances"]
+    assert len(graphed) == len(eager) > 0
+    torch.testing.assert_close(graphed.scores, eager.scores, atol=2e-2, rtol=0)

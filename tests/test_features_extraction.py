@@ -249,6 +249,41 @@ def test_bf16_autocast_stays_close_to_fp32(image_weights):
         assert relative < 0.05, (key, relative.item())
 
 
+def test_bf16_weights_stay_close_to_fp32_and_the_cuda_only_options_say_so(image_weights):
+    photos = [getattr(skimage_data, name)() for name in PHOTOS[:3]]
+    fp32 = FeatureExtractor("hiera_tiny_224", image_weights, pooled=True, device="cpu", **IMAGE_BUILD)(photos)
+    extractor = FeatureExtractor("hiera_tiny_224", image_weights, pooled=True, device="cpu", bf16_weights=True,
+                                 **IMAGE_BUILD)  # fmt: skip
+    assert next(extractor.trunk.parameters()).dtype == torch.bfloat16
+    bf16 = extractor(photos)
+    for key in ("stage1", "stage4", "pooled"):
+        assert bf16[key].dtype == torch.bfloat16
+        relative = (bf16[key].float() - fp32[key]).norm() / fp32[key].norm()
+        assert relative < 0.05, (key, relative.item())
+    with pytest.raises(ValueError, match="cuda_graphs replays CUDA graphs, but the device is cpu"):
+        FeatureExtractor("hiera_tiny_224", image_weights, device="cpu", cuda_graphs=True, **IMAGE_BUILD)
+    with pytest.raises(ValueError, match="two ways to run in bfloat16: choose one"):
+        FeatureExtractor("hiera_tiny_224", image_weights, device="cpu", bf16=True, bf16_weights=True, **IMAGE_BUILD)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_give_the_compiled_features_and_keep_each_batch(image_weights):
+    """Two batches through one graph (the second shorter, padded): each result stays as it was after the
+    next call, and equals the plain extractor's within bf16 rounding."""
+    photos = [getattr(skimage_data, name)() for name in PHOTOS[:3]]
+    plain = FeatureExtractor("hiera_tiny_224", image_weights, pooled=True, device="cuda", bf16_weights=True,
+                             **IMAGE_BUILD)  # fmt: skip
+    graphed = FeatureExtractor("hiera_tiny_224", image_weights, pooled=True, device="cuda", bf16_weights=True,
+                               cuda_graphs=True, **IMAGE_BUILD)  # fmt: skip
+    first, second = graphed(photos), graphed(photos[:2])
+    assert graphed._runner.num_graphs == 1
+    for key in ("stage1", "stage4", "pooled"):
+        expected = plain(photos)[key].float()
+        torch.testing.assert_close(first[key].float(), expected, atol=5e-2, rtol=5e-2)
+        torch.testing.assert_close(second[key].float(), expected[:2], atol=5e-2, rtol=5e-2)
+
+
 def test_class_lists_are_in_head_order():
     imagenet, kinetics = class_names("imagenet-1k"), class_names("kinetics-400")
     assert len(imagenet) == 1000 and imagenet[0] == "tench" and imagenet[999] == "toilet tissue"

@@ -8,7 +8,13 @@ from triton_interpreter import interpreted
 
 from hiera_det.modeling import build_hiera
 from hiera_det.modeling.hiera import conv2d_as_gemm
-from hiera_det.modeling.window_attention import exporting, kernel_applies, register_kernel, window_attention
+from hiera_det.modeling.window_attention import (
+    exporting,
+    kernel_applies,
+    register_kernel,
+    static_shapes,
+    window_attention,
+)
 
 # (windows, queries, keys, heads, head dim): Hiera-B's four small-window shapes, then Hiera-L's head dim,
 # a 7x7 window (49 keys) and sizes that are no power of two anywhere
@@ -106,7 +112,49 @@ def test_the_export_guard_is_off_under_torch_compile_and_on_under_torch_export()
     assert exported.module()(x).eq(1).all()
 
 
+def test_with_symbolic_sizes_every_kernel_op_computes_with_the_plain_ops():
+    """Dynamic shapes give the ops' bodies symbolic sizes, which cannot be Triton constants (on the GPU one
+    failed inside the window kernel's launch, session 11): each body then runs the plain ops, here on fake
+    tensors with symbolic sizes (a launch would fail on the CPU), and plain sizes are static."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    from hiera_det.modeling import fused_mlp, residual_norm
+    from hiera_det.modeling.window_attention import _window_attention_op
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+
+    def symbolic(*shape):
+        context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * len(shape))
+        return mode.from_tensor(torch.zeros(*shape, dtype=torch.bfloat16), symbolic_context=context)
+
+    q, k = symbolic(6, 16, 2, 32), symbolic(6, 64, 2, 32)
+    x, w1, b1, w2, b2 = symbolic(10, 96), symbolic(384, 96), symbolic(384), symbolic(96, 384), symbolic(96)
+    assert static_shapes(torch.zeros(3, 4).t()) and not static_shapes(q)
+    with mode:
+        assert _window_attention_op(q, k, k).shape == q.shape
+        assert fused_mlp._linear_gelu_op(x, w1, b1, "rational").shape == (x.shape[0], 384)
+        assert fused_mlp._mlp_op(x, w1, b1, w2, b2, "rational").shape == x.shape
+        total, normed = residual_norm._add_layer_norm_op(x, x, b2, b2, 1e-6, torch.bfloat16)
+    assert total.shape == normed.shape == x.shape and normed.dtype == torch.bfloat16
+
+
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_model_compiled_with_dynamic_shapes_runs_the_plain_ops():
+    """``dynamic=True`` (or dynamo's automatic dynamic shapes after a second input size): every inference
+    kernel stands aside, and the outputs are the eager model's."""
+    torch.manual_seed(0)
+    model = build_hiera("hiera_tiny_224", num_classes=0, input_size=(64, 64)).cuda().eval()
+    compiled = torch.compile(model, dynamic=True)
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+        for size in (64, 96):
+            x = torch.randn(2, 3, size, size, device="cuda")
+            out, expected = compiled(x)["stage4"].float(), model(x)["stage4"].float()
+            assert float((out - expected).norm() / expected.norm()) < 2e-2, size
 
 
 @pytest.mark.gpu

@@ -39,6 +39,7 @@ import hiera_det.d2  # noqa: E402,F401  (registers backbones, meta-architectures
 from hiera_det.checkpoint import CheckpointError  # noqa: E402
 from hiera_det.data.catalog import prepare_datasets  # noqa: E402
 from hiera_det.data.custom import DatasetSpecError, check_datasets  # noqa: E402
+from hiera_det.detection.fast_inference import use_cuda_graphs  # noqa: E402
 from hiera_det.engine import Trainer  # noqa: E402
 from hiera_det.engine.checkpointer import AtomicDetectionCheckpointer, load_model_weights  # noqa: E402
 from hiera_det.engine.run_config import build_run_config  # noqa: E402
@@ -108,6 +109,7 @@ def main(args):
                 raise FileNotFoundError(f"--eval-only --resume: no last_checkpoint in {cfg.OUTPUT_DIR}; "
                                         "train first or set MODEL.WEIGHTS")
         load_model_weights(model, weights, allow_pickle=args.allow_pickle, require_complete=True)
+        use_cuda_graphs(cfg, model)
         return Trainer.test(cfg, model)
 
     trainer = Trainer(cfg)

@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     from hiera_det.config import get_hiera_cfg, merge_config
     from hiera_det.data.video_io import VideoReadError
     from hiera_det.demo.video import DemoSettings, mode_for, run_video_demo
+    from hiera_det.detection.fast_inference import use_cuda_graphs
     from hiera_det.engine.checkpointer import load_model_weights
 
     setup_logger(name="hiera_det")
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
         print("error: no checkpoint: pass --weights (or set MODEL.WEIGHTS); --allow-random-weights runs an "
               "untrained model for smoke tests", file=sys.stderr)
         return 2
+    use_cuda_graphs(cfg, model)
     settings = DemoSettings(
         mode=mode,
         frame_stride=args.frame_stride,

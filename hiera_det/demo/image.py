@@ -31,7 +31,7 @@ from .. import d2  # noqa: F401  (registers the backbones and meta-architectures
 from ..config import get_hiera_cfg, merge_config
 from ..data.custom import register_custom_datasets
 from ..data.image_io import read_image
-from ..detection.fast_inference import inference_autocast
+from ..detection.fast_inference import inference_autocast, use_cuda_graphs
 from ..engine.checkpointer import atomic_write, load_model_weights
 from .draw import draw_instances
 
@@ -140,7 +140,8 @@ class ImagePredictor:
     """The detector of ``cfg`` with MODEL.WEIGHTS loaded (:func:`load_model_weights`), run on one image.
 
     What Detectron2's ``DefaultPredictor`` does (channel order, test resize, one forward without gradients),
-    with the weights loaded the tools' one way and the resize of :func:`inference_resize`.
+    with the weights loaded the tools' one way, the resize of :func:`inference_resize`, ``TEST.PRECISION``
+    and ``TEST.CUDA_GRAPHS``.
     """
 
     def __init__(self, cfg, *, allow_pickle: bool = False):
@@ -149,6 +150,7 @@ class ImagePredictor:
         self.weights = load_model_weights(
             self.model, cfg.MODEL.WEIGHTS, allow_pickle=allow_pickle, require_complete=True
         )
+        use_cuda_graphs(cfg, self.model)
 
     def __call__(self, image_bgr: np.ndarray):
         """``Instances`` (on the CPU) for an ``[H, W, 3]`` uint8 BGR image."""

@@ -12,6 +12,7 @@ which is what the tests (``tests/test_fast_inference.py``) and the GPU benchmark
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
@@ -22,6 +23,8 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import BitMasks, Boxes, Instances, ROIMasks
 from torchvision.ops import nms
+
+logger = logging.getLogger(__name__)
 
 # the first NMS round looks at this many of the best (proposal, class) pairs, or 8 x the detections kept
 MIN_CANDIDATES = 1024
@@ -36,6 +39,19 @@ def inference_autocast(cfg, device: str | torch.device | None = None):
     if cfg.TEST.PRECISION == "float32" or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=getattr(torch, cfg.TEST.PRECISION))
+
+
+def use_cuda_graphs(cfg, model) -> bool:
+    """With ``TEST.CUDA_GRAPHS`` on and ``model`` on CUDA, compile ``model.backbone`` in place for inference
+    replayed from CUDA graphs (``mode="reduce-overhead"``, static shapes; parameter names unchanged, so weights
+    load before or after). Whether it did; off CUDA the setting is ignored, as ``TEST.PRECISION`` is."""
+    if not cfg.TEST.CUDA_GRAPHS or next(model.parameters()).device.type != "cuda":
+        return False
+    model.backbone.compile(mode="reduce-overhead", dynamic=False)
+    if not cfg.INPUT.LSJ.ENABLED:
+        logger.warning("TEST.CUDA_GRAPHS: the backbone compiles and captures again for each new input size "
+                       "(about 30 s each); pad the images to one square (INPUT.LSJ.ENABLED) for mixed sizes")
+    return True
 
 
 def topk_batched_nms(

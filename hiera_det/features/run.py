@@ -101,6 +101,8 @@ def run_config(extractor: FeatureExtractor, weights: str | None, clip_stride: in
         "stage_norms": extractor.stage_norms is not None,
         "bf16": extractor.bf16,
     }
+    if extractor.bf16_weights:  # only when on, so that folders written before the option still resume
+        config["bf16_weights"] = True
     if extractor.video:
         config.update(num_frames=extractor.num_frames, sampling_rate=extractor.sampling_rate,
                       clip_stride=clip_stride, preprocessing=vars(extractor.clip_preprocessing))

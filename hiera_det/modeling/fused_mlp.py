@@ -33,8 +33,9 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+import torch.nn.functional as F
 
-from .window_attention import exporting
+from .window_attention import exporting, static_shapes
 
 GELU_FORMS = ("rational", "erf")
 GELU_FORM = "rational"
@@ -195,14 +196,19 @@ def _gelu_form(form: str | None) -> str:
     return form
 
 
-# the ops' schemas take no tuples: the launch settings are the shipped tables
+# The ops' schemas take no tuples: the launch settings are the shipped tables. Symbolic sizes (dynamic shapes)
+# cannot be the kernels' constants: there the plain ops compute the same function.
 def _linear_gelu_op(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu_form: str
 ) -> torch.Tensor:
+    if not static_shapes(x, weight, bias):
+        return F.gelu(F.linear(x, weight, bias))
     return launch_linear_gelu(x, weight, bias, gelu_form=gelu_form)
 
 
 def _mlp_op(
     x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, gelu_form: str
 ) -> torch.Tensor:
+    if not static_shapes(x, w1, b1, w2, b2):
+        return F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
     return launch_mlp(x, w1, b1, w2, b2, gelu_form=gelu_form)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import fused_mlp as mlp_kernels
+from . import residual_norm as residual_norm_kernel
 from .pos_embed import absolute_pos_embed, create_pos_embed, separate_pos_embed, window_pos_embed
 from .token_layout import GLOBAL, MASK_UNIT, SpatialLayout, UnrolledLayout
 from .window_attention import register_kernel, window_attention
@@ -155,6 +156,7 @@ class HieraBlock(nn.Module):
         window_kernel: bool = True,
         gelu_epilogue: bool = False,
         fused_mlp: bool = True,
+        residual_norm: bool = True,
     ):
         super().__init__()
         self.dim, self.dim_out = dim, dim_out
@@ -167,9 +169,13 @@ class HieraBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
+        self.residual_norm = residual_norm and residual_norm_kernel.register_kernel()
 
     def forward(self, x: torch.Tensor, layout) -> torch.Tensor:
         x, attn = self.shortcut_and_attention(x, layout)
+        if self.residual_norm and not self.training:
+            x, normed = residual_norm_kernel.add_layer_norm(x, attn, self.norm2)
+            return x + self.mlp(normed)
         x = x + self.drop_path(attn)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -299,9 +305,11 @@ class Hiera(nn.Module):
 
     Inference kernels: ``window_kernel`` (default on) runs attention over windows of at most 64 tokens through
     the small-window Triton kernel on CUDA (same function as SDPA); ``fused_mlp`` (default on) runs the erf
-    GELU inside the MLP's GEMMs in 16-bit CUDA inference (same function); ``gelu_epilogue`` (default off)
-    fuses fc1 and a tanh GELU in bf16 CUDA inference, a small departure from the exact-erf models (see
-    ``Mlp``).
+    GELU inside the MLP's GEMMs in 16-bit CUDA inference (same function); ``residual_norm`` (default on) runs
+    each block's attention residual add and second LayerNorm as one kernel in compiled 16-bit CUDA inference,
+    so that compiled code stores the residual stream (``hiera_det.modeling.residual_norm``; same function);
+    ``gelu_epilogue`` (default off) fuses fc1 and a tanh GELU in bf16 CUDA inference, a small departure from
+    the exact-erf models (see ``Mlp``).
     """
 
     def __init__(
@@ -335,6 +343,7 @@ class Hiera(nn.Module):
         window_kernel: bool = True,
         gelu_epilogue: bool = False,
         fused_mlp: bool = True,
+        residual_norm: bool = True,
         name: str = "hiera",
     ):
         super().__init__()
@@ -426,6 +435,7 @@ class Hiera(nn.Module):
                     window_kernel,
                     gelu_epilogue,
                     fused_mlp,
+                    residual_norm,
                 )
             )
             embed_dim = dim_out
@@ -460,6 +470,7 @@ class Hiera(nn.Module):
         fused_mlp: bool | None = None,
         patches_as_gemm: bool | None = None,
         gelu_form: str | None = None,
+        residual_norm: bool | None = None,
     ):
         """Switch the inference kernels of every block (the constructor's flags of the same names), the
         patch embedding's ``patches_as_gemm`` and the fused MLP's ``gelu_form`` (``fused_mlp.GELU_FORMS``);
@@ -479,6 +490,8 @@ class Hiera(nn.Module):
                 block.mlp.fused = fused_mlp and mlp_kernels.register_kernels()
             if gelu_form is not None:
                 block.mlp.gelu_form = gelu_form
+            if residual_norm is not None:
+                block.residual_norm = residual_norm and residual_norm_kernel.register_kernel()
         return self
 
     @property

@@ -35,7 +35,7 @@ def register_kernel() -> bool:
     whether it is registered. Models call this when built with the kernel on."""
     global _registered
     if not _registered and _HAS_TRITON and torch.cuda.is_available():
-        torch.library.triton_op("hiera_det::window_attention", launch, mutates_args=())
+        torch.library.triton_op("hiera_det::window_attention", _window_attention_op, mutates_args=())
         _registered = True
     return _registered
 
@@ -50,6 +50,15 @@ def exporting() -> bool:
     return bool(getattr(torch.compiler, "_is_exporting_flag", False)) or (
         not torch.compiler.is_compiling() and torch.compiler.is_exporting()
     )
+
+
+def static_shapes(*tensors: torch.Tensor) -> bool:
+    """Whether every size and stride of ``tensors`` is a plain int. The inference kernels take them as Triton
+    compile-time constants, which a symbolic size cannot be: under ``torch.compile`` with dynamic shapes
+    (``dynamic=True``, or dynamo's automatic dynamic shapes once a model has met a second input size) each
+    op's body computes with the plain ops instead. It is asked inside the ops' bodies, which inductor traces
+    with the real symbolic sizes; dynamo's own trace answers ``isinstance(size, int)`` with True for them."""
+    return all(isinstance(n, int) for t in tensors for n in (*t.shape, *t.stride()))
 
 
 def kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -77,8 +86,17 @@ def window_attention(
     The Triton kernel if ``use_kernel`` and ``kernel_applies``, ``scaled_dot_product_attention`` otherwise."""
     if use_kernel and kernel_applies(q, k, v):
         return torch.ops.hiera_det.window_attention(q, k, v)
+    return sdpa(q, k, v)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes, through ``scaled_dot_product_attention``, in the same layouts."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def _window_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return launch(q, k, v) if static_shapes(q, k, v) else sdpa(q, k, v)
 
 
 def launch_config(q_block: int, k_block: int) -> tuple[int, int]:
