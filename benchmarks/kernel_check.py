@@ -46,7 +46,8 @@ LAYOUTS = [("window_1024_b8", ["default"]), ("mask_unit_1024_b8", ["default"])]
 # the trunk targets of issue 16 (H100): case: (threshold, unit); the best of our variants counts
 TARGETS = {"hiera_b_224_b128": (12000, "im/s"), "hiera_b_16x224_video_b16": (1000, "clips/s")}
 PYTEST_LIMIT_S = 200
-TEST_FILES = ["tests/test_window_attention.py", "tests/test_fused_mlp.py"]
+TEST_FILES = ["tests/test_window_attention.py", "tests/test_fused_mlp.py", "tests/test_residual_norm.py",
+              "tests/test_inference.py"]
 LAYOUTS_S = 70  # what the layouts take (two compiles at 1024): the detector's modes leave it to them
 
 

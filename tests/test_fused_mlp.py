@@ -175,8 +175,10 @@ def test_compiled_model_runs_both_kernels_as_close_to_fp32_as_unfused_and_traini
         with torch.autocast("cuda", torch.bfloat16):
             unfused_error = relative_error(model.set_inference_kernels(fused_mlp=False)(x), ref)
             model.set_inference_kernels(fused_mlp=True)
-            torch.compile(model, backend=recording_backend)(x)
-            compiled = torch.compile(model, mode=mode)
+            # static shapes: after other tests compiled Hiera at other sizes, dynamo's automatic dynamic
+            # shapes would give the ops symbolic sizes, and their bodies would run the plain ops
+            torch.compile(model, backend=recording_backend, dynamic=False)(x)
+            compiled = torch.compile(model, mode=mode, dynamic=False)
             for _ in range(3):  # CUDA graphs record on a later call
                 out = compiled(x)
     assert any("hiera_det.mlp" in t for t in targets) and any("linear_gelu" in t for t in targets), targets

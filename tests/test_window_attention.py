@@ -190,7 +190,7 @@ def test_compiled_model_with_the_kernel_is_as_close_to_fp32_as_sdpa_and_training
         ref = model.set_inference_kernels(window_kernel=False)(x)
         with torch.autocast("cuda", torch.bfloat16):
             sdpa_error = relative_error(model(x), ref)
-            compiled = torch.compile(model.set_inference_kernels(window_kernel=True), mode=mode)
+            compiled = torch.compile(model.set_inference_kernels(window_kernel=True), mode=mode, dynamic=False)
             for _ in range(3):  # CUDA graphs record on a later call
                 out = compiled(x)
     kernel_error = relative_error(out, ref)
@@ -214,9 +214,9 @@ def test_torch_compile_launches_the_kernel(mode):
         return torch._inductor.compile(gm, example_inputs)
 
     with torch.no_grad():
-        compiled = torch.compile(window_attention, backend=recording_backend, fullgraph=True)
+        compiled = torch.compile(window_attention, backend=recording_backend, fullgraph=True, dynamic=False)
         out = compiled(q, k, v)
-        graphed = torch.compile(window_attention, mode=mode, fullgraph=True)
+        graphed = torch.compile(window_attention, mode=mode, fullgraph=True, dynamic=False)
         for _ in range(3):  # CUDA graphs record on a later call
             graphed_out = graphed(q, k, v)
     assert any("window_attention" in t for t in targets), targets
