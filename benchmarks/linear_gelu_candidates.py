@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hiera_det.modeling.fused_mlp_triton import gelu
+from hiera_det.modeling.fused_mlp_triton import gelu, store_bias_gelu
 
 
 @triton.jit
@@ -57,10 +57,7 @@ def persistent_kernel(
             a = tl.load(x_ptr + rm_in[:, None] * K + kk[None, :])
             b = tl.load(w_ptr + rn_in[None, :] * K + kk[:, None])
             acc = tl.dot(a, b, acc)
-        acc += tl.load(b_ptr + rn_in).to(tl.float32)[None, :]
-        acc = gelu(acc, GELU)
-        o_at = o_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
-        tl.store(o_at, acc.to(o_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+        store_bias_gelu(acc, b_ptr, o_ptr, rm, rn, rn_in, M, N, GELU)
 
 
 @triton.jit

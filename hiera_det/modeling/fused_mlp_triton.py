@@ -71,6 +71,13 @@ def linear_gelu_kernel(
         acc = tl.dot(a, b, acc)
         x_at += BLOCK_K
         w_at += BLOCK_K * w_sk
+    store_bias_gelu(acc, b_ptr, o_ptr, rm, rn, rn_in, M, N, GELU)
+
+
+@triton.jit
+def store_bias_gelu(acc, b_ptr, o_ptr, rm, rn, rn_in, M, N, GELU: tl.constexpr):
+    """The fc1 + GELU epilogue: bias and GELU on the fp32 accumulator of output tile (``rm``, ``rn``),
+    stored in the output's dtype; ``rn_in`` is ``rn`` clamped into the bias."""
     acc += tl.load(b_ptr + rn_in).to(tl.float32)[None, :]
     acc = gelu(acc, GELU)
     o_at = o_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :]
