@@ -17,7 +17,13 @@ Inference (one 1024 image, 100 detections with masks, bf16 autocast unless state
   shut down after each compile.
 
 Training (batch 8 at 1024, bf16 autocast): eager against the backbone compiled, foreach against fused
-AdamW: images/s and peak memory; then the loss curves of eager and compiled from the same seed.
+AdamW, ``HieraRPN`` against Detectron2's ``RPN``: images/s, peak memory, the time the Python garbage
+collector takes, and the split of a step by phase (pre-processing, backbone, RPN, RoI heads, backward,
+optimizer) and by the RPN's and RoI heads' own steps, synchronized at each boundary; then the loss curves of
+eager and compiled from the same seed (``--curve-iters``).
+
+``--parts proposals``: the RPN's proposal selection alone, Detectron2's ``find_top_rpn_proposals`` against
+``HieraRPN``'s, for training's batch of 8 and inference's single image, and whether they agree.
 
     python -m benchmarks.detector_speed --out /tmp/det            # GPU
     python -m benchmarks.detector_speed --smoke --out /tmp/det    # CPU, tiny models, seconds
@@ -30,6 +36,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -39,12 +46,13 @@ from benchmarks.cases import synthetic_instances
 from benchmarks.peers import _ours_cfg, vitdet_detector
 
 
-def build_ours(size: int, smoke: bool, heads: str):
+def build_ours(size: int, smoke: bool, heads: str, rpn: str = "HieraRPN"):
     from detectron2.modeling import build_model
 
     cfg = _ours_cfg("mask_unit", (size, size), smoke, torch.get_default_device())
     cfg.defrost()
     cfg.MODEL.ROI_HEADS.NAME = heads
+    cfg.MODEL.PROPOSAL_GENERATOR.NAME = rpn
     if heads == "StandardROIHeads":  # Detectron2's inference throughout: its mask paste too
         cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     return build_model(cfg).eval(), cfg
@@ -415,12 +423,12 @@ def run_fused_mlp(args, device, report, save):
     save()
 
 
-def train_models(args, device, fused: bool):
+def train_models(args, device, fused: bool, rpn: str = "HieraRPN"):
     from hiera_det.engine.optimizer import build_optimizer
 
     size = 64 if args.smoke else 1024
     with torch.device(device):
-        model, cfg = build_ours(size, args.smoke, "HieraROIHeads")
+        model, cfg = build_ours(size, args.smoke, "HieraROIHeads", rpn)
         model.train()
         opt = build_optimizer(cfg, model)
     if fused and device.type == "cuda":
@@ -454,28 +462,149 @@ def train_step(model, opt, batch, device):
     return {k: v.detach() for k, v in losses.items()}, total.detach()
 
 
+TRAIN_PHASES = ["preprocess", "backbone", "rpn", "roi_heads", "backward", "optimizer"]
+
+
+def train_split_once(model, opt, batch, device) -> dict:
+    """Wall milliseconds per phase of one training step, the GPU synchronized at each phase boundary (so a
+    phase takes its host time or its GPU time, whichever is longer), and of the RPN's and RoI heads' steps
+    (``TRAIN_STEPS``), each also between synchronizations."""
+    from detectron2.utils.events import EventStorage
+
+    walls = []
+
+    def mark():
+        _sync(device)
+        walls.append(time.perf_counter())
+
+    steps: dict[str, float] = {}
+    with EventStorage(), _timed_methods(model, steps, device):
+        mark()
+        with harness.autocast("bf16", device):
+            images_ = model.preprocess_image(batch)
+            gt = [x["instances"].to(device) for x in batch]
+            mark()
+            features = model.backbone(images_.tensor)
+            mark()
+            proposals, proposal_losses = model.proposal_generator(images_, features, gt)
+            mark()
+            _, detector_losses = model.roi_heads(images_, features, proposals, gt)
+            total = sum({**detector_losses, **proposal_losses}.values())
+            mark()
+        total.backward()
+        mark()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        mark()
+    out = {name: (walls[i + 1] - walls[i]) * 1e3 for i, name in enumerate(TRAIN_PHASES)}
+    out["total"] = (walls[-1] - walls[0]) * 1e3
+    return out | {f"{k} (synchronized)": v for k, v in steps.items()}
+
+
+# The training steps of Detectron2's RPN and RoI heads that train_split_once times one by one.
+TRAIN_STEPS = {
+    "proposal_generator": ["label_and_sample_anchors", "losses", "predict_proposals"],
+    "roi_heads": ["label_and_sample_proposals", "_forward_box", "_forward_mask"],
+}  # fmt: skip
+
+
+class _timed_methods:
+    """Replace ``TRAIN_STEPS``'s methods of ``model`` by wrappers that synchronize before
+    and after and add their wall milliseconds to ``record``; restored on exit."""
+
+    def __init__(self, model, record: dict, device):
+        self.model, self.record, self.device = model, record, device
+        self.patched = []
+
+    def __enter__(self):
+        for owner_name, names in TRAIN_STEPS.items():
+            owner = getattr(self.model, owner_name)
+            for name in names:
+                if not hasattr(owner, name):
+                    continue
+                original = getattr(owner, name)
+                key = f"{owner_name}.{name}"
+
+                def wrapper(*args, _original=original, _key=key, **kwargs):
+                    _sync(self.device)
+                    t0 = time.perf_counter()
+                    result = _original(*args, **kwargs)
+                    _sync(self.device)
+                    self.record[_key] = self.record.get(_key, 0.0) + (time.perf_counter() - t0) * 1e3
+                    return result
+
+                self.patched.append((owner, name))
+                setattr(owner, name, wrapper)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name in reversed(self.patched):
+            delattr(owner, name)  # the instance attribute: the class's method shows through again
+
+
+class GarbageCollectionTimer:
+    """Time the Python garbage collector spends, by generation, while active (``gc.callbacks``)."""
+
+    def __init__(self):
+        self.ms = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._start = None
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.ms[info["generation"]] += (time.perf_counter() - self._start) * 1e3
+            self.count[info["generation"]] += 1
+
+    def __enter__(self):
+        import gc
+
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+
+        gc.callbacks.remove(self._callback)
+
+    def per_step(self, steps: int) -> dict:
+        return {f"gen{g}": {"ms": round(self.ms[g] / steps, 2), "collections": self.count[g] / steps}
+                for g in range(3)}  # fmt: skip
+
+
 def run_training(args, device, report, save):
     size = 64 if args.smoke else 1024
     batch = 2 if args.smoke else 8
     tr = report.setdefault("training", {})
     data = train_batches(2, batch, size, device, 0)
-    variants = [("eager foreach", False, False), ("eager fused", False, True), ("compiled fused", True, True)]
+    # (name, backbone compiled, fused AdamW, proposal generator)
+    variants = [
+        ("eager foreach", False, False, "HieraRPN"),
+        ("eager fused", False, True, "HieraRPN"),
+        ("eager fused (Detectron2 RPN)", False, True, "RPN"),
+        ("compiled fused", True, True, "HieraRPN"),
+        ("compiled fused (Detectron2 RPN)", True, True, "RPN"),
+    ]
     if args.no_compile:
-        variants = variants[:2]
-    for name, compile_, fused in variants:
+        variants = [v for v in variants if not v[1]]
+    if args.train_variants:
+        variants = [v for v in variants if v[0] in args.train_variants.split(";")]
+    for name, compile_, fused, rpn in variants:
         try:
-            train_variant(args, device, tr, name, compile_, fused, data, batch)
+            train_variant(args, device, tr, name, compile_, fused, rpn, data, batch)
         except Exception as e:  # e.g. out of memory: record it, measure the others
             tr[name] = {"error": harness.describe_error(e)}
         save()
         harness.release_memory(device)
 
-    _loss_curves(args, device, tr, size, save)
+    if args.curve_iters > 0:
+        _loss_curves(args, device, tr, size, save)
 
 
-def train_variant(args, device, tr, name, compile_, fused, data, batch):
+def train_variant(args, device, tr, name, compile_, fused, rpn, data, batch):
     torch.manual_seed(0)
-    model, opt = train_models(args, device, fused)
+    model, opt = train_models(args, device, fused, rpn)
     if compile_:
         model.backbone = torch.compile(model.backbone, dynamic=False)
     t0 = time.monotonic()
@@ -487,11 +616,18 @@ def train_variant(args, device, tr, name, compile_, fused, data, batch):
     held = harness.resident_bytes(model, opt, device)
     peak = harness.peak_call_bytes(lambda: train_step(model, opt, data[0], device), device)
     reps = 3 if args.smoke else args.train_repeats
-    times = [
-        harness.time_call(lambda i=i: train_step(model, opt, data[i % 2], device), device)
-        for i in range(reps)
-    ]
+    with GarbageCollectionTimer() as gc_timer:
+        times = [
+            harness.time_call(lambda i=i: train_step(model, opt, data[i % 2], device), device)
+            for i in range(reps)
+        ]
     s = harness.summarize(times)
+    runs = [train_split_once(model, opt, data[i % 2], device) for i in range(3 if args.smoke else 6)]
+    phases = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+    if not args.no_profile:
+        tr.setdefault("profiles", {})[name] = profile_table(
+            lambda: train_step(model, opt, data[0], device), device, rows=30
+        )
     tr[name] = {
         "images_per_s": batch / s["median_ms"] * 1e3,
         "median_ms": s["median_ms"],
@@ -499,6 +635,8 @@ def train_variant(args, device, tr, name, compile_, fused, data, batch):
         "p90_ms": s["p90_ms"],
         "peak_gib": (held + peak) / 2**30 if peak is not None else None,
         "first_step_s": first,
+        "garbage_collection_per_step": gc_timer.per_step(reps),
+        "phases_ms": phases,
     }
 
 
@@ -575,8 +713,62 @@ def run_host_after_compile(args, device, report, save):
     measure("eager, compile workers shut down")
 
 
+def rpn_outputs(batch: int, size: int, device, seed: int = 0):
+    """Random RPN outputs of a ``size`` image batch as the FPN levels p2-p6 with 3 anchors give them:
+    per-level proposals ``[N, R, 4]`` about their anchors' sizes, and objectness logits ``[N, R]``."""
+    g = torch.Generator().manual_seed(seed)
+    proposals, logits = [], []
+    for level in range(5):
+        stride = 4 * 2**level
+        count = (size // stride) ** 2 * 3
+        xy = torch.rand(batch, count, 2, generator=g) * size
+        wh = torch.rand(batch, count, 2, generator=g) * 8 * stride + stride
+        proposals.append(torch.cat([xy - wh / 2, xy + wh / 2], dim=2).to(device))
+        logits.append(torch.randn(batch, count, generator=g).to(device))
+    return proposals, logits
+
+
+def run_proposals(args, device, report, save):
+    """The RPN's proposal selection alone: Detectron2's ``find_top_rpn_proposals`` against ``HieraRPN``'s
+    ``select_proposals``, training's batch of 8 (pre-NMS top 2000 per level) and inference's single image
+    (top 1000), with how many proposals agree."""
+    from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
+
+    from hiera_det.detection.proposals import select_proposals
+
+    size = 64 if args.smoke else 1024
+    rec = report.setdefault("proposals", {})
+    for name, batch, topk, training in (
+        ("training, batch 8", 8, 2000, True),
+        ("inference, batch 1", 1, 1000, False),
+    ):
+        proposals, logits = rpn_outputs(batch, size, device)
+        call_args = ([(size, size)] * batch, 0.7, topk, 1000, 0.0, training)
+        calls = {
+            "Detectron2": lambda: find_top_rpn_proposals([p.clone() for p in proposals], logits, *call_args),
+            "HieraRPN": lambda: select_proposals(proposals, logits, *call_args),
+        }
+        entry = {}
+        for label, fn in calls.items():
+            entry[label] = latency(fn, device, 3, 5 if args.smoke else args.repeats)
+        want, got = calls["Detectron2"](), calls["HieraRPN"]()
+        same = [
+            len(w) == len(o) and bool((w.proposal_boxes.tensor == o.proposal_boxes.tensor).all())
+            for w, o in zip(want, got)
+        ]
+        entry["images_with_identical_proposals"] = f"{sum(same)} of {batch}"
+        entry["proposals_in_common"] = sum(
+            sum((Counter(map(tuple, w.proposal_boxes.tensor.tolist()))
+                 & Counter(map(tuple, o.proposal_boxes.tensor.tolist()))).values())
+            for w, o in zip(want, got)
+        ) / max(1, sum(len(w) for w in want))  # fmt: skip
+        rec[name] = entry
+        print(name, {k: v["median_ms"] if isinstance(v, dict) else v for k, v in entry.items()}, flush=True)
+        save()
+
+
 PARTS = {"host_after_compile": run_host_after_compile, "inference": run_inference, "training": run_training,
-         "window_kernel": run_window_kernel, "fused_mlp": run_fused_mlp}  # fmt: skip
+         "window_kernel": run_window_kernel, "fused_mlp": run_fused_mlp, "proposals": run_proposals}  # fmt: skip
 
 
 def main(argv=None):
@@ -590,12 +782,17 @@ def main(argv=None):
         "--parts",
         default="inference,training",
         help="comma-separated: inference, training, window_kernel, fused_mlp (one of the "
-        "trunk's inference kernels on and off), host_after_compile",
+        "trunk's inference kernels on and off), host_after_compile, proposals",
     )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--eval-images", type=int, default=24)
     parser.add_argument("--train-repeats", type=int, default=8)
-    parser.add_argument("--curve-iters", type=int, default=150)
+    parser.add_argument(
+        "--train-variants",
+        default="",
+        help="semicolon-separated subset of the training variants (names as in run_training); default all",
+    )
+    parser.add_argument("--curve-iters", type=int, default=150, help="0 skips the loss curves")
     parser.add_argument("--curve-batch", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-profile", action="store_true")

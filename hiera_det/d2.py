@@ -23,6 +23,7 @@ from .data.catalog import register_builtin_datasets
 from .detection import build as _backbones  # noqa: F401  (registers the backbones)
 from .detection import fast_inference as _fast_inference  # noqa: F401  (registers HieraROIHeads, HieraRCNN)
 from .detection import mask_head as _mask_head  # noqa: F401  (registers MaskRCNNGPUTargetsHead)
+from .detection import proposals as _proposals  # noqa: F401  (registers HieraRPN)
 from . import pretraining as _pretraining  # noqa: F401  (registers HieraMAE)
 from .video import action_detector as _action_detector  # noqa: F401  (registers HieraActionDetector)
 from .video import meta_arch as _meta_architectures  # noqa: F401  (registers the meta-architectures)

@@ -145,16 +145,19 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
 @gpu
 def test_a_model_compiled_with_dynamic_shapes_runs_the_plain_ops():
-    """``dynamic=True`` (or dynamo's automatic dynamic shapes after a second input size): every inference
-    kernel stands aside, and the outputs are the eager model's."""
+    """A symbolic size (``torch.compile(dynamic=True)``, ``mark_dynamic``, or dynamo's automatic dynamic
+    shapes after a second input size): every inference kernel stands aside, and the outputs are the eager
+    model's. Only the batch size is symbolic here: with symbolic heights and widths dynamo alone takes
+    minutes over Hiera's layout arithmetic, and a symbolic batch reaches every kernel op just the same."""
     torch.manual_seed(0)
     model = build_hiera("hiera_tiny_224", num_classes=0, input_size=(64, 64)).cuda().eval()
-    compiled = torch.compile(model, dynamic=True)
+    compiled = torch.compile(model)
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
-        for size in (64, 96):
-            x = torch.randn(2, 3, size, size, device="cuda")
+        for batch in (2, 3):
+            x = torch.randn(batch, 3, 64, 64, device="cuda")
+            torch._dynamo.mark_dynamic(x, 0)
             out, expected = compiled(x)["stage4"].float(), model(x)["stage4"].float()
-            assert float((out - expected).norm() / expected.norm()) < 2e-2, size
+            assert float((out - expected).norm() / expected.norm()) < 2e-2, batch
 
 
 @pytest.mark.gpu
