@@ -423,12 +423,12 @@ def run_fused_mlp(args, device, report, save):
     save()
 
 
-def train_models(args, device, fused: bool, rpn: str = "HieraRPN"):
+def train_models(args, device, fused: bool, rpn: str = "HieraRPN", heads: str = "HieraROIHeads"):
     from hiera_det.engine.optimizer import build_optimizer
 
     size = 64 if args.smoke else 1024
     with torch.device(device):
-        model, cfg = build_ours(size, args.smoke, "HieraROIHeads", rpn)
+        model, cfg = build_ours(size, args.smoke, heads, rpn)
         model.train()
         opt = build_optimizer(cfg, model)
     if fused and device.type == "cuda":
@@ -578,21 +578,23 @@ def run_training(args, device, report, save):
     batch = 2 if args.smoke else 8
     tr = report.setdefault("training", {})
     data = train_batches(2, batch, size, device, 0)
-    # (name, backbone compiled, fused AdamW, proposal generator)
+    # (name, backbone compiled, fused AdamW, proposal generator, RoI heads); Detectron2's RoI heads train as
+    # HieraROIHeads do, except that they label and sample the proposals image by image
+    ours, detectron2 = ("HieraRPN", "HieraROIHeads"), ("RPN", "StandardROIHeads")
     variants = [
-        ("eager foreach", False, False, "HieraRPN"),
-        ("eager fused", False, True, "HieraRPN"),
-        ("eager fused (Detectron2 RPN)", False, True, "RPN"),
-        ("compiled fused", True, True, "HieraRPN"),
-        ("compiled fused (Detectron2 RPN)", True, True, "RPN"),
+        ("eager foreach", False, False, *ours),
+        ("eager fused", False, True, *ours),
+        ("eager fused (Detectron2 RPN and sampling)", False, True, *detectron2),
+        ("compiled fused", True, True, *ours),
+        ("compiled fused (Detectron2 RPN and sampling)", True, True, *detectron2),
     ]
     if args.no_compile:
         variants = [v for v in variants if not v[1]]
     if args.train_variants:
         variants = [v for v in variants if v[0] in args.train_variants.split(";")]
-    for name, compile_, fused, rpn in variants:
+    for name, compile_, fused, rpn, heads in variants:
         try:
-            train_variant(args, device, tr, name, compile_, fused, rpn, data, batch)
+            train_variant(args, device, tr, name, compile_, fused, rpn, heads, data, batch)
         except Exception as e:  # e.g. out of memory: record it, measure the others
             tr[name] = {"error": harness.describe_error(e)}
         save()
@@ -602,9 +604,9 @@ def run_training(args, device, report, save):
         _loss_curves(args, device, tr, size, save)
 
 
-def train_variant(args, device, tr, name, compile_, fused, rpn, data, batch):
+def train_variant(args, device, tr, name, compile_, fused, rpn, heads, data, batch):
     torch.manual_seed(0)
-    model, opt = train_models(args, device, fused, rpn)
+    model, opt = train_models(args, device, fused, rpn, heads)
     if compile_:
         model.backbone = torch.compile(model.backbone, dynamic=False)
     t0 = time.monotonic()

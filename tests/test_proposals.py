@@ -236,3 +236,73 @@ def RPN_label_and_sample_anchors(rpn, anchors, gt):
     from detectron2.modeling.proposal_generator import RPN
 
     return RPN.label_and_sample_anchors(rpn, anchors, gt)
+
+
+def test_images_without_any_usable_box_get_no_proposals_and_bf16_logits_work():
+    sizes = [(70, 64), (50, 80)]
+    proposals, logits = _rpn_outputs(2, 5, integer=True)
+    for level in proposals:  # every box of image 1 lies left of the image: clipped to zero width
+        level[1, :, 0::2] = -level[1, :, 0::2].abs() - 1
+    # distinct bf16 logits, as the RPN head gives them under autocast (ties would be taken in topk's order)
+    logits = [torch.randperm(level.numel(), generator=torch.Generator().manual_seed(i)).view_as(level).bfloat16() / 8
+              for i, level in enumerate(logits)]  # fmt: skip
+    args = (sizes, 0.7, 100, 60, 0.0, True)
+    # torchvision's CPU NMS wants the boxes' dtype (on CUDA its autocast wrapper casts): the same values in fp32
+    want = find_top_rpn_proposals([p.clone() for p in proposals], [l.float() for l in logits], *args)
+    got = select_proposals(proposals, logits, *args)
+    assert len(got[1]) == len(want[1]) == 0 and len(got[0]) == 60
+    assert got[0].objectness_logits.dtype == torch.bfloat16
+    for result in got:
+        result.objectness_logits = result.objectness_logits.float()
+    _assert_same(want, got)
+
+
+def test_roi_heads_label_and_sample_proposals_equal_detectron2(monkeypatch):
+    from detectron2.modeling import build_model
+    from detectron2.modeling.roi_heads import StandardROIHeads
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from benchmarks.peers import _ours_cfg
+    from hiera_det.detection import proposals as proposals_module
+
+    cfg = _ours_cfg("mask_unit", (64, 64), True, torch.device("cpu"))
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32  # fewer than the candidates: sampling decides
+    heads = build_model(cfg).roi_heads
+    assert type(heads).__name__ == "HieraROIHeads"
+    sizes = [(64, 64), (48, 64), (64, 40)]
+    targets = _gt_instances(sizes, 1, [4, 0, 12])
+    g = torch.Generator().manual_seed(2)
+    for t in targets:
+        t.gt_classes = torch.randint(0, cfg.MODEL.ROI_HEADS.NUM_CLASSES, (len(t),), generator=g)
+        t.gt_masks = BitMasks(torch.rand(len(t), *t.image_size, generator=g) > 0.5)
+    proposals = []
+    for (h, w), count in zip(sizes, [50, 30, 0]):  # the last image has only its gt boxes as proposals
+        xy = torch.rand(count, 2, generator=g) * torch.tensor([w, h]) * 0.8
+        p = Instances((h, w))
+        p.proposal_boxes = Boxes(torch.cat([xy, xy + torch.rand(count, 2, generator=g) * 30 + 1], dim=1))
+        p.objectness_logits = torch.randn(count, generator=g)
+        proposals.append(p)
+    for chunk in (proposals_module.MATCH_CHUNK_ELEMENTS, 1):
+        monkeypatch.setattr(proposals_module, "MATCH_CHUNK_ELEMENTS", chunk)
+        with EventStorage() as storage:
+            torch.manual_seed(0)
+            want = StandardROIHeads.label_and_sample_proposals(heads, proposals, targets)
+            want_counts = {
+                k: storage.latest()[k][0] for k in ("roi_head/num_fg_samples", "roi_head/num_bg_samples")
+            }
+            torch.manual_seed(0)
+            got = heads.label_and_sample_proposals(proposals, targets)
+            got_counts = {k: storage.latest()[k][0] for k in want_counts}
+        assert want_counts == got_counts
+        for w, o in zip(want, got):
+            assert set(w.get_fields()) == set(o.get_fields())
+            for name, value in w.get_fields().items():
+                other = o.get(name)
+                value, other = (value.tensor, other.tensor) if hasattr(value, "tensor") else (value, other)
+                assert torch.equal(value, other), name
+    assert (
+        len(got[1]) > 0 and (got[1].gt_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES).all()
+    )  # no gt: background
+    assert (got[0].gt_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES).any()

@@ -7,6 +7,9 @@ Detectron2's ``fast_rcnn_inference`` hands every (proposal, class) pair above th
 torchvision handles by one NMS call (and host round trip) per class. ``paste_masks_in_image`` builds a
 ``N x H x W x 2`` sampling grid in float32 for ``grid_sample``. Both give the same answers as the code below,
 which is what the tests (``tests/test_fast_inference.py``) and the GPU benchmark check.
+
+In training, ``HieraROIHeads`` labels and samples the proposals of the whole batch at once
+(``proposals.label_and_sample_proposals``), where Detectron2 loops over the images with host round trips.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import BitMasks, Boxes, Instances, ROIMasks
 from torchvision.ops import nms
+
+from .proposals import label_and_sample_proposals
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +54,10 @@ def use_cuda_graphs(cfg, model) -> bool:
         return False
     model.backbone.compile(mode="reduce-overhead", dynamic=False)
     if not cfg.INPUT.LSJ.ENABLED:
-        logger.warning("TEST.CUDA_GRAPHS: the backbone compiles and captures again for each new input size "
-                       "(about 30 s each); pad the images to one square (INPUT.LSJ.ENABLED) for mixed sizes")
+        logger.warning(
+            "TEST.CUDA_GRAPHS: the backbone compiles and captures again for each new input size "
+            "(about 30 s each); pad the images to one square (INPUT.LSJ.ENABLED) for mixed sizes"
+        )
     return True
 
 
@@ -95,7 +102,9 @@ def topk_batched_nms(
         candidates = boxes[row, cls] if per_class else boxes[row, 0]
         shifted = candidates.double() + (cls.double() * shift)[:, None]
         keep = nms(shifted, top_scores.double(), nms_thresh)[:wanted]
-        kept, above = torch.stack([torch.isfinite(top_scores[keep]).sum(), torch.isfinite(flat).sum()]).tolist()
+        kept, above = torch.stack(
+            [torch.isfinite(top_scores[keep]).sum(), torch.isfinite(flat).sum()]
+        ).tolist()
         if kept >= wanted or k >= above or k >= total:
             break
         k = min(total, 4 * k)
@@ -182,7 +191,9 @@ class TopKNMSOutputLayers(FastRCNNOutputLayers):
         scores = self.predict_probs(predictions, proposals)
         image_shapes = [x.image_size for x in proposals]
         results = [
-            topk_batched_nms(b, s, shape, self.test_score_thresh, self.test_nms_thresh, self.test_topk_per_image)
+            topk_batched_nms(
+                b, s, shape, self.test_score_thresh, self.test_nms_thresh, self.test_topk_per_image
+            )
             for b, s, shape in zip(boxes, scores, image_shapes)
         ]
         return [r[0] for r in results], [r[1] for r in results]
@@ -191,7 +202,13 @@ class TopKNMSOutputLayers(FastRCNNOutputLayers):
 @ROI_HEADS_REGISTRY.register()
 class HieraROIHeads(StandardROIHeads):
     """``StandardROIHeads`` (same parameters, checkpoints, training and outputs: ``pred_masks`` stays Detectron2's
-    N x 1 x M x M tensor) whose box inference runs ``TopKNMSOutputLayers``."""
+    N x 1 x M x M tensor) whose box inference runs ``TopKNMSOutputLayers``, and whose training labels and
+    samples the proposals of the whole batch at once (``proposals.label_and_sample_proposals``: Detectron2's
+    samples, with the same random draws)."""
+
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals, targets):
+        return label_and_sample_proposals(self, proposals, targets)
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape: dict[str, ShapeSpec]):

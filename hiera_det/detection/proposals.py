@@ -14,8 +14,10 @@ boxes, and ``segment_nms`` solves all of them at once (on CUDA one Triton progra
 round trip remains, for the number of proposals each image keeps.
 
 In training, ``label_and_sample_anchors`` has the same per-image loop (IoU against every anchor, matching,
-sampling, three host round trips per image): ``match_anchors`` and ``subsample_batch`` do it for the batch,
-with the same random draws. Both give Detectron2's results exactly (``tests/test_proposals.py``).
+sampling, three host round trips per image): ``match_boxes`` and ``subsample_batch`` do it for the batch, with the same random
+draws, and ``label_and_sample_proposals`` does the same for the RoI heads' proposals (``HieraROIHeads``). Both give Detectron2's results exactly (``tests/test_proposals.py``). The one
+freedom left is the order of boxes of equal score: here topk's order (a stable sort); torchvision's NMS sorts
+the scores again, and may take two tied, overlapping boxes the other way round.
 """
 
 from __future__ import annotations
@@ -144,86 +146,141 @@ def select_proposals(
     return results
 
 
-# elements of the [images, gt boxes, anchors, 2] intersection tensor that match_anchors makes at once
+# elements of the [images, gt boxes, boxes, 2] intersection tensor that match_boxes makes at once
 MATCH_CHUNK_ELEMENTS = 1 << 27
 
 
-def _pairwise_iou(gt: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """Detectron2's ``pairwise_iou`` of ``[B, G, 4]`` boxes against ``[A, 4]`` anchors, ``[B, G, A]``,
-    operation for operation."""
+def _pairwise_iou(gt: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Detectron2's ``pairwise_iou`` of ``[B, G, 4]`` gt boxes against ``[B, N, 4]`` boxes (or ``[1, N, 4]``,
+    shared by every image), ``[B, G, N]``, operation for operation."""
     gt_area = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
-    anchor_area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
-    width_height = torch.min(gt[:, :, None, 2:], anchors[:, 2:]) - torch.max(
-        gt[:, :, None, :2], anchors[:, :2]
+    box_area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    width_height = torch.min(gt[:, :, None, 2:], boxes[:, None, :, 2:]) - torch.max(
+        gt[:, :, None, :2], boxes[:, None, :, :2]
     )
     inter = width_height.clamp_(min=0).prod(dim=3)
-    return torch.where(inter > 0, inter / (gt_area[..., None] + anchor_area - inter), inter.new_zeros(1))
+    return torch.where(
+        inter > 0, inter / (gt_area[..., None] + box_area[:, None] - inter), inter.new_zeros(1)
+    )
 
 
-def match_anchors(
-    anchors: torch.Tensor, gt_boxes: list[torch.Tensor], matcher
+def match_boxes(
+    boxes: torch.Tensor, gt_boxes: list[torch.Tensor], matcher
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Detectron2's ``Matcher`` applied to each image's IoU matrix, for the whole batch at once: the matched
-    gt index and the match label of every anchor, ``[B, A]`` each (int64, int8). Images pad their gt boxes to
-    the largest count with rows that never match; an image without gt boxes gets index 0 and label
-    ``matcher.labels[0]``, as Detectron2 gives it."""
-    num_images, num_anchors = len(gt_boxes), len(anchors)
+    gt index and the match label of every box, ``[B, N]`` each (int64, int8). ``boxes``: ``[N, 4]`` shared by
+    all images (anchors) or ``[B, N, 4]``. Images pad their gt boxes to the largest count with rows that never
+    match; an image without gt boxes gets index 0 and label ``matcher.labels[0]``, as Detectron2 gives it."""
+    boxes = boxes if boxes.dim() == 3 else boxes[None]
+    num_images, num_boxes = len(gt_boxes), boxes.shape[1]
     counts = [len(g) for g in gt_boxes]
     width = max(counts, default=0)
-    matches = torch.zeros(num_images, num_anchors, dtype=torch.int64, device=anchors.device)
-    labels = torch.full((num_images, num_anchors), matcher.labels[0], dtype=torch.int8, device=anchors.device)
-    if width == 0:
+    matches = torch.zeros(num_images, num_boxes, dtype=torch.int64, device=boxes.device)
+    labels = torch.full((num_images, num_boxes), matcher.labels[0], dtype=torch.int8, device=boxes.device)
+    if width == 0 or num_boxes == 0:
         return matches, labels
-    gt = anchors.new_zeros(num_images, width, 4)
-    real = torch.zeros(num_images, width, dtype=torch.bool, device=anchors.device)
-    for n, boxes in enumerate(gt_boxes):
-        gt[n, : len(boxes)] = boxes
-        real[n, : len(boxes)] = True
-    chunk = max(1, MATCH_CHUNK_ELEMENTS // (width * num_anchors * 2))
+    gt = boxes.new_zeros(num_images, width, 4)
+    real = torch.zeros(num_images, width, dtype=torch.bool, device=boxes.device)
+    for n, image_gt in enumerate(gt_boxes):
+        gt[n, : len(image_gt)] = image_gt
+        real[n, : len(image_gt)] = True
+    chunk = max(1, MATCH_CHUNK_ELEMENTS // (width * num_boxes * 2))
     for first in range(0, num_images, chunk):
         part = slice(first, first + chunk)
-        # IoUs are >= 0, so a padding row at -1 is never an anchor's best match
-        iou = _pairwise_iou(gt[part], anchors).masked_fill_(~real[part, :, None], -1.0)
+        part_boxes = boxes if len(boxes) == 1 else boxes[part]
+        # IoUs are >= 0, so a padding row at -1 is never a box's best match
+        iou = _pairwise_iou(gt[part], part_boxes).masked_fill_(~real[part, :, None], -1.0)
         values, matches[part] = iou.max(dim=1)
-        chunk_labels = torch.ones_like(labels[part])
+        part_labels = torch.ones_like(labels[part])
         for label, low, high in zip(matcher.labels, matcher.thresholds[:-1], matcher.thresholds[1:]):
-            chunk_labels[(values >= low) & (values < high)] = label
+            part_labels[(values >= low) & (values < high)] = label
         if matcher.allow_low_quality_matches:
-            # every anchor with a gt box's highest IoU (ties included) is a match (Matcher.set_low_quality_matches_)
+            # every box with a gt box's highest IoU (ties included) is a match (Matcher.set_low_quality_matches_)
             best = iou == iou.max(dim=2, keepdim=True).values
-            chunk_labels[(best & real[part, :, None]).any(dim=1)] = 1
-        labels[part] = chunk_labels
+            part_labels[(best & real[part, :, None]).any(dim=1)] = 1
+        labels[part] = part_labels
     return matches, labels
 
 
-def subsample_batch(labels: torch.Tensor, num_samples: int, positive_fraction: float) -> torch.Tensor:
-    """``RPN._subsample_labels`` of every row of ``labels`` (``[B, A]``, -1 / 0 / 1): per image at most
-    ``num_samples * positive_fraction`` random positives, negatives up to ``num_samples``, everything else
-    ignored (-1). The random draws are Detectron2's, image by image (two ``randperm`` each), so a seeded run
-    samples the same anchors."""
-    positive, negative = labels == 1, labels == 0
+def subsample_batch(
+    labels: torch.Tensor, num_samples: int, positive_fraction: float, bg_label: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Detectron2's ``subsample_labels`` of every row of ``labels`` (``[B, N]``; -1 ignored, ``bg_label``
+    negative, anything else positive): per image the indices of at most ``num_samples * positive_fraction``
+    random positives and of negatives up to ``num_samples``. The random draws are Detectron2's, image by image
+    (two ``randperm`` each), so a seeded run samples the same boxes. One host round trip for the batch."""
+    positive, negative = (labels != -1) & (labels != bg_label), labels == bg_label
     counts = torch.stack([positive.sum(dim=1), negative.sum(dim=1)], dim=1).tolist()
     positives, negatives = positive.nonzero()[:, 1], negative.nonzero()[:, 1]
-    sampled = torch.full_like(labels, -1)
+    samples = []
     pos_start = neg_start = 0
-    for n, (num_positive, num_negative) in enumerate(counts):
+    for num_positive, num_negative in counts:
         num_pos = min(num_positive, int(num_samples * positive_fraction))
         num_neg = min(num_negative, num_samples - num_pos)
         pos = positives[pos_start : pos_start + num_positive]
         neg = negatives[neg_start : neg_start + num_negative]
         perm_pos = torch.randperm(num_positive, device=labels.device)[:num_pos]
         perm_neg = torch.randperm(num_negative, device=labels.device)[:num_neg]
-        sampled[n, pos[perm_pos]] = 1
-        sampled[n, neg[perm_neg]] = 0
+        samples.append((pos[perm_pos], neg[perm_neg]))
         pos_start += num_positive
         neg_start += num_negative
-    return sampled
+    return samples
+
+
+def label_and_sample_proposals(
+    roi_heads, proposals: list[Instances], targets: list[Instances]
+) -> list[Instances]:
+    """``ROIHeads.label_and_sample_proposals`` of Detectron2 (gt boxes added to the proposals, matching,
+    sampling, the gt fields of each sample, the fg/bg counts in the event storage) for the whole batch at once,
+    with the same random draws."""
+    from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
+    from detectron2.utils.events import get_event_storage
+
+    if roi_heads.proposal_append_gt:
+        proposals = add_ground_truth_to_proposals(targets, proposals)
+    num_classes = roi_heads.num_classes
+    lengths = [len(p) for p in proposals]
+    width = max(lengths, default=0)
+    device = proposals[0].proposal_boxes.device
+    boxes = torch.zeros(len(proposals), width, 4, device=device)
+    for n, p in enumerate(proposals):
+        boxes[n, : len(p)] = p.proposal_boxes.tensor
+    matches, labels = match_boxes(boxes, [t.gt_boxes.tensor for t in targets], roi_heads.proposal_matcher)
+    # ROIHeads._sample_proposals: the matched gt's class, the background class, or -1 (ignored)
+    gt_classes = torch.full_like(matches, num_classes)
+    for n, t in enumerate(targets):
+        if len(t):
+            gt_classes[n] = t.gt_classes[matches[n]]
+    gt_classes[labels == 0] = num_classes
+    gt_classes[labels == -1] = -1
+    for n, length in enumerate(lengths):
+        gt_classes[n, length:] = -1  # padding: never sampled
+    samples = subsample_batch(
+        gt_classes, roi_heads.batch_size_per_image, roi_heads.positive_fraction, num_classes
+    )
+    results, num_fg, num_bg = [], [], []
+    for n, (image_proposals, image_targets, (fg, bg)) in enumerate(zip(proposals, targets, samples)):
+        sampled = torch.cat([fg, bg])
+        image_proposals = image_proposals[sampled]
+        image_proposals.gt_classes = gt_classes[n, sampled]
+        if len(image_targets):
+            sampled_targets = matches[n, sampled]
+            for name, value in image_targets.get_fields().items():
+                if name.startswith("gt_") and not image_proposals.has(name):
+                    image_proposals.set(name, value[sampled_targets])
+        num_fg.append(len(fg))
+        num_bg.append(len(bg))
+        results.append(image_proposals)
+    storage = get_event_storage()
+    storage.put_scalar("roi_head/num_fg_samples", float(np.mean(num_fg)))
+    storage.put_scalar("roi_head/num_bg_samples", float(np.mean(num_bg)))
+    return results
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class HieraRPN(RPN):
     """Detectron2's ``RPN`` (same parameters, checkpoints, losses and proposals) labelling the anchors
-    (``match_anchors``, ``subsample_batch``) and selecting the proposals (``select_proposals``) of the whole
+    (``match_boxes``, ``subsample_batch``) and selecting the proposals (``select_proposals``) of the whole
     batch at once. Traced or exported, it runs Detectron2's code."""
 
     @torch.no_grad()
@@ -232,11 +289,16 @@ class HieraRPN(RPN):
             return super().label_and_sample_anchors(anchors, gt_instances)
         anchors = Boxes.cat(anchors)
         gt_boxes = [x.gt_boxes.tensor for x in gt_instances]
-        matches, labels = match_anchors(anchors.tensor, gt_boxes, self.anchor_matcher)
+        matches, labels = match_boxes(anchors.tensor, gt_boxes, self.anchor_matcher)
         if self.anchor_boundary_thresh >= 0:
             for n, instances in enumerate(gt_instances):
                 labels[n, ~anchors.inside_box(instances.image_size, self.anchor_boundary_thresh)] = -1
-        labels = subsample_batch(labels, self.batch_size_per_image, self.positive_fraction)
+        # RPN._subsample_labels: the sampled anchors keep their label, all others are ignored
+        samples = subsample_batch(labels, self.batch_size_per_image, self.positive_fraction, 0)
+        labels = torch.full_like(labels, -1)
+        for n, (pos, neg) in enumerate(samples):
+            labels[n, pos] = 1
+            labels[n, neg] = 0
         matched = [
             boxes[index] if len(boxes) else torch.zeros_like(anchors.tensor)
             for boxes, index in zip(gt_boxes, matches)
