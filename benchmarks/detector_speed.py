@@ -591,7 +591,13 @@ def run_training(args, device, report, save):
     if args.no_compile:
         variants = [v for v in variants if not v[1]]
     if args.train_variants:
-        variants = [v for v in variants if v[0] in args.train_variants.split(";")]
+        wanted = [name.strip() for name in args.train_variants.split(";") if name.strip()]
+        unknown = sorted(set(wanted) - {v[0] for v in variants})
+        if unknown:
+            raise ValueError(
+                f"unknown --train-variants {unknown}; choose among {[v[0] for v in variants]} (separated by ';')"
+            )
+        variants = [v for v in variants if v[0] in wanted]
     for name, compile_, fused, rpn, heads in variants:
         try:
             train_variant(args, device, tr, name, compile_, fused, rpn, heads, data, batch)

@@ -14,8 +14,9 @@ boxes, and ``segment_nms`` solves all of them at once (on CUDA one Triton progra
 round trip remains, for the number of proposals each image keeps.
 
 In training, ``label_and_sample_anchors`` has the same per-image loop (IoU against every anchor, matching,
-sampling, three host round trips per image): ``match_boxes`` and ``subsample_batch`` do it for the batch, with the same random
-draws, and ``label_and_sample_proposals`` does the same for the RoI heads' proposals (``HieraROIHeads``). Both give Detectron2's results exactly (``tests/test_proposals.py``). The one
+sampling, three host round trips per image): ``match_boxes`` and ``subsample_batch`` do it for the batch, with
+the same random draws, and ``label_and_sample_proposals`` does the same for the RoI heads' proposals
+(``HieraROIHeads``). All of it gives Detectron2's results exactly (``tests/test_proposals.py``). The one
 freedom left is the order of boxes of equal score: here topk's order (a stable sort); torchvision's NMS sorts
 the scores again, and may take two tied, overlapping boxes the other way round.
 """
@@ -134,7 +135,10 @@ def select_proposals(
     diverged = (present & ~finite).any().view(1)
     *kept, diverged = torch.cat([kept, diverged.long()]).tolist()  # the one host round trip
     if training and diverged:
-        raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+        raise FloatingPointError(
+            "Predicted boxes or scores contain Inf/NaN. Training has diverged: lower SOLVER.BASE_LR, lengthen "
+            "SOLVER.WARMUP_ITERS or turn on SOLVER.CLIP_GRADIENTS, and check the inputs for NaN"
+        )
     boxes = torch.gather(boxes.view(num_images, -1, 4), 1, order.unsqueeze(2).expand(-1, -1, 4))
     scores = torch.gather(scores.view(num_images, -1), 1, order)
     results = []
