@@ -472,6 +472,27 @@ def validate_hiera_config(cfg: CN) -> None:
     if cfg.SOLVER.AMP.PRECISION not in AMP_PRECISIONS:
         raise ValueError(f"SOLVER.AMP.PRECISION {cfg.SOLVER.AMP.PRECISION!r} is unknown; choose one of: "
                          f"{_choices(AMP_PRECISIONS)}")
+    _validate_registered_names(cfg)
+
+
+def _validate_registered_names(cfg: CN) -> None:
+    """The model parts a config names by registry (meta-architecture, proposal generator, RoI heads) exist:
+    Detectron2 would only say that a name is missing, later, when it builds the model."""
+    from detectron2.modeling import META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
+
+    from . import d2  # noqa: F401  (registers hiera_det's parts)
+
+    for key, registry in (
+        ("MODEL.META_ARCHITECTURE", META_ARCH_REGISTRY),
+        ("MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY),
+        ("MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY),
+    ):
+        node, name = cfg, key.split(".")
+        for part in name:
+            node = node[part]
+        if node not in registry:
+            raise ValueError(f"{key} {node!r} is not a registered name; choose one of: "
+                             f"{_choices(sorted(n for n, _ in registry))}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -183,6 +183,8 @@ def test_freeze_at(freeze_at, trainable_blocks):
         ("SOLVER.OPTIMIZER", "LAMB", "choose one of: ADAMW, SGD"),
         ("SOLVER.LAYER_DECAY", "1.5", "LAYER_DECAY"),
         ("SOLVER.AMP.PRECISION", "int8", "choose one of: float16, bfloat16"),
+        ("MODEL.PROPOSAL_GENERATOR.NAME", "HieraRPNN", "'HieraRPNN' is not a registered name; choose one of: .*HieraRPN"),
+        ("MODEL.ROI_HEADS.NAME", "Standard", "'Standard' is not a registered name; choose one of: .*StandardROIHeads"),
     ],
 )
 def test_bad_values_name_the_valid_choices(key, value, message):
