@@ -56,13 +56,11 @@ class CudaGraphRunner:
             )
         if isinstance(fn, torch.nn.Module) and fn.training:
             raise ValueError("CudaGraphRunner is for inference: call .eval() on the module first")
-        self.fn = fn
         self.forward = torch.compile(fn, dynamic=False, options=compile_options) if compile else fn
         self.pad_batch = pad_batch
         self.max_graphs = max_graphs
-        self._graphs: dict[tuple, dict[int, _Graph]] = (
-            {}
-        )  # (per-sample shape, dtype, autocast) -> batch -> graph
+        # (per-sample shape, dtype, autocast, autocast dtype) -> batch -> graph
+        self._graphs: dict[tuple, dict[int, _Graph]] = {}
 
     @property
     def num_graphs(self) -> int:
