@@ -500,3 +500,50 @@ def test_the_hand_captured_graph_mode_compiles_in_the_default_mode_and_wants_cud
 
     graphed = [label for label, (_, mode) in tv.VARIANTS.items() if mode == harness.GRAPH_MODE]
     assert {"default+graph", "default+bf16w+graph", "timm+graph", "timm+bf16w+graph"} <= set(graphed)
+
+
+def test_layout_efficiency_finds_the_rest_rate_that_equalises_the_layouts():
+    from benchmarks.layout_efficiency import required_rest_rate
+
+    window = {"flops": {"attention": 1e12, "rest": 3e12}}
+    mask_unit = {"flops": {"attention": 3e12, "rest": 3e12}, "attention_ms": 6.0}
+    for attention_ms in (0.0, 1.0, 2.0):
+        rate = required_rest_rate(window, mask_unit, attention_ms) * 1e12
+        window_rate = 4e12 / (3e12 / rate + attention_ms * 1e-3)
+        mask_unit_rate = 6e12 / (3e12 / rate + 6e-3)
+        assert window_rate == pytest.approx(mask_unit_rate)
+    # the window layout's attention as slow per FLOP as the mask unit's: the rest must match that rate
+    assert required_rest_rate(window, mask_unit, 2.0) == pytest.approx(0.5e3)
+    # attention taking longer than the mask unit's for fewer FLOPs: no rest rate is enough
+    assert required_rest_rate(window, mask_unit, 6.0) is None
+
+
+def test_layout_efficiency_splits_flops_and_records_linear_shapes_on_the_meta_device():
+    from benchmarks.layout_efficiency import flop_split, linear_calls
+
+    window = flop_split("window", "hiera_tiny_224", 512, 2)
+    mask_unit = flop_split("mask_unit", "hiera_tiny_224", 512, 2)
+    assert window["attention"] > 0 and mask_unit["attention"] > window["attention"]
+    assert window["attention"] + window["rest"] == sum(window["by_op"].values())
+    calls = linear_calls("window", "hiera_tiny_224", 512, 2)
+    # Hiera-T: 1-2-7-2 blocks, each qkv, proj, fc1, fc2, and one widening proj per later stage
+    assert sum(calls.values()) == 12 * 4 + 3
+    linear_flops = sum(2 * rows * k * n * count for (rows, k, n), count in calls.items())
+    assert linear_flops == window["by_op"]["aten.addmm"]
+
+
+def test_layout_efficiency_smoke_writes_its_record_and_table(tmp_path):
+    from benchmarks import layout_efficiency
+
+    out = tmp_path / "le.json"
+    assert layout_efficiency.main(["--smoke", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["layouts"]) == {"window", "mask_unit"}
+    for lay in record["layouts"].values():
+        assert lay["attention_ms"] > 0 and lay["rest_ms"] > 0
+    assert set(record["analysis"]["required_rest_tflops"]) == {
+        "window attention as measured",
+        "window attention at the mask unit's attention rate",
+        "window attention free",
+    }
+    assert "Window against mask unit" in out.with_suffix(".md").read_text()
