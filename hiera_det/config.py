@@ -542,6 +542,9 @@ def _explain_key_error(cfg: CN, error: KeyError, source: str) -> KeyError:
     bad = message.rsplit(":", 1)[-1].strip()
     close = difflib.get_close_matches(bad, _all_keys(cfg), n=3, cutoff=0.75)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    if bad.startswith("-"):
+        hint = (f" {bad} is an option, not a config key: options go before the trailing KEY VALUE overrides, "
+                "which take every word after the first key.")  # fmt: skip
     return KeyError(f"{message} (in {source}).{hint} hiera_det keys are listed in docs/config.md")
 
 

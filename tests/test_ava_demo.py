@@ -90,3 +90,50 @@ def test_actions_needs_person_boxes(tiny):
     cfg = _cfg()
     with pytest.raises(ValueError, match="needs person boxes: pass --proposals"):
         ActionDemo(cfg, build_model(cfg), ActionDemoSettings(), [])
+
+
+def test_keyframes_follow_the_container_clock_and_proposal_times_are_checked():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from hiera_det.data.ava import PersonBox
+    from hiera_det.demo.actions import ActionDemo, ActionDemoSettings
+
+    # variable frame rate: 10 frames in the first second, 2 in the next two; a keyframe every 0.5 s
+    stamps = np.array([0.1 * k for k in range(10)] + [1.0 + 0.5 * k for k in range(5)])
+    demo = SimpleNamespace(proposals=None, settings=ActionDemoSettings(keyframe_interval=0.5))
+    keyframes = ActionDemo._keyframes(demo, "v", stamps)
+    assert [(i, round(t, 3)) for i, t, _, _ in keyframes] == [(0, 0.0), (5, 0.5), (10, 1.0), (11, 1.5), (12, 2.0),
+                                                              (13, 2.5), (14, 3.0)]
+    person = PersonBox(box=(0.1, 0.1, 0.5, 0.5), score=0.9)
+    proposals = SimpleNamespace(boxes={("v", "0901"): [person], ("v", "0902"): [person]})
+    settings = ActionDemoSettings(proposals="p.csv", video_start_sec=0.0)
+    with pytest.raises(ValueError, match=r"pass --video-start-sec 900"):
+        ActionDemo._keyframes(SimpleNamespace(proposals=proposals, settings=settings), "v", stamps)
+    settings.video_start_sec = 900.0
+    found = ActionDemo._keyframes(SimpleNamespace(proposals=proposals, settings=settings), "v", stamps)
+    assert [(i, t) for i, t, _, _ in found] == [(10, 901.0), (12, 902.0)]
+
+
+def test_actions_mode_goes_on_after_a_bad_video_and_lists_it(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from detectron2.modeling import build_model
+
+    from hiera_det.demo.actions import run_action_demo
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "a_broken.mp4").write_text("not a video")
+    os.symlink(os.path.join(tiny, "videos_15min", "val0001.mp4"), folder / "val0001.mp4")
+    proposals = os.path.join(tiny, "annotations", "ava_detection_val_boxes_and_labels.csv")
+    cfg = _cfg()
+    torch.manual_seed(0)
+    args = SimpleNamespace(input=str(folder), output=str(tmp_path / "out"), top_k=2, keyframe_interval=1.0,
+                           proposals=proposals, video_start_sec=900.0, no_video=True)
+    assert run_action_demo(cfg, build_model(cfg).eval(), args) == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [v["video"] for v in summary["videos"]] == [str(folder / "val0001.mp4")]
+    assert [f["video"] for f in summary["failed"]] == [str(folder / "a_broken.mp4")]
+    assert len(_lines(tmp_path / "out" / "val0001.jsonl")) == 2

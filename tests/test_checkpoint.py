@@ -267,13 +267,15 @@ def test_pickled_objects_are_refused_with_a_way_out(tiny_state, tmp_path, hiera_
 def test_huggingface_sharded_directory_and_config_check(tiny_state, tmp_path, hiera_model):
     from safetensors.torch import save_file
 
-    hf = {"hiera.embeddings.position_embeddings": tiny_state["pos_embed"],
-          "hiera.embeddings.patch_embeddings.projection.weight": tiny_state["patch_embed.proj.weight"],
-          "hiera.embeddings.patch_embeddings.projection.bias": tiny_state["patch_embed.proj.bias"],
-          "hiera.pooler.layernorm.weight": tiny_state["norm.weight"],
-          "hiera.pooler.layernorm.bias": tiny_state["norm.bias"],
-          "classifier.weight": tiny_state["head.projection.weight"],
-          "classifier.bias": tiny_state["head.projection.bias"]}
+    hf = {
+        "hiera.embeddings.position_embeddings": tiny_state["pos_embed"],
+        "hiera.embeddings.patch_embeddings.projection.weight": tiny_state["patch_embed.proj.weight"],
+        "hiera.embeddings.patch_embeddings.projection.bias": tiny_state["patch_embed.proj.bias"],
+        "hiera.pooler.layernorm.weight": tiny_state["norm.weight"],
+        "hiera.pooler.layernorm.bias": tiny_state["norm.bias"],
+        "classifier.weight": tiny_state["head.projection.weight"],
+        "classifier.bias": tiny_state["head.projection.bias"],
+    }
     starts = [0, 1, 3, 10, 12]
     names = {"norm1.": "layernorm_before.", "norm2.": "layernorm_after."}
     for k, v in tiny_state.items():
@@ -284,14 +286,22 @@ def test_huggingface_sharded_directory_and_config_check(tiny_state, tmp_path, hi
                 rest = rest.replace(ours, theirs)
             hf[f"hiera.encoder.stages.{stage}.layers.{i - starts[stage]}.{rest}"] = v
     keys = sorted(hf)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, part in shards.items():
         save_file({k: hf[k].contiguous() for k in part}, str(tmp_path / name))
     index = {"weight_map": {k: name for name, part in shards.items() for k in part}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    config = {"model_type": "hiera", "embed_dim": 96, "depths": [1, 2, 7, 2], "num_heads": [1, 2, 4, 8],
-              "image_size": [224, 224], "patch_stride": [4, 4]}
+    config = {
+        "model_type": "hiera",
+        "embed_dim": 96,
+        "depths": [1, 2, 7, 2],
+        "num_heads": [1, 2, 4, 8],
+        "image_size": [224, 224],
+        "patch_stride": [4, 4],
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
 
     model = hiera_model("hiera_tiny_224")
@@ -306,8 +316,10 @@ def test_huggingface_sharded_directory_and_config_check(tiny_state, tmp_path, hi
 
 
 def test_detectron2_output_directory(tiny_state, tmp_path, hiera_model):
-    torch.save({"model": {"backbone.bottom_up.trunk." + k: v for k, v in tiny_state.items()}, "iteration": 9},
-               tmp_path / "model_0000009.pth")
+    torch.save(
+        {"model": {"backbone.bottom_up.trunk." + k: v for k, v in tiny_state.items()}, "iteration": 9},
+        tmp_path / "model_0000009.pth",
+    )
     (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
     report = load_checkpoint(hiera_model("hiera_tiny_224"), tmp_path, strict=True)
     assert report.source.endswith("model_0000009.pth") and report.format == FORMATS["hiera_det"]
@@ -319,8 +331,10 @@ def test_report_is_readable(tiny_state, hiera_model):
     text = str(report)
     assert text.startswith("official Hiera (hiera-transformer) checkpoint <in-memory state dict>")
     assert "resized pos_embed" in text and "dropped 2" in text
-    assert report.resized_keys == ["pos_embed"] and report.dropped_keys == ["head.projection.weight",
-                                                                              "head.projection.bias"]
+    assert report.resized_keys == ["pos_embed"] and report.dropped_keys == [
+        "head.projection.weight",
+        "head.projection.bias",
+    ]
 
 
 # -------------------------------------------------------------------------------------------- converter
@@ -370,10 +384,21 @@ def test_converter_window_layout_prefix_and_errors(tiny_state, tmp_path):
     src, out = tmp_path / "official.pth", tmp_path / "win.pth"
     torch.save({"model_state": tiny_state}, src)
     text = convert_for_detectron2(str(src), str(out), "hiera_tiny_224", attention="window", prefix="trunk.")
-    assert "pos_embed_bkg_size=(56, 56)" in text
+    assert "background position embedding is 56x56, not the preset 7x7; MODEL.WEIGHTS" in text
     saved = torch.load(out, weights_only=True)["model"]
     assert saved["trunk.pos_embed"].shape == (1, 96, 56, 56)
     assert torch.count_nonzero(saved["trunk.pos_embed_window"]) == 0
+
+    # as MODEL.WEIGHTS: the preset 7x7 background takes the file's 56x56 grid rather than being skipped
+    from hiera_det.engine.checkpointer import AtomicDetectionCheckpointer
+    from hiera_det.modeling import build_hiera
+
+    holder = torch.nn.Module()
+    holder.trunk = build_hiera("hiera_tiny_224", num_classes=0, attention="window")
+    assert holder.trunk.pos_embed.shape == (1, 96, 7, 7)
+    incompatible = AtomicDetectionCheckpointer(holder)._load_model({"model": dict(saved)})
+    assert not incompatible.incorrect_shapes and not incompatible.missing_keys
+    assert torch.equal(holder.trunk.pos_embed, saved["trunk.pos_embed"])
 
     # wrong architecture: an error naming both, and no output file
     bad = tmp_path / "bad.pth"

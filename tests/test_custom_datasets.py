@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 
@@ -39,7 +40,10 @@ def _cfg(specs, train, test=(), opts=()):
 
 def _photo_specs(photos, train_json=None):
     root, files = photos
-    return [f"mine_train={train_json or files['train']}:{root / 'train'}", f"mine_val={files['val']}:{root / 'val'}"]
+    return [
+        f"mine_train={train_json or files['train']}:{root / 'train'}",
+        f"mine_val={files['val']}:{root / 'val'}",
+    ]
 
 
 def _edited(photos, tmp_path, edit):
@@ -51,7 +55,9 @@ def _edited(photos, tmp_path, edit):
 
 
 def test_spec_forms(tmp_path):
-    assert DatasetSpec.parse("a=/x/ann.json:/x/images") == DatasetSpec("a", "coco", "/x/ann.json", "/x/images")
+    assert DatasetSpec.parse("a=/x/ann.json:/x/images") == DatasetSpec(
+        "a", "coco", "/x/ann.json", "/x/images"
+    )
     assert DatasetSpec.parse("k=keyframes:/v/kf.json:/v").kind == "keyframes"
     assert DatasetSpec.parse("c=/v/train.csv") == DatasetSpec("c", "videos", "/v/train.csv")
     (tmp_path / "train" / "class_a").mkdir(parents=True)
@@ -77,8 +83,16 @@ def test_photos_register_check_and_fit_the_config(photos, monkeypatch):
     assert cfg.INPUT.MASK_FORMAT == "polygon" and cfg.MODEL.ROI_MASK_HEAD.GPU_TARGETS
     assert not any("polygons, cropped" in n for n in notes)
     # Detectron2's CPU targets would need the polygons cropped (shapely): bitmasks instead
-    cfg = _cfg(_photo_specs(photos), ["mine_train"], opts=["MODEL.ROI_MASK_HEAD.GPU_TARGETS", "False",
-                                                           "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"])
+    cfg = _cfg(
+        _photo_specs(photos),
+        ["mine_train"],
+        opts=[
+            "MODEL.ROI_MASK_HEAD.GPU_TARGETS",
+            "False",
+            "MODEL.ROI_MASK_HEAD.NAME",
+            "MaskRCNNConvUpsampleHead",
+        ],
+    )
     notes = fit_config_to_data(cfg, explicit_keys=set())
     assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("polygons, cropped" in n for n in notes)
     # so do they on the CPU, where Detectron2's targets are the faster ones
@@ -104,8 +118,11 @@ def test_rle_masks_switch_the_mask_format(photos, tmp_path):
             rle = mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], *sizes[a["image_id"]]))
             a["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
 
-    cfg = _cfg(_photo_specs(photos, _edited(photos, tmp_path, to_rle)), ["mine_train"],
-               opts=["INPUT.LSJ.ENABLED", "False"])
+    cfg = _cfg(
+        _photo_specs(photos, _edited(photos, tmp_path, to_rle)),
+        ["mine_train"],
+        opts=["INPUT.LSJ.ENABLED", "False"],
+    )
     prepare_datasets(cfg, ["mine_train"])
     notes = fit_config_to_data(cfg, explicit_keys=set())
     assert cfg.INPUT.MASK_FORMAT == "bitmask" and any("are RLE" in n for n in notes)
@@ -142,8 +159,10 @@ def test_several_problems_are_all_listed(photos, tmp_path):
 
 def test_missing_annotation_file_and_image_folder(photos, tmp_path):
     root, files = photos
-    cfg = _cfg([f"a={tmp_path / 'nope.json'}:{root / 'train'}", f"b={files['train']}:{tmp_path / 'no_images'}"],
-               ["a", "b"])
+    cfg = _cfg(
+        [f"a={tmp_path / 'nope.json'}:{root / 'train'}", f"b={files['train']}:{tmp_path / 'no_images'}"],
+        ["a", "b"],
+    )
     with pytest.raises(DatasetSpecError) as info:
         check_datasets(cfg)
     assert "nope.json: the annotation file does not exist" in str(info.value)
@@ -178,16 +197,21 @@ def test_saved_config_keeps_the_specs(photos, tmp_path):
 def test_weights_names_are_accepted_by_the_run_config(photos):
     from hiera_det.engine.run_config import build_run_config
 
-    cfg, _ = build_run_config("hiera_fpn.yaml", ["MODEL.HIERA.WEIGHTS", "hiera_base_224.mae_in1k",
-                                                 "MODEL.WEIGHTS", "hiera_base_224.mae_in1k"])
-    assert cfg.MODEL.WEIGHTS == "hiera://hiera_base_224.mae_in1k"  # resolved by the path handler, offline-checked
+    cfg, _ = build_run_config(
+        "hiera_fpn.yaml",
+        ["MODEL.HIERA.WEIGHTS", "hiera_base_224.mae_in1k", "MODEL.WEIGHTS", "hiera_base_224.mae_in1k"],
+    )
+    assert (
+        cfg.MODEL.WEIGHTS == "hiera://hiera_base_224.mae_in1k"
+    )  # resolved by the path handler, offline-checked
     with pytest.raises(ValueError, match="video weights"):
         build_run_config("hiera_fpn.yaml", ["MODEL.HIERA.WEIGHTS", "hiera_base_16x224.mae_k400"])
 
 
 def test_own_data_path_end_to_end(photos, tmp_path):
     """The README's "Fine-tune on your own data" commands on the photographs, at a tiny size: train with
-    --dataset, evaluate from the saved config with --eval-only, run the demo with the dataset's class names."""
+    --dataset, evaluate from the saved config with --eval-only, run the demo with the dataset's class names.
+    """
     import subprocess
     import sys
     from pathlib import Path
@@ -195,36 +219,141 @@ def test_own_data_path_end_to_end(photos, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     root, files = photos
     out = tmp_path / "run"
-    tiny = ["MODEL.HIERA.NAME", "hiera_tiny_224", "MODEL.HIERA.STAGES", "[1, 1, 1, 1]", "MODEL.HIERA.EMBED_DIM", "32",
-            "MODEL.FPN.OUT_CHANNELS", "32", "INPUT.LSJ.IMAGE_SIZE", "128", "INPUT.MIN_SIZE_TEST", "128",
-            "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "()",
-            "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0",
-            "DATALOADER.NUM_WORKERS", "0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN", "32", "MODEL.ROI_BOX_HEAD.CONV_DIM", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-            "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "OUTPUT_DIR", str(out)]
-    datasets = ["--dataset", f"photos_train={files['train']}:{root / 'train'}",
-                "--dataset", f"photos_val={files['val']}:{root / 'val'}"]
+    tiny = [
+        "MODEL.HIERA.NAME",
+        "hiera_tiny_224",
+        "MODEL.HIERA.STAGES",
+        "[1, 1, 1, 1]",
+        "MODEL.HIERA.EMBED_DIM",
+        "32",
+        "MODEL.FPN.OUT_CHANNELS",
+        "32",
+        "INPUT.LSJ.IMAGE_SIZE",
+        "128",
+        "INPUT.MIN_SIZE_TEST",
+        "128",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "16",
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+        "32",
+        "MODEL.ROI_BOX_HEAD.CONV_DIM",
+        "16",
+        "MODEL.ROI_BOX_HEAD.FC_DIM",
+        "32",
+        "MODEL.ROI_MASK_HEAD.CONV_DIM",
+        "16",
+        "OUTPUT_DIR",
+        str(out),
+    ]
+    datasets = [
+        "--dataset",
+        f"photos_train={files['train']}:{root / 'train'}",
+        "--dataset",
+        f"photos_val={files['val']}:{root / 'val'}",
+    ]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "2"}
     run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    train = subprocess.run([sys.executable, str(repo / "tools/train_net.py"), "--config", "hiera_fpn.yaml", *datasets,
-                            *tiny, "DATASETS.TRAIN", "('photos_train',)", "DATASETS.TEST", "('photos_val',)"], **run)
+    train = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "tools/train_net.py"),
+            "--config",
+            "hiera_fpn.yaml",
+            *datasets,
+            *tiny,
+            "DATASETS.TRAIN",
+            "('photos_train',)",
+            "DATASETS.TEST",
+            "('photos_val',)",
+        ],
+        **run,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     assert "MODEL.ROI_HEADS.NUM_CLASSES 80 -> 7" in train.stderr + train.stdout
     assert (out / "model_final.pth").is_file() and "photos_train=" in (out / "config.yaml").read_text()
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
     assert any("bbox/AP" in m for m in metrics)
 
-    evaluate = subprocess.run([sys.executable, str(repo / "tools/train_net.py"), "--config-file", str(out / "config.yaml"),
-                               "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                               "OUTPUT_DIR", str(tmp_path / "eval")], **run)
+    evaluate = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "tools/train_net.py"),
+            "--config-file",
+            str(out / "config.yaml"),
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+        ],
+        **run,
+    )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "Evaluation results for bbox" in evaluate.stdout + evaluate.stderr
 
-    demo = subprocess.run([sys.executable, str(repo / "tools/demo.py"), "--config-file", str(out / "config.yaml"),
-                           "--input", str(root / "val"), "--output", str(tmp_path / "vis"), "--confidence-threshold",
-                           "0", "MODEL.WEIGHTS", str(out / "model_final.pth")], **run)
+    demo = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "tools/demo.py"),
+            "--config-file",
+            str(out / "config.yaml"),
+            "--input",
+            str(root / "val"),
+            "--output",
+            str(tmp_path / "vis"),
+            "--confidence-threshold",
+            "0",
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+        ],
+        **run,
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     detections = json.loads((tmp_path / "vis" / "detections.json").read_text())
     names = {d["category"] for image in detections["images"] for d in image["instances"]}
     assert names and names <= set(CATEGORIES)
     assert len(list((tmp_path / "vis").glob("*.jpg"))) + len(list((tmp_path / "vis").glob("*.png"))) == 4
+
+
+def test_the_run_config_keeps_dataset_paths_absolute_and_names_unique(photos, monkeypatch):
+    from hiera_det.engine.run_config import build_run_config
+
+    root, files = photos
+    monkeypatch.chdir(root)
+    relative = f"rel_train={os.path.relpath(files['train'], root)}:train"
+    opts = ["DATASETS.TRAIN", "('rel_train',)", "DATASETS.TEST", "()"]
+    cfg, _ = build_run_config("hiera_fpn.yaml", opts, [relative])
+    # the saved config.yaml then reads the same files from any working directory
+    assert list(cfg.DATASETS.CUSTOM) == [f"rel_train={files['train']}:{root / 'train'}"]
+    assert DatasetSpec.parse(cfg.DATASETS.CUSTOM[0]).text() == cfg.DATASETS.CUSTOM[0]
+    for spec in ("u=images:/x/imgs", "v=videos:/x/list.txt", "c=/x/train.csv", "k=keyframes:/x/kf.json:/x/v"):
+        assert DatasetSpec.parse(spec).text() == spec
+    with pytest.raises(DatasetSpecError, match="names rel_train more than once"):
+        build_run_config("hiera_fpn.yaml", opts, [relative, relative])
+
+
+def test_a_json_without_categories_is_one_problem_and_a_split_in_train_and_test_is_checked_once(photos, tmp_path):
+    def drop_categories(content):
+        content["categories"] = []
+
+    specs = [f"nocat={_edited(photos, tmp_path, drop_categories)}:{photos[0] / 'train'}"]
+    with pytest.raises(DatasetSpecError) as info:
+        check_datasets(_cfg(specs, ["nocat"], ["nocat"]))
+    message = str(info.value)
+    assert message.startswith("1 problem(s)") and "lists no categories" in message

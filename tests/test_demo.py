@@ -66,8 +66,14 @@ def test_an_image_that_fails_to_run_is_named_and_the_others_go_on(tmp_path, weig
 
     monkeypatch.setattr(demo.ImagePredictor, "__call__", fails_on_the_first)
     paths = [str(images[0]), str(thin), str(images[1])]
-    summary = demo.run_image_demo(tiny_config(weights, 0.0, "TEST.DETECTIONS_PER_IMAGE", "2"), paths,
-                                  tmp_path / "out", config_name=CONFIG, with_masks=False, progress=False)
+    summary = demo.run_image_demo(
+        tiny_config(weights, 0.0, "TEST.DETECTIONS_PER_IMAGE", "2"),
+        paths,
+        tmp_path / "out",
+        config_name=CONFIG,
+        with_masks=False,
+        progress=False,
+    )
     assert summary["failed"] == [{"file": str(images[0]), "error": "RuntimeError: out of memory (simulated)"}]
     assert [im["file"] for im in summary["images"]] == paths[1:]
     assert all("segmentation" not in det for im in summary["images"] for det in im["instances"])
@@ -196,3 +202,19 @@ def test_draw_text_lines_writes_on_a_copy():
     drawn = draw_text_lines(image, ["cube 0.91", "video: cube 0.88"])
     assert drawn.shape == image.shape and not image.any()
     assert drawn[:40].any() and not drawn[50:].any()  # two lines at the top, nothing below
+
+
+def test_the_output_folder_is_checked_before_anything_is_written(tmp_path):
+    photo = tmp_path / "in" / "photo.png"
+    photo.parent.mkdir()
+    cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
+    # the demo names its pictures after the inputs: photo.png would be overwritten
+    for same in (photo.parent, tmp_path / "in" / ".." / "in"):
+        with pytest.raises(demo.DemoError, match="is the folder the inputs are in"):
+            demo.prepare_output_folder(same, [str(photo)])
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(demo.DemoError, match="is a file; give a folder"):
+        demo.prepare_output_folder(tmp_path / "a_file", [str(photo)])
+    with pytest.raises(demo.DemoError, match="cannot create the --output folder"):
+        demo.prepare_output_folder(tmp_path / "a_file" / "sub", [str(photo)])
+    assert demo.prepare_output_folder(tmp_path / "out" / "deep", [str(photo)]).is_dir()

@@ -31,8 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import export_model  # noqa: E402
 
-TINY_DETECTOR = ["MODEL.HIERA.NAME", "hiera_tiny_224", "MODEL.HIERA.STAGES", "[1, 1, 1, 1]", "MODEL.DEVICE", "cpu",
-                 "INPUT.LSJ.ENABLED", "False"]
+TINY_DETECTOR = [
+    "MODEL.HIERA.NAME",
+    "hiera_tiny_224",
+    "MODEL.HIERA.STAGES",
+    "[1, 1, 1, 1]",
+    "MODEL.DEVICE",
+    "cpu",
+    "INPUT.LSJ.ENABLED",
+    "False",
+]
 
 
 def _model(config: str, opts: list[str]):
@@ -67,7 +75,11 @@ def _assert_all_ok(results, formats) -> None:
 def _opset(path) -> int:
     import onnx
 
-    return next(o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    return next(
+        o.version
+        for o in onnx.load(path, load_external_data=False).opset_import
+        if o.domain in ("", "ai.onnx")
+    )
 
 
 def _export_tiny_backbone(folder, formats: list[str], size=(64, 96), **options):
@@ -82,7 +94,11 @@ def _export_tiny_backbone(folder, formats: list[str], size=(64, 96), **options):
 
 def test_backbone_fpn_dynamic_batch_onnx_and_torch_export(tmp_path):
     target, results = _export_tiny_backbone(tmp_path, ["onnx", "torch_export"], optimize=False)
-    assert [c.label.split(" [")[0] for c in results[0].checks] == ["traced input", "other photographs", "batch 3"]
+    assert [c.label.split(" [")[0] for c in results[0].checks] == [
+        "traced input",
+        "other photographs",
+        "batch 3",
+    ]
     onnx_path = results[0].path
     assert _opset(onnx_path) >= 17 and ONNX_OPSET >= 17
 
@@ -105,7 +121,10 @@ def test_video_classifier_and_trunk_torch_export_against_eager(tmp_path):
     results = export_and_check(classifier, cfg, ["torch_export"], str(tmp_path))
     _report(results)
     _assert_all_ok(results, ["torch_export"])
-    assert classifier.example.shape == (1, 3, 8, 64, 64) and classifier.output_names == ["logits", "probabilities"]
+    assert classifier.example.shape == (1, 3, 8, 64, 64) and classifier.output_names == [
+        "logits",
+        "probabilities",
+    ]
 
     trunk = build_target("video_trunk", cfg, model, (64, 64), batch=1)
     results = export_and_check(trunk, cfg, ["torch_export"], str(tmp_path))
@@ -137,8 +156,12 @@ def test_refusals_name_the_reason(tmp_path, capsys):
     assert "size 96x100 is not a multiple of 32" in capsys.readouterr().err
     assert export_model.main(["--target", "backbone", *opts]) == 2  # no LSJ, so no default size
     assert "give --size H W" in capsys.readouterr().err
-    assert export_model.main(["--target", "mask_rcnn", "--format", "torch_export", "--size", "64", "64",
-                              "--no-check", *opts]) == 2
+    assert (
+        export_model.main(
+            ["--target", "mask_rcnn", "--format", "torch_export", "--size", "64", "64", "--no-check", *opts]
+        )
+        == 2
+    )
     assert "refused mask_rcnn as torch_export: torch.export cannot capture" in capsys.readouterr().err
 
 
@@ -152,6 +175,14 @@ def test_mask_rcnn_onnx_matches_eager_detections(tmp_path):
     assert _opset(results[0].path) == TRACED_ONNX_OPSET
     for check in results[0].checks:
         assert "matched 100" in check.lines[0]
+    # the number of detections is the image's, not a constant recorded from the traced image
+    import onnx
+
+    graph = onnx.load(results[0].path, load_external_data=False).graph
+    per_detection = [o for o in graph.output if o.name in ("boxes", "classes", "masks", "scores")]
+    assert len(per_detection) == 4
+    for output in per_detection:
+        assert not output.type.tensor_type.shape.dim[0].HasField("dim_value"), output.name
 
 
 @pytest.mark.slow  # symbolic sizes through the unrolled token layout make torch.export slow
@@ -166,10 +197,56 @@ def test_dynamic_size_in_multiples_of_32(tmp_path):
 
     video_cfg, video_model = _video_classifier_model()  # stores 8 x 64 x 64
     with pytest.raises(ExportRefused, match="cannot be traced at 64x64, the size the trunk stores"):
-        export_and_check(build_target("video_classifier", video_cfg, video_model, (64, 64), batch=2), video_cfg,
-                         ["torch_export"], str(tmp_path), dynamic_size=True)
+        export_and_check(
+            build_target("video_classifier", video_cfg, video_model, (64, 64), batch=2),
+            video_cfg,
+            ["torch_export"],
+            str(tmp_path),
+            dynamic_size=True,
+        )
     classifier = build_target("video_classifier", video_cfg, video_model, (96, 128), batch=2)
-    results = export_and_check(classifier, video_cfg, ["torch_export", "onnx"], str(tmp_path), dynamic_batch=True,
-                               dynamic_size=True, optimize=False)
+    results = export_and_check(
+        classifier,
+        video_cfg,
+        ["torch_export", "onnx"],
+        str(tmp_path),
+        dynamic_batch=True,
+        dynamic_size=True,
+        optimize=False,
+    )
     _report(results)
     _assert_all_ok(results, ["torch_export", "onnx"])
+
+
+def test_export_loads_weights_as_the_demos_do_never_unpickling_unasked(tmp_path, capsys):
+    import pickle
+
+    class RunsCode:  # unpickling calls os.system: the proof that a loader ran the file's code
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": RunsCode()}))
+    opts = [
+        "--config",
+        "hiera_fpn.yaml",
+        "--output",
+        str(tmp_path / "out"),
+        "--target",
+        "backbone",
+        "--size",
+        "64",
+        "64",
+        "--no-check",
+        *TINY_DETECTOR,
+    ]
+    assert export_model.main([*opts, "MODEL.WEIGHTS", str(evil)]) == 2
+    assert "pass --allow-pickle" in capsys.readouterr().err and not (tmp_path / "ran").exists()
+    # a checkpoint of another model: refused, where a partial load would export initial weights
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.bottom_up.trunk.pos_embed": torch.zeros(1, 3)}}, other)
+    assert export_model.main([*opts, "MODEL.WEIGHTS", str(other)]) == 2
+    assert "does not fit the model of this config" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

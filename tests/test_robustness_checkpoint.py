@@ -155,3 +155,33 @@ def test_non_main_process_does_not_write(tmp_path):
     model = torch.nn.Linear(2, 2)
     AtomicDetectionCheckpointer(model, str(tmp_path), save_to_disk=False).save("model_final")
     assert os.listdir(tmp_path) == []
+
+
+def test_atomically_written_files_get_the_mode_of_the_umask(tmp_path):
+    from hiera_det.engine.checkpointer import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(str(tmp_path / "a.json"), lambda f: f.write(b"{}"))
+        os.umask(0o077)
+        atomic_write(str(tmp_path / "b.json"), lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert (
+        tmp_path / "a.json"
+    ).stat().st_mode & 0o777 == 0o644  # as open() would give: readable by the group
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_damaged_file_outside_a_run_folder_gets_no_resume_advice(tmp_path):
+    from hiera_det.engine.checkpointer import load_model_weights
+
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "someone_elses.pth").write_bytes(b"whatever")  # not this run's checkpoint
+    bad = tmp_path / "downloads" / "model_final.pth"
+    bad.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CheckpointFileError) as info:
+        load_model_weights(torch.nn.Linear(2, 2), str(bad))
+    message = str(info.value)
+    assert "truncated or corrupt" in message and "Copy or download the file again" in message
+    assert "someone_elses" not in message and "last_checkpoint" not in message

@@ -184,3 +184,50 @@ def test_train_net_eval_only_refuses_a_checkpoint_that_runs_code(tmp_path, shape
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert f"checkpoint {weights} holds Python objects" in done.stderr and "python -c" in done.stderr
+
+
+def test_video_demo_checks_its_options_and_output_before_the_model_loads(tmp_path):
+    config_file, _ = _video_classifier(tmp_path)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    original = _write_video(videos / "clip.mp4").read_bytes()
+    # writing into the input folder would replace clip.mp4 with the annotated clip.mp4
+    done = run_tool("video_demo.py", "--config", config_file, "--input", videos, "--output", videos,
+                    "--allow-random-weights")  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "is the folder the inputs are in" in done.stderr and (videos / "clip.mp4").read_bytes() == original
+    done = run_tool("video_demo.py", "--config", config_file, "--input", videos, "--output", tmp_path / "out",
+                    "--frame-stride", "0")  # fmt: skip
+    assert done.returncode == 2 and "--frame-stride must be at least 1" in done.stderr
+    done = run_tool("video_demo.py", "--config", config_file, "--input", videos, "--output", tmp_path / "out",
+                    "--allow-random-weights", "MODEL.FOO", "3")  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "Non-existent key: MODEL.FOO" in done.stderr
+
+
+def test_train_net_names_setup_mistakes_without_a_traceback(tmp_path):
+    done = run_tool("train_net.py", "--config", CONFIG, "OUTPUT_DIR", tmp_path, "SOLVER.MAX_ITR", "1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "error: reading the config: Non-existent key: SOLVER.MAX_ITR" in done.stderr
+    assert "Did you mean: SOLVER.MAX_ITER?" in done.stderr
+    # an option after the overrides is read as a key: say where options go
+    done = run_tool("train_net.py", "--config", CONFIG, "OUTPUT_DIR", tmp_path, "--dataset", "a=b.json:c")
+    assert done.returncode == 2 and "options go before the trailing KEY VALUE overrides" in done.stderr
+    (tmp_path / "a_file").write_text("")
+    done = run_tool("train_net.py", "--config", CONFIG, "OUTPUT_DIR", tmp_path / "a_file")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "setting up OUTPUT_DIR" in done.stderr and "Not a directory" in done.stderr
+
+
+def test_train_net_reads_a_data_worker_s_unreadable_file_error():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_net_tool", ROOT / "tools" / "train_net.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    wrapped = RuntimeError(
+        "Caught VideoReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        "  File \"x.py\", line 1, in f\nhiera_det.data.video_io.VideoReadError: cannot read video 'a.mp4': empty\n"
+    )
+    assert tool.read_error_reason(wrapped) == "cannot read video 'a.mp4': empty"
+    assert tool.read_error_reason(RuntimeError("CUDA out of memory")) is None

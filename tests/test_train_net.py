@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -218,3 +219,25 @@ def test_two_cpu_processes_train_with_gloo(datasets_root, tmp_path):
                      "OUTPUT_DIR", tmp_path, "SOLVER.MAX_ITER", "2", datasets_root=datasets_root)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint_to_resume_from(shapes, tmp_path):
+    from detectron2.engine import HookBase
+
+    from hiera_det.engine.trainer import StoppedOnRequest
+
+    class CtrlCAtIteration2(HookBase):
+        def before_step(self):
+            if self.trainer.iter == 2:
+                self.trainer._stop_on_sigint(signal.SIGINT, None)  # what the SIGINT handler does
+
+    cfg = tiny_cfg(shapes, tmp_path, "SOLVER.MAX_ITER", "10", "TEST.EVAL_PERIOD", "0")
+    trainer = Trainer(cfg)
+    trainer.register_hooks([CtrlCAtIteration2()])
+    with pytest.raises(StoppedOnRequest) as info:
+        trainer.train()
+    assert info.value.checkpoint == str(tmp_path / "model_0000002.pth") and os.path.isfile(info.value.checkpoint)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    resumed = Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3

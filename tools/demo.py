@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from hiera_det.demo.image import (  # noqa: E402
     DemoError,
     demo_config,
     expand_inputs,
+    prepare_output_folder,
     run_image_demo,
     split_trailing_opts,
 )
@@ -74,12 +76,13 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def run(args, opts: list[str]) -> int:
     config = args.config or args.config_file
-    cfg = demo_config(config, opts, args.confidence_threshold, args.dataset)
     paths, notes = expand_inputs(args.input)
     for note in notes:
         logger.warning(note)
     if not paths:
         raise DemoError(f"no input images found in {args.input}; give image files, glob patterns or folders")
+    prepare_output_folder(args.output, paths)  # before the model loads: a bad --output fails at once
+    cfg = demo_config(config, opts, args.confidence_threshold, args.dataset)
     summary = run_image_demo(cfg, paths, args.output, config_name=config, with_masks=not args.no_json_masks,
                              allow_pickle=args.allow_pickle)  # fmt: skip
     images, failed = summary["images"], summary["failed"]
@@ -96,11 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     args = argument_parser().parse_args(head)
     setup_logger(name="fvcore")
     setup_logger(name="hiera_det")
+    signal.signal(
+        signal.SIGTERM, _interrupt
+    )  # `kill` stops the run as Ctrl-C does: detections.json is written
     try:
         return run(args, list(args.opts) + trailing)
     except (DemoError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: detections.json in {args.output} lists the images done so far and those left "
+              "(unprocessed)", file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -43,32 +43,56 @@ examples:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
-    parser.add_argument("--config", default="", metavar="NAME", help="a config under configs/ by name, or a path")
+    parser.add_argument(
+        "--config", default="", metavar="NAME", help="a config under configs/ by name, or a path"
+    )
     parser.add_argument("--target", required=True, choices=TARGETS)
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=None,
-                        help="onnx and/or torch_export (default: every format the target allows)")
+    parser.add_argument(
+        "--format",
+        nargs="+",
+        choices=FORMATS,
+        default=None,
+        help="onnx and/or torch_export (default: every format the target allows)",
+    )
     parser.add_argument("--output", required=True, help="folder for the exported files")
-    parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                        help="image / frame size, multiples of 32 (default: INPUT.LSJ.IMAGE_SIZE square for "
-                             "images, INPUT.VIDEO.TEST_CROP_SIZE square for video)")
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=None,
+        help="image / frame size, multiples of 32 (default: INPUT.LSJ.IMAGE_SIZE square for "
+        "images, INPUT.VIDEO.TEST_CROP_SIZE square for video)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="example batch (2 or more for --dynamic-batch)")
     parser.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary")
     parser.add_argument("--dynamic-size", action="store_true", help="let H and W vary (multiples of 32)")
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
-    parser.add_argument("--no-optimize", action="store_true",
-                        help="skip onnxscript's ONNX graph optimiser (faster export, larger graph)")
+    parser.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="skip onnxscript's ONNX graph optimiser (faster export, larger graph)",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept a Detectron2 model-zoo .pkl as MODEL.WEIGHTS (unpickling runs the file's "
+        "code: only for files from a source you trust)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
 
 def build_model_and_config(args):
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
     from hiera_det.config import get_hiera_cfg, merge_config
+    from hiera_det.engine.checkpointer import load_model_weights
 
     if bool(args.config) == bool(args.config_file):
         raise ValueError("give one of --config NAME or --config-file PATH")
@@ -77,10 +101,13 @@ def build_model_and_config(args):
     cfg.MODEL.DEVICE = "cpu"  # exports are traced, and checked with onnxruntime, on the CPU
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        # an export of tensors left at initialization would be worthless: every model tensor must load
+        load_model_weights(model, cfg.MODEL.WEIGHTS, allow_pickle=args.allow_pickle, require_complete=True)
     else:
-        logging.warning("MODEL.WEIGHTS is empty: exporting untrained weights (only MODEL.HIERA(_VIDEO).WEIGHTS, "
-                        "if set, are pretrained)")
+        logging.warning(
+            "MODEL.WEIGHTS is empty: exporting untrained weights (only MODEL.HIERA(_VIDEO).WEIGHTS, "
+            "if set, are pretrained)"
+        )
     return cfg, model
 
 
@@ -92,19 +119,22 @@ def default_size(args, cfg) -> tuple[int, int]:
         return side, side
     if cfg.INPUT.LSJ.ENABLED:
         return cfg.INPUT.LSJ.IMAGE_SIZE, cfg.INPUT.LSJ.IMAGE_SIZE
-    raise ValueError("this config has no fixed input size (INPUT.LSJ is off): give --size H W, multiples of 32")
+    raise ValueError(
+        "this config has no fixed input size (INPUT.LSJ is off): give --size H W, multiples of 32"
+    )
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from hiera_det.checkpoint import CheckpointError
     from hiera_det.export import ExportRefused, build_target, export_and_check, refusal
 
     try:
         cfg, model = build_model_and_config(args)
         batch = max(args.batch, 2) if args.dynamic_batch and args.target != "mask_rcnn" else args.batch
         target = build_target(args.target, cfg, model, default_size(args, cfg), batch)
-    except (ExportRefused, ValueError, KeyError, FileNotFoundError) as e:
+    except (ExportRefused, CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     formats = args.format
@@ -114,9 +144,16 @@ def main(argv=None) -> int:
             if f not in formats:
                 print(f"not exporting {f}: {refusal(target, f, args.dynamic_batch, args.dynamic_size)}")
     try:
-        results = export_and_check(target, cfg, formats, args.output, dynamic_batch=args.dynamic_batch,
-                                   dynamic_size=args.dynamic_size, check=not args.no_check,
-                                   optimize=not args.no_optimize)
+        results = export_and_check(
+            target,
+            cfg,
+            formats,
+            args.output,
+            dynamic_batch=args.dynamic_batch,
+            dynamic_size=args.dynamic_size,
+            check=not args.no_check,
+            optimize=not args.no_optimize,
+        )
     except ExportRefused as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

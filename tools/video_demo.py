@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,38 +39,90 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", "--config", dest="config_file", required=True,
-                   help="config path, or a name under configs/")
+    p.add_argument(
+        "--config-file",
+        "--config",
+        dest="config_file",
+        required=True,
+        help="config path, or a name under configs/",
+    )
     p.add_argument("--input", required=True, help="a video file, a folder of videos, or a folder of frames")
     p.add_argument("--output", required=True, help="folder for <video>.jsonl and <video>.mp4")
-    p.add_argument("--weights", default="", help="model checkpoint (.pth); default: MODEL.WEIGHTS of the config")
+    p.add_argument(
+        "--weights", default="", help="model checkpoint (.pth); default: MODEL.WEIGHTS of the config"
+    )
     p.add_argument("--mode", default="auto", choices=("auto", "frame", "clip", "classify", "actions"))
     p.add_argument("--frame-stride", type=int, default=1, help="process every N-th frame")
     p.add_argument("--batch-size", type=int, default=4, help="frames (or clips) per forward pass")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
     p.add_argument("--top-k", type=int, default=5, help="classes reported per clip (classify)")
-    p.add_argument("--clip-stride", type=int, default=0,
-                   help="classify: frames between clip starts (0 = one clip span, no overlap)")
+    p.add_argument(
+        "--clip-stride",
+        type=int,
+        default=0,
+        help="classify: frames between clip starts (0 = one clip span, no overlap)",
+    )
     p.add_argument("--chunk", type=int, default=32, help="frames decoded per read (bounds memory)")
     p.add_argument("--no-video", action="store_true", help="write JSON Lines only")
-    p.add_argument("--sequential", action="store_true",
-                   help="frame/clip: decode, run and write one after the other instead of overlapping them "
-                        "(same outputs, slower; for timing and debugging)")
-    p.add_argument("--allow-random-weights", action="store_true",
-                   help="run without a checkpoint (for smoke tests; predictions are meaningless)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept a Detectron2 model-zoo .pkl checkpoint (unpickling runs the file's code: "
-                        "only for files from a source you trust)")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="frame/clip: decode, run and write one after the other instead of overlapping them "
+        "(same outputs, slower; for timing and debugging)",
+    )
+    p.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="run without a checkpoint (for smoke tests; predictions are meaningless)",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept a Detectron2 model-zoo .pkl checkpoint (unpickling runs the file's code: "
+        "only for files from a source you trust)",
+    )
     p.add_argument("--device", default="", help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--proposals", default="", help="actions: AVA proposals CSV (default: the config's person detector)")
+    p.add_argument(
+        "--proposals", default="", help="actions: AVA proposals CSV (default: the config's person detector)"
+    )
     p.add_argument("--keyframe-interval", type=float, default=1.0, help="actions: seconds between keyframes")
-    p.add_argument("--video-start-sec", type=float, default=0.0, help="actions: proposals' time of frame 0 (AVA: 900)")
+    p.add_argument(
+        "--video-start-sec", type=float, default=0.0, help="actions: proposals' time of frame 0 (AVA: 900)"
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p
 
 
+# the numeric options and their lower bounds: a value below fails at once, before the model loads
+MINIMUM = {"frame_stride": 1, "batch_size": 1, "top_k": 1, "clip_stride": 0, "chunk": 1}
+
+
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    for name, low in MINIMUM.items():
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if args.keyframe_interval <= 0:
+        parser.error(f"--keyframe-interval must be positive (seconds), got {args.keyframe_interval}")
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        parser.error(f"--confidence-threshold must lie in [0, 1], got {args.confidence_threshold}")
+
+
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    # `kill` (SIGTERM) stops the run as Ctrl-C does, so the mp4 being written is finalized and summary.json
+    # is written, rather than the process dying mid-file
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"interrupted: the videos finished so far are listed in {args.output}/summary.json; the one being "
+              "processed keeps the frames written before the interruption", file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def run(args) -> int:
     import torch
     from detectron2.modeling import build_model
     from detectron2.utils.logger import setup_logger
@@ -78,13 +131,26 @@ def main(argv=None) -> int:
     from hiera_det.checkpoint import CheckpointError
     from hiera_det.config import get_hiera_cfg, merge_config
     from hiera_det.data.video_io import VideoReadError
-    from hiera_det.demo.video import DemoSettings, mode_for, run_video_demo
+    from hiera_det.demo.image import DemoError, prepare_output_folder
+    from hiera_det.demo.video import DemoSettings, list_videos, mode_for, run_video_demo
     from hiera_det.detection.fast_inference import use_cuda_graphs
     from hiera_det.engine.checkpointer import load_model_weights
 
     setup_logger(name="hiera_det")
     logger = setup_logger(name="video_demo")
-    cfg = merge_config(get_hiera_cfg(), args.config_file, args.opts)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"error: --device {args.device}, but this machine has no CUDA GPU; use --device cpu",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        # a bad input or output path, or a config mistake, fails here, before the model loads
+        prepare_output_folder(args.output, list_videos(args.input))
+        cfg = merge_config(get_hiera_cfg(), args.config_file, args.opts)
+    except (DemoError, VideoReadError, FileNotFoundError, KeyError, ValueError) as e:
+        print(f"error: {_message(e)}", file=sys.stderr)
+        return 2
     cfg.MODEL.DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = args.weights or cfg.MODEL.WEIGHTS
     cfg.MODEL.WEIGHTS = ""
@@ -100,8 +166,11 @@ def main(argv=None) -> int:
                   "output/<run>/model_final.pth)", file=sys.stderr)  # fmt: skip
             return 2
     elif not args.allow_random_weights:
-        print("error: no checkpoint: pass --weights (or set MODEL.WEIGHTS); --allow-random-weights runs an "
-              "untrained model for smoke tests", file=sys.stderr)
+        print(
+            "error: no checkpoint: pass --weights (or set MODEL.WEIGHTS); --allow-random-weights runs an "
+            "untrained model for smoke tests",
+            file=sys.stderr,
+        )
         return 2
     use_cuda_graphs(cfg, model)
     settings = DemoSettings(
@@ -118,17 +187,26 @@ def main(argv=None) -> int:
 
     def report(summary):
         speed = f" ({summary['frames_per_s']} frames/s)" if "frames_per_s" in summary else ""
-        logger.info("%s -> %s%s%s", summary["video"], summary["jsonl"],
-                    f", {summary['mp4']}" if summary["mp4"] else "", speed)
+        logger.info(
+            "%s -> %s%s%s",
+            summary["video"],
+            summary["jsonl"],
+            f", {summary['mp4']}" if summary["mp4"] else "",
+            speed,
+        )
 
-    if mode == "actions":  # AVA-style action detection, hiera_det/demo/actions.py
-        from hiera_det.demo.actions import run_action_demo
-        return run_action_demo(cfg, model, args, on_video=report)
     try:
+        if mode == "actions":  # AVA-style action detection, hiera_det/demo/actions.py
+            from hiera_det.demo.actions import run_action_demo
+
+            return run_action_demo(cfg, model, args, on_video=report)
         result = run_video_demo(cfg, model, args.input, args.output, settings, on_video=report)
     except VideoReadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as e:  # the mode does not fit the config, a missing proposals file
+        print(f"error: {_message(e)}", file=sys.stderr)
+        return 2
     if result.failed:
         total = len(result.failed) + len(result.videos)
         print(f"{len(result.failed)} of {total} videos could not be processed (the others' outputs are in "
@@ -136,6 +214,15 @@ def main(argv=None) -> int:
               sep="\n", file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _message(error: BaseException) -> str:
+    # KeyError's str() is the repr of its argument: quotes around the message
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 if __name__ == "__main__":

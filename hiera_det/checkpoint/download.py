@@ -214,12 +214,17 @@ def _check_cached(path: Path, label: str, *, repair: bool) -> str | None:
 
 
 def _delete(path: Path, problem: str) -> None:
+    """Take a damaged cached file out of the way. It is moved aside, not deleted: it may be a file someone
+    placed by hand, and nothing they wrote is lost."""
+    aside = path.with_name(path.name + ".rejected")
     try:
-        path.unlink(missing_ok=True)
+        if path.exists():
+            os.replace(path, aside)
         _sidecar(path).unlink(missing_ok=True)
     except OSError as err:
-        raise CheckpointError(f"{problem}; it cannot be deleted ({err.strerror}): delete it by hand") from err
-    logger.warning("%s: deleted, it will not be used", problem)
+        raise CheckpointError(f"{problem}; it cannot be moved aside ({err.strerror}): move it by hand") from err
+    logger.warning("%s: moved to %s, it will not be used (delete that file once you no longer need it)",
+                   problem, aside)  # fmt: skip
 
 
 @contextmanager

@@ -600,6 +600,17 @@ def load_ava_dicts(split: AvaSplit) -> tuple[list[dict], dict]:
             persons = proposals.boxes.get(key, [])
             record["proposals"] = {"boxes": [list(p.box) for p in persons], "scores": [p.score for p in persons]}
         records.append(record)
+    unreadable = skipped["no frames for the video"] + skipped["keyframe after the last frame"]
+    if not split.is_train and unreadable:
+        # the evaluator scores every ground-truth keyframe: one left without predictions would lower the
+        # frame-mAP without a word, so evaluation stops instead
+        missing = f"; videos with no frames: {', '.join(sorted(missing_videos)[:10])}" if missing_videos else ""
+        raise ValueError(
+            f"AVA evaluation data from {split.annotation_file!r}: {unreadable} keyframes have no frames to read "
+            f"({ {k: n for k, n in skipped.items() if n} }{missing}) in {split.frame_list_file or split.video_dir}. "
+            "Their ground truth would count as missed detections. Add the videos (or frames), or remove their rows "
+            "from the annotation and proposals files"
+        )
     if any(skipped.values()):
         logger.info("%s: skipped keyframes: %s", split.annotation_file, {k: n for k, n in skipped.items() if n})
     if missing_videos:

@@ -239,7 +239,9 @@ def check_dataset_available(name: str) -> None:
     if name not in registered:
         close = difflib.get_close_matches(name, registered, n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"dataset {name!r} is not registered.{hint} Register your own COCO-format data with "
+        raise KeyError(f"dataset {name!r} is not registered.{hint} With tools/train_net.py, register your own "
+                       "data without code: --dataset NAME=ANNOTATIONS.json:IMAGE_ROOT (COCO instances; see "
+                       "--help for video lists, keyframes and unlabeled data). From Python: "
                        "hiera_det.data.catalog.register_coco_instances (or detectron2's), Kinetics-style lists "
                        "with register_kinetics; built in: coco_2017_train / coco_2017_val, the bundled "
                        "hiera_shapes_{train,val}, moving_shapes_{cls,kf}_{train,val}, and kinetics400_{train,"
@@ -262,5 +264,7 @@ def check_dataset_available(name: str) -> None:
         raise FileNotFoundError(f"dataset {name!r}: {', '.join(missing)} not found. The bundled data is "
                                 "generated on first use by tools/train_net.py (or hiera_det.data.catalog."
                                 "prepare_datasets(cfg, names)); check that $DETECTRON2_DATASETS is writable")
+    relative = [p for p in missing if not os.path.isabs(p)]
+    where = f" (relative paths are read from $DETECTRON2_DATASETS, now {str(root)!r})" if relative else ""
     raise FileNotFoundError(f"dataset {name!r}: {', '.join(missing)} not found; check the paths it was "
-                            f"registered with (DETECTRON2_DATASETS is {str(root)!r})")
+                            f"registered with{where}")

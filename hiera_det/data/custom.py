@@ -71,6 +71,16 @@ class DatasetSpec:
         return cls(name, kind or "coco", os.path.abspath(os.path.expanduser(json_file)),
                    os.path.abspath(os.path.expanduser(root)))
 
+    def text(self) -> str:
+        """The spec as ``NAME=SPEC`` with absolute paths: what a saved config keeps, so that it reads the same
+        data from any working directory."""
+        if self.kind in UNLABELED_KINDS.values():
+            return f"{self.name}={self.kind.removeprefix('unlabeled_')}:{self.path}"
+        if self.kind == "videos":
+            return f"{self.name}={self.path}"
+        prefix = "keyframes:" if self.kind == "keyframes" else ""
+        return f"{self.name}={prefix}{self.path}:{self.root}"
+
     def register(self) -> None:
         if self.kind in UNLABELED_KINDS.values():
             register_unlabeled(self.name, self.kind.removeprefix("unlabeled_"), self.path)
@@ -162,6 +172,9 @@ def check_coco_file(json_file: str, image_root: str, name: str, limit: int = 20)
     if not annotations:
         problems.append(f"{name}: {json_file} has no annotations (an empty split)")
     category_ids = [c.get("id") for c in categories]
+    if not categories:
+        problems.append(f"{name}: {json_file} lists no categories; COCO needs \"categories\": [{{\"id\": 1, "
+                        f"\"name\": ...}}, ...] naming the classes its annotations use")  # fmt: skip
     duplicates = [i for i, n in Counter(category_ids).items() if n > 1]
     if duplicates:
         problems.append(f"{name}: {json_file} repeats category ids {duplicates}")
@@ -179,7 +192,7 @@ def check_coco_file(json_file: str, image_root: str, name: str, limit: int = 20)
                             f"{image.get('width')}x{image.get('height')}; fix width/height in the json")
     for annotation in annotations:
         where = f"{name}: {json_file} annotation id {annotation.get('id')} (image id {annotation.get('image_id')})"
-        if annotation.get("category_id") not in category_ids:
+        if categories and annotation.get("category_id") not in category_ids:
             problems.append(f"{where} has category_id {annotation.get('category_id')}, which is not among the "
                             f"categories {sorted(category_ids)}")
         image = by_id.get(annotation.get("image_id"))
@@ -209,7 +222,8 @@ def mask_format_of(json_file: str) -> str | None:
 def check_datasets(cfg) -> None:
     """Check every custom dataset that the run names; raise ``DatasetSpecError`` listing all problems."""
     specs = {s.name: s for s in (DatasetSpec.parse(t) for t in cfg.DATASETS.CUSTOM)}
-    used = [specs[n] for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST) if n in specs]
+    # a split named in both TRAIN and TEST is checked (and its problems listed) once
+    used = [specs[n] for n in dict.fromkeys((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)) if n in specs]
     problems: list[str] = []
     for spec in used:
         if spec.kind == "videos" and not os.path.exists(spec.path):

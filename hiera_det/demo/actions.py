@@ -15,15 +15,23 @@ shows every frame with the boxes and top actions of the latest keyframe beside e
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from hiera_det.data import video_transforms as vt
-from hiera_det.data.ava import VIDEO_EXTENSIONS, clip_frame_indices, read_boxes_csv, read_label_map
-from hiera_det.data.video_io import open_video
+from hiera_det.data.ava import clip_frame_indices, read_boxes_csv, read_label_map
+from hiera_det.data.video_io import VideoReadError, open_video
+from hiera_det.demo.image import describe_failure, unique_stem
+from hiera_det.demo.video import list_videos
+from hiera_det.engine.checkpointer import atomic_write
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,33 +118,50 @@ class ActionDemo:
         m = cfg.MODEL.HIERA_VIDEO
         self.num_frames, self.sampling_rate = m.NUM_FRAMES, m.SAMPLING_RATE
 
-    def _keyframes(self, video_id: str, fps: float, num_frames: int) -> list[tuple[int, float, np.ndarray | None, np.ndarray | None]]:
-        """(frame index, timestamp, boxes in pixels or None, scores) of each keyframe."""
+    def _keyframes(self, video_id: str, timestamps: np.ndarray) -> list[tuple[int, float, np.ndarray | None, np.ndarray | None]]:
+        """(frame index, timestamp, boxes in pixels or None, scores) of each keyframe. Keyframes are chosen by
+        the container's frame times, so a variable frame rate still gives one every ``keyframe_interval``
+        seconds, at the times reported."""
+        if not len(timestamps):
+            return []
         if self.proposals is None:
-            step = max(1, int(round(self.settings.keyframe_interval * fps)))
-            return [(k, k / fps, None, None) for k in range(0, num_frames, step)]
+            times = np.arange(float(timestamps[0]), float(timestamps[-1]) + 1e-9, self.settings.keyframe_interval)
+            indices = np.unique(np.searchsorted(timestamps, times - 1e-6).clip(0, len(timestamps) - 1))
+            return [(int(k), float(timestamps[k]), None, None) for k in indices]
         keys = sorted((ts for video, ts in self.proposals.boxes if video == video_id), key=float)
         if not keys:
             raise ValueError(f"{self.settings.proposals} has no boxes for video {video_id!r} (rows are keyed by the file stem)")
+        frame = float(np.median(np.diff(timestamps))) if len(timestamps) > 1 else 0.0
         out = []
         for ts in keys:
-            persons = self.proposals.boxes[(video_id, ts)]
-            index = int(round((float(ts) - self.settings.video_start_sec) * fps))
-            if 0 <= index < num_frames:
+            t = float(ts) - self.settings.video_start_sec
+            if timestamps[0] - frame / 2 <= t <= timestamps[-1] + frame / 2:
+                index = int(np.abs(timestamps - t).argmin())
+                persons = self.proposals.boxes[(video_id, ts)]
                 out.append((index, float(ts), np.array([p.box for p in persons]), np.array([p.score for p in persons])))
+        if not out:
+            raise ValueError(
+                f"none of the {len(keys)} keyframe times of {video_id!r} in {self.settings.proposals} ({float(keys[0]):g} "
+                f"to {float(keys[-1]):g} s) falls inside the video ({timestamps[0]:.2f} to {timestamps[-1]:.2f} s after "
+                f"--video-start-sec {self.settings.video_start_sec:g}); AVA's 15-minute cuts start at 900 s: pass "
+                "--video-start-sec 900 for them"
+            )
         return out
 
-    def run(self, video_path: str, out_dir: str) -> dict:
+    def run(self, video_path: str, out_dir: str, stem: str | None = None) -> dict:
+        """Write ``<stem>.jsonl`` (and ``<stem>.mp4``) into ``out_dir``; ``stem`` defaults to the video's file
+        name without extension."""
         os.makedirs(out_dir, exist_ok=True)
-        stem = os.path.splitext(os.path.basename(os.path.normpath(video_path)))[0]
+        video_id = os.path.splitext(os.path.basename(os.path.normpath(video_path)))[0]
+        stem = stem or video_id
         jsonl = os.path.join(out_dir, stem + ".jsonl")
         reader = open_video(video_path, num_threads=self.cfg.INPUT.VIDEO.DECODE_THREADS)
         results = []
         tracker = _Tracker()
         try:
-            keyframes = self._keyframes(stem, reader.fps, reader.num_frames)
+            keyframes = self._keyframes(video_id, reader.timestamps())
             with open(jsonl, "w", encoding="utf-8") as f, torch.no_grad():
-                for index, timestamp, boxes, scores in keyframes:
+                for index, timestamp, boxes, scores in tqdm(keyframes, desc=stem, unit="keyframe", disable=len(keyframes) < 2):
                     record = self._keyframe(reader, index, boxes, scores, tracker)
                     record.update(frame_index=index, timestamp=round(timestamp, 6))
                     f.write(json.dumps(record) + "\n")
@@ -170,7 +195,7 @@ class ActionDemo:
         for box, score, pid, action_scores in zip(instances.pred_boxes.tensor.numpy(), instances.scores.numpy(), ids,
                                                   instances.action_scores.numpy()):
             top = np.argsort(-action_scores, kind="stable")[: self.settings.top_k]
-            persons.append({"box": box.round(2).tolist(), "score": round(float(score), 4), "person_id": int(pid),
+            persons.append({"box": box.astype(np.float64).round(2).tolist(), "score": round(float(score), 4), "person_id": int(pid),
                             "actions": [{"id": int(c) + 1, "name": self._name(int(c)), "score": round(float(action_scores[c]), 4)} for c in top]})
         return {"persons": persons}
 
@@ -216,16 +241,6 @@ def _draw_persons(bgr: np.ndarray, persons: list[dict], lines: int = 3) -> None:
             cv2.putText(bgr, line, (x1 + 2, y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, color, 1, cv2.LINE_AA)
 
 
-def list_videos(path: str) -> list[str]:
-    """A video file, a folder of videos, or a folder of frames (one video)."""
-    if os.path.isdir(path):
-        videos = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(VIDEO_EXTENSIONS))
-        return videos or [path]
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--input {path!r} does not exist")
-    return [path]
-
-
 def action_names(cfg) -> list[str]:
     """Action names by model output: from the test (else train) dataset's label map when registered."""
     from detectron2.data import MetadataCatalog
@@ -246,13 +261,36 @@ def action_names(cfg) -> list[str]:
 
 
 def run_action_demo(cfg, model, args, on_video=None) -> int:
-    """The ``--mode actions`` entry point of tools/video_demo.py (``args`` from its parser)."""
+    """The ``--mode actions`` entry point of tools/video_demo.py (``args`` from its parser). Like the other
+    modes, a video that fails is named with the reason and the others go on; ``summary.json`` lists both.
+    Returns the exit status: 0, or 1 when some video failed."""
     settings = ActionDemoSettings(top_k=args.top_k, keyframe_interval=args.keyframe_interval, proposals=args.proposals,
                                   video_start_sec=args.video_start_sec, write_video=not args.no_video,
                                   proposal_score_threshold=cfg.INPUT.AVA.PROPOSAL_SCORE_THRESH)
     demo = ActionDemo(cfg, model, settings, action_names(cfg))
-    for video in list_videos(args.input):
-        summary = demo.run(video, args.output)
-        if on_video is not None:
-            on_video(summary)
+    videos, failed, taken = [], [], set()
+    try:
+        for video in list_videos(args.input):
+            try:
+                summary = demo.run(video, args.output, stem=unique_stem(video, taken))
+            except KeyboardInterrupt:
+                failed.append({"video": video, "error": "interrupted: its outputs hold the keyframes before"})
+                raise
+            except Exception as e:  # noqa: BLE001  one bad video must not stop the others
+                reason = str(e) if isinstance(e, VideoReadError) else describe_failure(e)
+                logger.warning("skipping %s: %s", video, reason)
+                failed.append({"video": video, "error": reason})
+                continue
+            if on_video is not None:
+                on_video(summary)
+            videos.append(summary)
+    finally:  # an interrupted run keeps the list of what it did
+        if videos or failed:
+            os.makedirs(args.output, exist_ok=True)
+            text = json.dumps({"videos": videos, "failed": failed}, indent=1)
+            atomic_write(os.path.join(args.output, "summary.json"), lambda f: f.write(text.encode()))
+    if failed:
+        print(f"{len(failed)} of {len(failed) + len(videos)} videos could not be processed (the others' outputs are "
+              f"in {args.output}):", *(f"  {f['video']}: {f['error']}" for f in failed), sep="\n", file=sys.stderr)
+        return 1
     return 0

@@ -98,7 +98,9 @@ def demo_config(config: str, opts: list[str], confidence_threshold: float, datas
     cfg = get_hiera_cfg()
     try:
         merge_config(cfg, config, opts)
-        cfg.DATASETS.CUSTOM = list(cfg.DATASETS.CUSTOM) + [d for d in datasets if d not in cfg.DATASETS.CUSTOM]
+        cfg.DATASETS.CUSTOM = list(cfg.DATASETS.CUSTOM) + [
+            d for d in datasets if d not in cfg.DATASETS.CUSTOM
+        ]
         register_custom_datasets(cfg)
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise DemoError(str(e).strip('"')) from None
@@ -164,8 +166,11 @@ class ImagePredictor:
 
 
 def dataset_labels(cfg) -> tuple[list[int], list[str]]:
-    """The dataset's category ids and names by class index, from the metadata of DATASETS.TEST[0]."""
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused")
+    """The dataset's category ids and names by class index, from the metadata of the first of DATASETS.TEST
+    and DATASETS.TRAIN that names classes (a run on custom data may have no test set)."""
+    names = [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
+    named = [n for n in names if MetadataCatalog.get(n).get("thing_classes", None)]
+    metadata = MetadataCatalog.get(named[0] if named else names[0] if names else "__unused")
     num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE else \
         cfg.MODEL.ROI_HEADS.NUM_CLASSES  # fmt: skip
     class_names = list(metadata.get("thing_classes", []))
@@ -214,6 +219,31 @@ def unique_stem(path: str, taken: set[str]) -> str:
         stem, k = f"{base}_{k}", k + 1
     taken.add(stem)
     return stem
+
+
+def prepare_output_folder(output: str | os.PathLike, inputs: list[str]) -> Path:
+    """Create ``output`` (the folder a demo writes into) and return it, or raise ``DemoError`` saying what
+    to change: it is a file, it cannot be created, or it is where inputs are. A demo's outputs are named after
+    its inputs, so writing next to them would overwrite an input of the same name (``photo.png``) and mix
+    the pictures into the next run's inputs."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--output {output} is a file; give a folder for the outputs")
+    resolved = out.resolve()
+    for path in inputs:
+        folder = Path(path) if os.path.isdir(path) else Path(path).parent
+        if folder.resolve() == resolved:
+            raise DemoError(
+                f"--output {output} is the folder the inputs are in ({path}): the outputs are named after the "
+                "inputs and would overwrite or mix with them; choose another --output folder"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DemoError(f"cannot create the --output folder {output}: {e.strerror or e}") from e
+    if not os.access(out, os.W_OK):
+        raise DemoError(f"the --output folder {output} is not writable; choose another")
+    return out
 
 
 def describe_failure(error: Exception) -> str:

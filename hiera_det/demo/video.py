@@ -240,8 +240,8 @@ class VideoDemo:
         reader = open_video(video_path, num_threads=self.cfg.INPUT.VIDEO.DECODE_THREADS)
         try:  # a folder run goes on to the next video after a failure: nothing may stay open
             timestamps = reader.timestamps()
-            stride = 1 if self.settings.mode == "classify" else self.settings.frame_stride
-            writer = _Writer(jsonl_path, mp4_path, reader.fps / stride)
+            # every mode draws every frame_stride-th frame: the mp4 keeps the source's pace
+            writer = _Writer(jsonl_path, mp4_path, reader.fps / self.settings.frame_stride)
             try:
                 with torch.no_grad():
                     if self.settings.mode == "classify":
@@ -324,8 +324,8 @@ class VideoDemo:
                         record = {
                             "frame_index": int(index),
                             "timestamp": round(float(timestamps[index]), 6),
-                            "boxes": boxes.round(2).tolist(),
-                            "scores": scores.round(4).tolist(),
+                            "boxes": boxes.astype(np.float64).round(2).tolist(),  # fp32: 30.850000381
+                            "scores": scores.astype(np.float64).round(4).tolist(),
                             "classes": classes.tolist(),
                             "class_names": [self._name(c) for c in classes],
                         }
@@ -465,6 +465,9 @@ def run_video_demo(
         for video in list_videos(inputs):
             try:
                 summary = demo.run(video, out_dir, stem=unique_stem(video, taken))
+            except KeyboardInterrupt:
+                result.failed.append({"video": video, "error": "interrupted: its outputs hold the frames before"})
+                raise
             except Exception as e:  # noqa: BLE001  one bad video must not stop the others
                 logger.warning("skipping %s: %s", video, _describe(e))
                 result.failed.append({"video": video, "error": _describe(e)})

@@ -184,9 +184,13 @@ class GPUPastedMasks(ROIMasks):
 
 class TopKNMSOutputLayers(FastRCNNOutputLayers):
     """Detectron2's box predictor (same parameters, losses and training behaviour) whose inference runs
-    ``topk_batched_nms`` instead of the per-class NMS loop."""
+    ``topk_batched_nms`` instead of the per-class NMS loop. A traced export runs Detectron2's own inference:
+    the trace would record ``topk_batched_nms``'s host-side counts as constants, fixing the number of
+    detections of every image to the traced image's."""
 
     def inference(self, predictions, proposals: list[Instances]):
+        if torch.jit.is_tracing():
+            return super().inference(predictions, proposals)
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
         image_shapes = [x.image_size for x in proposals]

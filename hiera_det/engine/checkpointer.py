@@ -73,6 +73,9 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
         prefix=f"{_TEMP_PREFIX}{os.getpid()}-", suffix=f"-{name}.partial", dir=directory
     )
     try:
+        # mkstemp creates the file readable by its owner only; give it the mode open() would (0666 less the
+        # umask), so that checkpoints and results are as readable as every other file of a run
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -85,6 +88,13 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
             pass
         raise
     _fsync_directory(directory)
+
+
+def _umask() -> int:
+    # the process's umask can only be read by setting it; set it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
@@ -179,7 +189,24 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             missing = [k for k in self.model.state_dict() if not k.startswith(prefix + ".")]
             missing += [f"{prefix}.{k}" for k in report.missing_keys if k not in report.ignored_missing_keys]
             return _IncompatibleKeys(missing_keys=missing, unexpected_keys=[], incorrect_shapes=[])
+        if isinstance(state, dict):
+            self._take_background_grid(state)
         return super()._load_model(checkpoint)
+
+    def _take_background_grid(self, state: dict) -> None:
+        """Give each windowed trunk's background position embedding the checkpoint's grid, as
+        ``load_checkpoint`` does: it is interpolated to every input's grid anyway, so any grid is the same
+        model, and Detectron2's loader would otherwise skip the tensor and leave it at initialization (a
+        checkpoint converted with ``tools/convert_checkpoint.py --attention window`` keeps the source's grid)."""
+        for name, trunk in self.model.named_modules():
+            value = state.get(f"{name}.pos_embed" if name else "pos_embed")
+            if not isinstance(trunk, Hiera) or trunk.pos_embed_mode != "absolute_win" or value is None:
+                continue
+            param = trunk.pos_embed
+            if value.dim() == 4 and value.shape[:2] == param.shape[:2] and value.shape != param.shape:
+                self.logger.info(f"{name}.pos_embed: the model's {tuple(param.shape)} background takes the "
+                                 f"checkpoint's {tuple(value.shape)} grid")  # fmt: skip
+                param.data = param.data.new_empty(value.shape)  # in place: optimizers keep the Parameter
 
     def _torch_load(self, f: str):
         try:
@@ -204,9 +231,13 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def _previous_checkpoint_hint(self, exclude: str | None, delete_bad: bool = False) -> str:
         directory = self.save_dir or (os.path.dirname(exclude) if exclude else "")
+        if not os.path.isfile(os.path.join(directory, "last_checkpoint")):
+            # not a training run's folder: its other files are not this run's checkpoints
+            return "Copy or download the file again."
+        # only the checkpoints a run writes (model_0004999.pth, model_final.pth), newest first
         candidates = [
             p
-            for p in sorted(glob.glob(os.path.join(directory, "*.pth")), key=os.path.getmtime, reverse=True)
+            for p in sorted(glob.glob(os.path.join(directory, "model_*.pth")), key=os.path.getmtime, reverse=True)
             if exclude is None or os.path.abspath(p) != os.path.abspath(exclude)
         ]
         if not candidates:
@@ -360,9 +391,9 @@ def convert_for_detectron2(
         bkg = tuple(model.pos_embed.shape[2:])
         text += (
             f"\nnote: the background position embedding is {bkg[0]}x{bkg[1]}, not the preset "
-            f"{default_bkg[0]}x{default_bkg[1]}: build the trunk with pos_embed_bkg_size={bkg} so that "
-            f"Detectron2's checkpointer (which skips tensors of another shape) loads it, or load the file "
-            f"with hiera_det.checkpoint.load_checkpoint"
+            f"{default_bkg[0]}x{default_bkg[1]}; MODEL.WEIGHTS and hiera_det.checkpoint.load_checkpoint give "
+            f"the model's background this grid when they load the file (same model: it is interpolated to "
+            f"every input's grid)"
         )
     return text
 

@@ -34,6 +34,32 @@ class _DeferredLossAMPTrainer(DeferredLossMetrics, AMPTrainer):
     pass
 
 
+class StoppedOnRequest(KeyboardInterrupt):
+    """Training stopped at an iteration boundary after Ctrl-C, with a checkpoint saved there; ``checkpoint``
+    is its path."""
+
+    def __init__(self, checkpoint: str):
+        super().__init__(checkpoint)
+        self.checkpoint = checkpoint
+
+
+class _StopOnRequestHook(HookBase):
+    """Saves a checkpoint and ends training after the iteration during which Ctrl-C came (the last hook, so
+    the step, its metrics and the other hooks are complete, and the checkpoint is the one a periodic save
+    would write at that iteration: ``--resume`` continues exactly from it)."""
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if not trainer.stop_requested:
+            return
+        trainer._trainer.flush_losses()  # a non-finite deferred loss stops here, before anything is saved
+        if trainer.exact_resume is not None:
+            trainer.exact_resume.snapshot()
+        name = f"model_{trainer.iter:07d}"
+        trainer.checkpointer.save(name, iteration=trainer.iter)
+        raise StoppedOnRequest(os.path.join(trainer.cfg.OUTPUT_DIR, name + ".pth"))
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the Hiera optimizer, large-scale jitter, COCO evaluation, AMP in fp16 or
     bf16 (``SOLVER.AMP.PRECISION``), CPU-capable DDP, the video models' data and evaluation, and exact
@@ -89,7 +115,8 @@ class Trainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        self.stop_requested = False
+        self.register_hooks(self.build_hooks() + [_StopOnRequestHook()])
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
@@ -145,8 +172,13 @@ class Trainer(DefaultTrainer):
         In a run of several processes, a process that stops because another one died (a failed collective,
         or the launcher's SIGTERM) says so, names the checkpoint to resume from, and exits."""
         distributed = comm.get_world_size() > 1
-        handle_sigterm = distributed and threading.current_thread() is threading.main_thread()
+        main_thread = threading.current_thread() is threading.main_thread()
+        handle_sigterm = distributed and main_thread
         previous = signal.signal(signal.SIGTERM, self._stop_on_sigterm) if handle_sigterm else None
+        # one process: the first Ctrl-C stops after the current iteration with a checkpoint (several processes
+        # would have to agree on the iteration, so there Ctrl-C stops at once, as in Detectron2)
+        handle_sigint = not distributed and main_thread
+        previous_int = signal.signal(signal.SIGINT, self._stop_on_sigint) if handle_sigint else None
         try:
             super().train()
         except Exception as error:
@@ -159,7 +191,16 @@ class Trainer(DefaultTrainer):
         finally:
             if handle_sigterm:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            if handle_sigint:
+                signal.signal(signal.SIGINT, previous_int)
         return getattr(self, "_last_eval_results", None)
+
+    def _stop_on_sigint(self, signum, frame):
+        if self.stop_requested:  # a second Ctrl-C: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        logger.warning("Ctrl-C at iteration %d: stopping after this iteration with a checkpoint (press Ctrl-C "
+                       "again to stop at once, without one)", self.iter)
 
     def _stop_on_sigterm(self, signum, frame):
         logger.error("rank %d received SIGTERM at iteration %d (the launcher stops every process when one fails, "
