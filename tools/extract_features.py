@@ -50,89 +50,41 @@ def _override(text: str) -> tuple[str, object]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        choices=list(ARCHITECTURES),
-        metavar="NAME",
-        help=f"architecture: {', '.join(ARCHITECTURES)}",
-    )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help="checkpoint in any format hiera_det reads (official, Hugging Face, timm, SAM2)",
-    )
-    parser.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        metavar="FOLDER|GLOB|FILE",
-        help="image or video files, folders (searched recursively) or quoted globs",
-    )
+    parser.add_argument("--model", required=True, choices=list(ARCHITECTURES), metavar="NAME",
+                        help=f"architecture: {', '.join(ARCHITECTURES)}")
+    parser.add_argument("--weights", required=True,
+                        help="checkpoint in any format hiera_det reads (official, Hugging Face, timm, SAM2)")
+    parser.add_argument("--input", required=True, nargs="+", metavar="FOLDER|GLOB|FILE",
+                        help="image or video files, folders (searched recursively) or quoted globs")
     parser.add_argument("--output", required=True, help="output folder (created; reused to resume)")
-    parser.add_argument(
-        "--out-features",
-        nargs="+",
-        default=None,
-        metavar="STAGE",
-        help="stages to save (default: stage1 stage2 stage3 stage4)",
-    )
+    parser.add_argument("--out-features", nargs="+", default=None, metavar="STAGE",
+                        help="stages to save (default: stage1 stage2 stage3 stage4)")
     parser.add_argument("--pooled", action="store_true", help="also save the pooled embedding")
-    parser.add_argument(
-        "--classify",
-        action="store_true",
-        help="also save logits and print / save the top-k classes per input",
-    )
+    parser.add_argument("--classify", action="store_true",
+                        help="also save logits and print / save the top-k classes per input")
     parser.add_argument("--top-k", type=int, default=5, help="classes per input with --classify (default 5)")
-    parser.add_argument(
-        "--stage-norms",
-        action="store_true",
-        help="apply a Hugging Face HieraBackbone checkpoint's per-stage LayerNorms",
-    )
+    parser.add_argument("--stage-norms", action="store_true",
+                        help="apply a Hugging Face HieraBackbone checkpoint's per-stage LayerNorms")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)")
-    parser.add_argument(
-        "--bf16", action="store_true", help="bfloat16 autocast; features are saved as bfloat16"
-    )
-    parser.add_argument(
-        "--bf16-weights",
-        action="store_true",
-        help="weights and pixels in bfloat16, no autocast: faster than --bf16, slightly further "
-        "from fp32; features are saved as bfloat16",
-    )
-    parser.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="compile the trunk and replay it from CUDA graphs (CUDA only): the fastest for long "
-        "runs; the first batch compiles",
-    )
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast; features are saved as bfloat16")
+    parser.add_argument("--bf16-weights", action="store_true",
+                        help="weights and pixels in bfloat16, no autocast: faster than --bf16, slightly further "
+                             "from fp32; features are saved as bfloat16")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="compile the trunk and replay it from CUDA graphs (CUDA only): the fastest for long "
+                             "runs; the first batch compiles")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2, help="reading / preprocessing processes")
     parser.add_argument("--shard-rows", type=int, default=256, help="rows per safetensors shard")
-    parser.add_argument(
-        "--crop-size", type=int, default=None, help="image / frame crop (default: the model's)"
-    )
-    parser.add_argument(
-        "--num-frames", type=int, default=None, help="frames per clip (default: the model's, 16)"
-    )
+    parser.add_argument("--crop-size", type=int, default=None, help="image / frame crop (default: the model's)")
+    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's, 16)")
     parser.add_argument("--sampling-rate", type=int, default=4, help="source frames between clip frames")
-    parser.add_argument(
-        "--clip-stride",
-        type=int,
-        default=None,
-        help="source frames between clip starts (default: the clip span, clips tile the video)",
-    )
-    parser.add_argument(
-        "--build",
-        nargs="+",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="build_hiera overrides, e.g. input_size=(448,448)",
-    )
+    parser.add_argument("--clip-stride", type=int, default=None,
+                        help="source frames between clip starts (default: the clip span, clips tile the video)")
+    parser.add_argument("--build", nargs="+", type=_override, default=[], metavar="KEY=VALUE",
+                        help="build_hiera overrides, e.g. input_size=(448,448)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -145,30 +97,14 @@ def main(argv=None) -> int:
 
     try:
         extractor = FeatureExtractor(
-            args.model,
-            args.weights,
-            args.out_features,
-            pooled=args.pooled,
-            top_k=args.top_k if args.classify else 0,
-            stage_norms=args.stage_norms,
-            device=args.device,
-            bf16=args.bf16,
-            bf16_weights=args.bf16_weights,
-            cuda_graphs=args.cuda_graphs,
-            crop_size=args.crop_size,
-            num_frames=args.num_frames,
-            sampling_rate=args.sampling_rate,
-            **dict(args.build),
+            args.model, args.weights, args.out_features, pooled=args.pooled,
+            top_k=args.top_k if args.classify else 0, stage_norms=args.stage_norms, device=args.device,
+            bf16=args.bf16, bf16_weights=args.bf16_weights, cuda_graphs=args.cuda_graphs, crop_size=args.crop_size,
+            num_frames=args.num_frames, sampling_rate=args.sampling_rate, **dict(args.build),
         )
         summary = extract_to_folder(
-            extractor,
-            args.input,
-            args.output,
-            weights=args.weights,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            shard_rows=args.shard_rows,
-            clip_stride=args.clip_stride,
+            extractor, args.input, args.output, weights=args.weights, batch_size=args.batch_size,
+            num_workers=args.num_workers, shard_rows=args.shard_rows, clip_stride=args.clip_stride,
             progress=not args.no_progress,
         )
     except (CheckpointError, InputError, RunMismatchError, ValueError) as e:
@@ -187,9 +123,7 @@ def main(argv=None) -> int:
 
     print(f"{summary.written} rows written to {summary.output}, {summary.already_done} already there")
     if summary.failures:
-        print(
-            f"{len(summary.failures)} inputs skipped (listed in {os.path.join(args.output, 'failures.json')}):"
-        )
+        print(f"{len(summary.failures)} inputs skipped (listed in {os.path.join(args.output, 'failures.json')}):")
         for f in summary.failures:
             print(f"  {f.file}{'' if f.clip is None else f' clip {f.clip}'}: {f.reason}")
     if summary.predictions:
