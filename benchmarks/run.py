@@ -400,6 +400,8 @@ def main(argv=None, cases: list[Case] | None = None) -> dict:
     for key in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
         if hasattr(torch._dynamo.config, key):
             setattr(torch._dynamo.config, key, 4096)
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"error: --out {args.out} is a file; give a folder for the report")
     runner = Runner(args, selected)
     tag = args.tag or default_tag(args, runner.gpu)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -435,7 +437,12 @@ def main(argv=None, cases: list[Case] | None = None) -> dict:
         print(f"[benchmark] interrupted after {report['elapsed_s']} s: {args.out / tag}.md", flush=True)
         raise SystemExit(130)
     write()
-    print(f"[benchmark] done in {report['elapsed_s']} s: {args.out / tag}.md", flush=True)
+    measured = sum(1 for r in runner.items if r.get("status") != "skipped")
+    print(f"[benchmark] done in {report['elapsed_s']} s, {measured} of {len(runner.items)} items measured: "
+          f"{args.out / tag}.md", flush=True)  # fmt: skip
+    if runner.items and not measured:
+        reasons = sorted({r.get("reason", "") for r in runner.items})
+        print(f"[benchmark] nothing was measured: {'; '.join(reasons)[:500]}", flush=True)
     return report
 
 

@@ -542,9 +542,6 @@ def _explain_key_error(cfg: CN, error: KeyError, source: str) -> KeyError:
     bad = message.rsplit(":", 1)[-1].strip()
     close = difflib.get_close_matches(bad, _all_keys(cfg), n=3, cutoff=0.75)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    if bad.startswith("-"):
-        hint = (f" {bad} is an option, not a config key: options go before the trailing KEY VALUE overrides, "
-                "which take every word after the first key.")  # fmt: skip
     return KeyError(f"{message} (in {source}).{hint} hiera_det keys are listed in docs/config.md")
 
 
@@ -557,6 +554,10 @@ def merge_config(cfg: CN, config_file: str = "", opts: list[str] | None = None) 
         except KeyError as e:
             raise _explain_key_error(cfg, e, path) from None
     if opts:
+        options = [o for o in opts[0::2] if str(o).startswith("--")]
+        if options:
+            raise ValueError(f"{', '.join(options)} came after the KEY VALUE overrides, which take every word after "
+                             f"the first key: put options before the overrides (overrides: {list(opts)})")
         if len(opts) % 2:
             raise ValueError(f"config overrides come in KEY VALUE pairs; got an odd number: {opts}")
         try:

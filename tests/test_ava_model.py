@@ -112,7 +112,7 @@ def test_evaluator_end_to_end_writes_official_files(tiny, tmp_path):
     evaluator = loaders.build_evaluator(cfg, "test_avs_val", str(tmp_path))
     results = inference_on_dataset(model, loaders.build_test_loader(cfg, "test_avs_val"), evaluator)
     value = results["ava"]["frame-mAP@0.5IOU"]
-    assert 0.0 <= value <= 100.0
+    assert 0.0 <= value <= 100.0 and results["ava"]["mAP"] == value  # the copypaste summary shows "mAP"
     rows = list(csv.reader(open(tmp_path / "ava_detections.csv")))
     assert len(rows[0]) == 8 and rows[0][1] in ("0901", "0902") and int(rows[0][6]) in ava_shapes.EVALUATED_IDS
     # scoring the written file with the file-based evaluator gives the same number

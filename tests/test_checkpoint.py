@@ -429,3 +429,23 @@ def test_convert_checkpoint_command_line(tiny_state, tmp_path, hiera_model):
     assert shown.returncode == 0
     assert "absolute-win" in shown.stdout and "zero window embedding" in shown.stdout
     assert "backbone.bottom_up.trunk." in shown.stdout
+
+
+def test_an_unreadable_checkpoint_error_never_advises_weights_only_false(tmp_path):
+    import pickle
+
+    from hiera_det.checkpoint.reading import _corrupt
+    from hiera_det.modeling import build_hiera
+
+    advice = pickle.UnpicklingError(
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely "
+        "succeed, but it can result in arbitrary code execution.\nPlease file an issue.\n\n"
+        "WeightsUnpickler error: Unsupported operand 97"
+    )
+    message = str(_corrupt(tmp_path / "x.pth", advice))
+    assert "weights_only" not in message and "WeightsUnpickler error: Unsupported operand 97" in message
+    text = tmp_path / "notes.pth"
+    text.write_text("just text")
+    with pytest.raises(CheckpointError, match="truncated or corrupt, or not a checkpoint at all") as info:
+        load_checkpoint(build_hiera("hiera_tiny_224", num_classes=0), str(text))
+    assert "weights_only" not in str(info.value)

@@ -121,6 +121,8 @@ def test_unknown_key_in_config_file_names_the_file(tmp_path):
 def test_backbone_builder_validates_too():
     from detectron2.modeling import build_backbone
 
+    import hiera_det.d2  # noqa: F401  (registers the backbone: the test must not depend on others' imports)
+
     cfg = _cfg()
     cfg.MODEL.BACKBONE.NAME = "build_hiera_fpn_backbone"
     cfg.MODEL.HIERA.ATTENTION = "global"

@@ -212,7 +212,8 @@ def test_train_net_names_setup_mistakes_without_a_traceback(tmp_path):
     assert "Did you mean: SOLVER.MAX_ITER?" in done.stderr
     # an option after the overrides is read as a key: say where options go
     done = run_tool("train_net.py", "--config", CONFIG, "OUTPUT_DIR", tmp_path, "--dataset", "a=b.json:c")
-    assert done.returncode == 2 and "options go before the trailing KEY VALUE overrides" in done.stderr
+    assert done.returncode == 2 and "--dataset came after the KEY VALUE overrides" in done.stderr
+    assert "put options before the overrides" in done.stderr
     (tmp_path / "a_file").write_text("")
     done = run_tool("train_net.py", "--config", CONFIG, "OUTPUT_DIR", tmp_path / "a_file")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]

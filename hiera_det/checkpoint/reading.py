@@ -33,9 +33,18 @@ class RawCheckpoint:
 
 def _corrupt(path: Path, err: Exception) -> CheckpointError:
     return CheckpointError(
-        f"cannot read checkpoint {path}: the file is truncated or corrupt ({type(err).__name__}: {err}). "
-        f"Download or copy it again (compare its size or checksum with the original)."
+        f"cannot read checkpoint {path}: the file is truncated or corrupt, or not a checkpoint at all "
+        f"({type(err).__name__}: {_reason(err)}). Download or copy it again (compare its size or checksum with "
+        f"the original)."
     )
+
+
+def _reason(err: Exception) -> str:
+    """The line of a reader's error that says what is wrong, without torch's advice to load the file with
+    ``weights_only=False`` (which would run code stored in it)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and "weights_only" not in line]
+    named = [line for line in lines if "error:" in line.lower()]
+    return (named or lines or ["no message"])[-1 if named else 0]
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -82,7 +91,9 @@ def _read_torch(path: Path) -> object:
         if refuses_python_objects(err):
             raise CheckpointError(python_objects_message(path, err)) from err
         raise _corrupt(path, err) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # a damaged or foreign file fails anywhere in torch's readers (even KeyError)
         raise _corrupt(path, err) from err
 
 

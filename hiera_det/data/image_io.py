@@ -149,8 +149,8 @@ def _open_upright(path: str) -> Image.Image:
         raise ImageReadError(
             path,
             "the file does not exist",
-            "check the dataset's image root (Detectron2 datasets live under $DETECTRON2_DATASETS, "
-            "default ./datasets) and that the annotation's file_name is relative to it",
+            "check the path; for a dataset, check its image root (Detectron2 datasets live under "
+            "$DETECTRON2_DATASETS, default ./datasets) and that the annotation's file_name is relative to it",
         ) from None
     except IsADirectoryError:
         raise ImageReadError(path, "the path is a directory", "point file_name at an image file") from None

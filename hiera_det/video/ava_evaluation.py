@@ -254,7 +254,8 @@ class AvaEvaluator(DatasetEvaluator):
     ``process`` keeps each keyframe's boxes (normalised by the input's ``width`` / ``height``) and action
     scores; ``evaluate`` gathers them from every rank (``detectron2.utils.comm``), and on the main process
     writes ``ava_detections.csv`` (official submission format) and ``ava_per_class_ap.txt`` / ``.json`` under
-    ``output_dir``, then returns ``{"ava": {"frame-mAP@0.5IOU": percent, "AP-<action>": percent, ...}}``.
+    ``output_dir``, then returns ``{"ava": {"frame-mAP@0.5IOU": percent, "mAP": the same, "AP-<action>": percent,
+    ...}}``.
     """
 
     def __init__(
@@ -323,7 +324,8 @@ class AvaEvaluator(DatasetEvaluator):
         logger.info("AVA frame-mAP on %s (%d keyframes):\n%s", self.dataset_name, len(predictions), result.table())
         if self.output_dir:
             self._write(rows, result)
-        metrics = {METRIC: 100 * result.mean_ap}
+        # "mAP" repeats the official name's value: Detectron2's copypaste summary drops names holding a "-"
+        metrics = {METRIC: 100 * result.mean_ap, "mAP": 100 * result.mean_ap}
         for action_id, (name, ap, _) in result.per_class.items():
             if not np.isnan(ap):
                 metrics[f"AP-{name}"] = 100 * ap
