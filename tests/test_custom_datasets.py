@@ -357,3 +357,54 @@ def test_a_json_without_categories_is_one_problem_and_a_split_in_train_and_test_
         check_datasets(_cfg(specs, ["nocat"], ["nocat"]))
     message = str(info.value)
     assert message.startswith("1 problem(s)") and "lists no categories" in message
+
+
+def test_video_lists_set_the_class_count_and_every_problem_is_named_before_training(tmp_path):
+    (tmp_path / "clips").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "clips" / f"{name}.mp4").write_bytes(b"not empty")
+    (tmp_path / "clips" / "empty.mp4").write_bytes(b"")
+    (tmp_path / "train.csv").write_text("clips/a.mp4 0\nclips/b.mp4 2\nclips/c.mp4 1\n")
+    (tmp_path / "val.csv").write_text(
+        "clips/a.mp4 0\nclips/no_label.mp4\nclips/b.mp4 x\nclips/c.mp4 7\nclips/empty.mp4 1\nclips/gone.mp4 2\n"
+    )
+    cfg = merge_config(get_hiera_cfg(), "video/moving_shapes_cls.yaml")
+    cfg.DATASETS.CUSTOM = [f"list_train={tmp_path / 'train.csv'}", f"list_val={tmp_path / 'val.csv'}"]
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("list_train",), ("list_val",)
+    prepare_datasets(cfg, ["list_train", "list_val"])
+    fit_config_to_data(cfg, explicit_keys=set())
+    assert cfg.MODEL.HIERA_VIDEO.NUM_CLASSES == 3  # labels 0-2, no class names: the count comes from the list
+    with pytest.raises(DatasetSpecError) as info:
+        check_datasets(cfg)
+    message = str(info.value)
+    assert message.startswith("5 problem(s)")
+    for expected in ("val.csv:2: expected `path label`", "val.csv:3: label 'x' is not an integer",
+                     "val.csv:4: label 7 is outside [0, 3)", "empty.mp4 is empty (0 bytes)", "gone.mp4 does not exist"):
+        assert expected in message, expected
+
+
+def test_keyframe_datasets_are_checked_against_their_videos_before_training(tmp_path):
+    import cv2
+    import numpy as np
+
+    pytest.importorskip("decord")
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, (64, 48))
+    for t in range(16):
+        writer.write(np.full((48, 64, 3), 10 * t, np.uint8))
+    writer.release()
+    image = dict(height=48, width=64, frame_index=8, video_file="clip.mp4")
+    images = [dict(image, id=1), dict(image, id=2, frame_index=400), dict(image, id=3, width=128),
+              dict(image, id=4, video_file="gone.mp4")]
+    annotations = [dict(id=i, image_id=i, category_id=1, bbox=[4, 4, 10, 10], area=100, iscrowd=0) for i in range(1, 5)]
+    json_file = tmp_path / "kf.json"
+    json_file.write_text(json.dumps(dict(images=images, annotations=annotations, categories=[dict(id=1, name="a")])))
+    cfg = merge_config(get_hiera_cfg(), "video/moving_shapes_keyframe.yaml")
+    cfg.DATASETS.CUSTOM = [f"kf_train=keyframes:{json_file}:{tmp_path}"]
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("kf_train",), ()
+    with pytest.raises(DatasetSpecError) as info:
+        check_datasets(cfg)
+    message = str(info.value)
+    assert message.startswith("3 problem(s)")
+    assert "image id 2 (clip.mp4): frame_index 400 is outside the video's 16 frames" in message
+    assert "image id 3 (clip.mp4): the json says 128x48 but the frames are 64x48" in message
+    assert "gone.mp4 does not exist (1 keyframes" in message

@@ -126,3 +126,14 @@ def test_windowed_mae_weights_go_into_windowed_detector(tmp_path):
     trunk = detector.backbone.bottom_up.trunk
     torch.testing.assert_close(trunk.pos_embed_window, mae.mae.pos_embed_window)
     torch.testing.assert_close(trunk.blocks[3].attn.qkv.weight, mae.mae.blocks[3].attn.qkv.weight)
+
+
+def test_a_pretraining_video_list_names_missing_and_empty_videos_before_training(tmp_path):
+    from hiera_det.data.unlabeled import check_unlabeled
+
+    (tmp_path / "ok.mp4").write_bytes(b"some bytes")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "list.txt").write_text("ok.mp4\nempty.mp4\ngone.mp4\n")
+    problems = check_unlabeled("videos", str(tmp_path / "list.txt"), "clips")
+    assert problems == [f"clips: video {tmp_path / 'empty.mp4'} is empty (0 bytes)",
+                        f"clips: video {tmp_path / 'gone.mp4'} does not exist"]

@@ -28,6 +28,7 @@ from detectron2.data import MetadataCatalog
 
 from ..config import uses_gpu_mask_targets
 from . import catalog
+from .datasets import kinetics
 from .datasets.kinetics import EVALUATOR_TYPE as VIDEO_CLASSIFICATION
 from .unlabeled import check_unlabeled, register_unlabeled
 
@@ -225,9 +226,17 @@ def check_datasets(cfg) -> None:
     # a split named in both TRAIN and TEST is checked (and its problems listed) once
     used = [specs[n] for n in dict.fromkeys((*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)) if n in specs]
     problems: list[str] = []
+    num_classes = cfg.MODEL.HIERA_VIDEO.NUM_CLASSES
     for spec in used:
         if spec.kind == "videos" and not os.path.exists(spec.path):
             problems.append(f"{spec.name}: {spec.path} does not exist")
+        elif spec.kind == "videos" and spec.path.endswith(".csv"):
+            found = kinetics.check_video_list(spec.path, os.path.dirname(spec.path), num_classes)
+            problems += [f"{spec.name}: {p}" for p in found]
+        elif spec.kind == "videos":
+            problems += [f"{spec.name}: {p}" for p in kinetics.check_class_folders(spec.path, num_classes)]
+        elif spec.kind == "keyframes":
+            problems += [f"{spec.name}: {p}" for p in kinetics.check_keyframe_json(spec.path, spec.root)]
         elif spec.kind == "coco":
             problems += check_coco_file(spec.path, spec.root, spec.name)
         elif spec.kind in UNLABELED_KINDS.values():
@@ -257,8 +266,14 @@ def fit_config_to_data(cfg, explicit_keys: set[str]) -> list[str]:
     if not names:
         return notes
     metas = [MetadataCatalog.get(n) for n in names]
+    specs = {s.name: s for s in (DatasetSpec.parse(t) for t in cfg.DATASETS.CUSTOM)}
     if all(m.get("evaluator_type", None) == VIDEO_CLASSIFICATION for m in metas):
         keys, classes = ["MODEL.HIERA_VIDEO.NUM_CLASSES"], metas[0].get("classes", None)
+        first = specs.get(names[0])
+        if not classes and first is not None and first.kind == "videos" and first.path.endswith(".csv"):
+            # a list without class names: its labels still give the count
+            count = kinetics.csv_class_count(first.path)
+            classes = [str(i) for i in range(count)] if count else None
     else:
         classes = metas[0].get("thing_classes", None)
         keys = ["MODEL.RETINANET.NUM_CLASSES"] if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE else \
@@ -274,7 +289,6 @@ def fit_config_to_data(cfg, explicit_keys: set[str]) -> list[str]:
                                        f"{', ...' if len(classes) > 10 else ''}); drop the override or fix the data")
             notes.append(f"{key} {node[leaf]} -> {len(classes)}, the class count of {names[0]}")
             node[leaf] = len(classes)
-    specs = {s.name: s for s in (DatasetSpec.parse(t) for t in cfg.DATASETS.CUSTOM)}
     jsons = [specs[n].path for n in names if n in specs and specs[n].kind == "coco" and os.path.isfile(specs[n].path)]
     formats = {mask_format_of(j) for j in jsons} - {None}
     if formats and cfg.MODEL.MASK_ON:

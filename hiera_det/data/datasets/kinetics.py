@@ -116,6 +116,71 @@ def load_kinetics_csv(
     return records, list(class_names)
 
 
+def csv_class_count(csv_path: str, separator: str = " ") -> int | None:
+    """1 + the largest label of a PySlowFast list (its class count when it holds no names), None when the
+    file is missing or has no integer label (the check before training names those problems)."""
+    if not os.path.isfile(csv_path):
+        return None
+    labels = []
+    with open(csv_path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.strip().rsplit(separator, 1) if separator != " " else line.strip().rsplit(None, 1)
+            if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit():
+                labels.append(int(parts[1]))
+    return max(labels) + 1 if labels and max(labels) >= 0 else None
+
+
+def check_video_list(csv_path: str, root: str, num_classes: int, separator: str = " ", limit: int = 20) -> list[str]:
+    """Every problem of a PySlowFast list, for the check before training: rows that do not parse, labels that
+    are not integers in ``[0, num_classes)``, and listed videos that are missing or empty (each named)."""
+    if not os.path.isfile(csv_path):
+        return [f"{csv_path}: the video list does not exist"]
+    problems: list[str] = []
+    rows = 0
+    with open(csv_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            rows += 1
+            where = f"{csv_path}:{line_no}"
+            parts = line.rsplit(separator, 1) if separator != " " else line.rsplit(None, 1)
+            if len(parts) != 2:
+                problems.append(f"{where}: expected `path{separator}label`, got {line!r}")
+                continue
+            rel_path, label_text = parts[0].strip(), parts[1].strip()
+            try:
+                label = int(label_text)
+            except ValueError:
+                problems.append(f"{where}: label {label_text!r} is not an integer class index")
+                label = None
+            if label is not None and not 0 <= label < num_classes:
+                problems.append(f"{where}: label {label} is outside [0, {num_classes}) (MODEL.HIERA_VIDEO.NUM_CLASSES "
+                                f"{num_classes}): fix the row or set NUM_CLASSES")
+            path = rel_path if os.path.isabs(rel_path) else os.path.join(root, rel_path)
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                problems.append(f"{where}: {path} is empty (0 bytes)")
+            elif not (os.path.isfile(path) or os.path.isdir(path)):
+                problems.append(f"{where}: {path} does not exist (paths are relative to {root})")
+    if not rows:
+        problems.append(f"{csv_path}: the video list is empty")
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"{csv_path}: ... and {len(problems) - limit} more problems"]
+    return problems
+
+
+def check_class_folders(root: str, num_classes: int) -> list[str]:
+    """Every problem of a class-folder split: class folders without videos, and empty video files."""
+    try:
+        records, class_names = load_class_folders(root)
+    except FileNotFoundError as e:
+        return [str(e)]
+    problems = [f"{root}: class folder {name!r} holds no videos ({', '.join(VIDEO_EXTENSIONS)})"
+                for label, name in enumerate(class_names) if not any(r["label"] == label for r in records)]
+    problems += [f"{r['file_name']} is empty (0 bytes)" for r in records if os.path.getsize(r["file_name"]) == 0]
+    return problems
+
+
 def load_class_folders(root: str) -> tuple[list[dict], list[str]]:
     """Read ``root/<class name>/<video>``: labels are indices into the sorted class names."""
     if not os.path.isdir(root):
@@ -164,6 +229,46 @@ def classes_if_cheap(root: str, split: str, layout: str) -> list[str] | None:
     if os.path.isdir(folder):
         return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))) or None
     return None
+
+
+def check_keyframe_json(json_file: str, video_root: str, limit: int = 20) -> list[str]:
+    """Every problem of a keyframe dataset, for the check before training: the json itself, and per keyframe
+    a missing or unreadable video, a ``frame_index`` past its end, and ``width`` / ``height`` that are not the
+    decoded frames' (each video is opened once)."""
+    from tqdm import tqdm
+
+    from ..video_io import VideoReadError, open_video
+
+    try:
+        records, _ = load_keyframe_coco_json(json_file, video_root)
+    except (OSError, ValueError, KeyError) as e:
+        return [f"{json_file}: {e}"]
+    by_source: dict[str, list[dict]] = {}
+    for record in records:
+        by_source.setdefault(record["file_name"], []).append(record)
+    problems: list[str] = []
+    for source, keyframes in tqdm(by_source.items(), desc="checking keyframe videos", unit="video", leave=False,
+                                  disable=len(by_source) < 100):  # fmt: skip
+        if not os.path.exists(source):
+            problems.append(f"{json_file}: {source} does not exist ({len(keyframes)} keyframes; paths are relative "
+                            f"to {video_root})")  # fmt: skip
+            continue
+        try:
+            with open_video(source) as reader:
+                length, (height, width) = reader.num_frames, reader.size
+        except VideoReadError as e:
+            problems.append(f"{json_file}: {e}")
+            continue
+        for r in keyframes:
+            where = f"{json_file}: image id {r['image_id']} ({os.path.basename(source)})"
+            if not 0 <= r["frame_index"] < length:
+                problems.append(f"{where}: frame_index {r['frame_index']} is outside the video's {length} frames")
+            if (r["width"], r["height"]) != (width, height):
+                problems.append(f"{where}: the json says {r['width']}x{r['height']} but the frames are "
+                                f"{width}x{height}; fix width/height")  # fmt: skip
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"{json_file}: ... and {len(problems) - limit} more problems"]
+    return problems
 
 
 def load_keyframe_coco_json(json_file: str, video_root: str) -> tuple[list[dict], dict]:
