@@ -48,7 +48,10 @@ class VideoClipReader:
 
     Frames come out as uint8 RGB arrays ``[T, H, W, 3]``; grayscale or paletted sources are converted to
     three channels. Opening parses the container only; ``num_frames`` is what the container reports, and
-    frames that do not decode (e.g. after a truncation point) raise ``VideoReadError`` when requested.
+    frames that do not decode (e.g. after a truncation point) raise ``VideoReadError`` when requested. A file
+    cut short opens only if its index came before the cut (an mp4 written with its ``moov`` box first, or a
+    stream format such as .ts / .mkv); otherwise opening raises ``VideoReadError``, and even the frames before
+    the cut are out of reach until the file is re-encoded or downloaded again.
     """
 
     def __init__(self, path: str, num_threads: int = 1):
