@@ -130,9 +130,8 @@ def main(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hiera_det")
     for note in notes:
         logger.warning(note)
-    if (
-        comm.get_local_rank() == 0
-    ):  # one process per machine generates the bundled data, before the others look
+    # one process per machine generates the bundled data, before the others look
+    if comm.get_local_rank() == 0:
         with setting_up("checking the datasets"):
             prepare_datasets(cfg, [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
             check_datasets(cfg)
