@@ -545,6 +545,12 @@ def _explain_key_error(cfg: CN, error: KeyError, source: str) -> KeyError:
     return KeyError(f"{message} (in {source}).{hint} hiera_det keys are listed in docs/config.md")
 
 
+def error_message(error: BaseException) -> str:
+    """What a config, path or data error says, for a one-line ``error:``: a ``KeyError``'s message without
+    the quotes its ``str()`` adds."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
 def merge_config(cfg: CN, config_file: str = "", opts: list[str] | None = None) -> CN:
     """Merge a config file (path or packaged name) and ``KEY VALUE`` overrides into ``cfg``."""
     if config_file:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from hiera_det.demo.image import (  # noqa: E402
     DemoError,
     demo_config,
     expand_inputs,
+    interrupt_on_sigterm,
     prepare_output_folder,
     run_image_demo,
     split_trailing_opts,
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = argument_parser().parse_args(head)
     setup_logger(name="fvcore")
     setup_logger(name="hiera_det")
-    signal.signal(
-        signal.SIGTERM, _interrupt
-    )  # `kill` stops the run as Ctrl-C does: detections.json is written
+    interrupt_on_sigterm()  # `kill` stops the run as Ctrl-C does: detections.json is written
     try:
         return run(args, list(args.opts) + trailing)
     except (DemoError, CheckpointError, FileNotFoundError) as e:
@@ -111,10 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: detections.json in {args.output} lists the images done so far and those left "
               "(unprocessed)", file=sys.stderr)  # fmt: skip
         return 130
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

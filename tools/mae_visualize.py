@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     from detectron2.modeling import build_model
 
     from hiera_det.checkpoint import CheckpointError
+    from hiera_det.config import error_message
     from hiera_det.engine.checkpointer import load_model_weights
     from hiera_det.engine.run_config import build_run_config
     from hiera_det.pretraining import save_reconstructions
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     try:
         cfg, _ = build_run_config(args.config_file, args.opts)
     except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     if cfg.MODEL.META_ARCHITECTURE != "HieraMAE":
         print(

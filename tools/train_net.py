@@ -40,6 +40,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import hiera_det.d2  # noqa: E402,F401  (registers backbones, meta-architectures and datasets)
 from hiera_det.checkpoint import CheckpointError  # noqa: E402
+from hiera_det.config import error_message  # noqa: E402
 from hiera_det.data.catalog import prepare_datasets  # noqa: E402
 from hiera_det.data.custom import DatasetSpecError, check_datasets  # noqa: E402
 from hiera_det.data.image_io import ImageReadError  # noqa: E402
@@ -94,8 +95,7 @@ def setting_up(step: str):
     except (KeyError, ValueError, OSError) as e:
         if os.environ.get("HIERA_DET_TRACEBACK"):
             raise
-        # KeyError's str() is the repr of its argument: quotes around the message
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        text = error_message(e)
         if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
             text = f"{text}: {e.filename}"
         raise SetupError(f"{step}: {text}") from e

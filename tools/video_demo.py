@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -111,9 +110,9 @@ def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
-    # `kill` (SIGTERM) stops the run as Ctrl-C does, so the mp4 being written is finalized and summary.json
-    # is written, rather than the process dying mid-file
-    signal.signal(signal.SIGTERM, _interrupt)
+    from hiera_det.demo.image import interrupt_on_sigterm
+
+    interrupt_on_sigterm()  # `kill` stops the run as Ctrl-C does: the mp4 is finished, summary.json written
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -129,7 +128,7 @@ def run(args) -> int:
 
     import hiera_det.d2  # noqa: F401  (registers the backbones and meta-architectures)
     from hiera_det.checkpoint import CheckpointError
-    from hiera_det.config import get_hiera_cfg, merge_config
+    from hiera_det.config import error_message, get_hiera_cfg, merge_config
     from hiera_det.data.video_io import VideoReadError
     from hiera_det.demo.image import DemoError, prepare_output_folder
     from hiera_det.demo.video import DemoSettings, list_videos, mode_for, run_video_demo
@@ -149,7 +148,7 @@ def run(args) -> int:
         prepare_output_folder(args.output, list_videos(args.input))
         cfg = merge_config(get_hiera_cfg(), args.config_file, args.opts)
     except (DemoError, VideoReadError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {_message(e)}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     cfg.MODEL.DEVICE = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = args.weights or cfg.MODEL.WEIGHTS
@@ -199,13 +198,14 @@ def run(args) -> int:
         if mode == "actions":  # AVA-style action detection, hiera_det/demo/actions.py
             from hiera_det.demo.actions import run_action_demo
 
-            return run_action_demo(cfg, model, args, on_video=report)
-        result = run_video_demo(cfg, model, args.input, args.output, settings, on_video=report)
+            result = run_action_demo(cfg, model, args, on_video=report)
+        else:
+            result = run_video_demo(cfg, model, args.input, args.output, settings, on_video=report)
     except VideoReadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:  # the mode does not fit the config, a missing proposals file
-        print(f"error: {_message(e)}", file=sys.stderr)
+        print(f"error: {error_message(e)}", file=sys.stderr)
         return 2
     if result.failed:
         total = len(result.failed) + len(result.videos)
@@ -214,15 +214,6 @@ def run(args) -> int:
               sep="\n", file=sys.stderr)  # fmt: skip
         return 1
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _message(error: BaseException) -> str:
-    # KeyError's str() is the repr of its argument: quotes around the message
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,19 @@ def _json_summary(json_file: str, mtime_ns: int) -> tuple[tuple, str | None]:
     return classes, mask_format
 
 
+def add_dataset_specs(cfg, datasets) -> None:
+    """Add ``NAME=SPEC`` strings (``--dataset``) to ``cfg.DATASETS.CUSTOM``, with absolute paths so that a
+    saved config.yaml reads the same files from any directory; a spec replaces a kept one of the same name,
+    and a name given twice is refused."""
+    specs = [DatasetSpec.parse(d) for d in datasets]
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DatasetSpecError(f"--dataset names {', '.join(twice)} more than once; give each dataset one name")
+    kept = [t for t in cfg.DATASETS.CUSTOM if DatasetSpec.parse(t).name not in names]
+    cfg.DATASETS.CUSTOM = kept + [s.text() for s in specs]
+
+
 def register_custom_datasets(cfg) -> list[DatasetSpec]:
     """Register every spec of ``cfg.DATASETS.CUSTOM`` (in each process that reads the data)."""
     specs = [DatasetSpec.parse(text) for text in cfg.DATASETS.CUSTOM]

@@ -15,9 +15,7 @@ shows every frame with the boxes and top actions of the latest keyframe beside e
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,12 +24,8 @@ from tqdm import tqdm
 
 from hiera_det.data import video_transforms as vt
 from hiera_det.data.ava import clip_frame_indices, read_boxes_csv, read_label_map
-from hiera_det.data.video_io import VideoReadError, open_video
-from hiera_det.demo.image import describe_failure, unique_stem
-from hiera_det.demo.video import list_videos
-from hiera_det.engine.checkpointer import atomic_write
-
-logger = logging.getLogger(__name__)
+from hiera_det.data.video_io import open_video
+from hiera_det.demo.video import VideoDemoResult, run_over_videos
 
 
 @dataclass
@@ -260,37 +254,11 @@ def action_names(cfg) -> list[str]:
     return []
 
 
-def run_action_demo(cfg, model, args, on_video=None) -> int:
-    """The ``--mode actions`` entry point of tools/video_demo.py (``args`` from its parser). Like the other
-    modes, a video that fails is named with the reason and the others go on; ``summary.json`` lists both.
-    Returns the exit status: 0, or 1 when some video failed."""
+def run_action_demo(cfg, model, args, on_video=None) -> VideoDemoResult:
+    """The ``--mode actions`` entry point of tools/video_demo.py (``args`` from its parser), run over the
+    videos as the other modes are (``video.run_over_videos``)."""
     settings = ActionDemoSettings(top_k=args.top_k, keyframe_interval=args.keyframe_interval, proposals=args.proposals,
                                   video_start_sec=args.video_start_sec, write_video=not args.no_video,
                                   proposal_score_threshold=cfg.INPUT.AVA.PROPOSAL_SCORE_THRESH)
     demo = ActionDemo(cfg, model, settings, action_names(cfg))
-    videos, failed, taken = [], [], set()
-    try:
-        for video in list_videos(args.input):
-            try:
-                summary = demo.run(video, args.output, stem=unique_stem(video, taken))
-            except KeyboardInterrupt:
-                failed.append({"video": video, "error": "interrupted: its outputs hold the keyframes before"})
-                raise
-            except Exception as e:  # noqa: BLE001  one bad video must not stop the others
-                reason = str(e) if isinstance(e, VideoReadError) else describe_failure(e)
-                logger.warning("skipping %s: %s", video, reason)
-                failed.append({"video": video, "error": reason})
-                continue
-            if on_video is not None:
-                on_video(summary)
-            videos.append(summary)
-    finally:  # an interrupted run keeps the list of what it did
-        if videos or failed:
-            os.makedirs(args.output, exist_ok=True)
-            text = json.dumps({"videos": videos, "failed": failed}, indent=1)
-            atomic_write(os.path.join(args.output, "summary.json"), lambda f: f.write(text.encode()))
-    if failed:
-        print(f"{len(failed)} of {len(failed) + len(videos)} videos could not be processed (the others' outputs are "
-              f"in {args.output}):", *(f"  {f['video']}: {f['error']}" for f in failed), sep="\n", file=sys.stderr)
-        return 1
-    return 0
+    return run_over_videos(demo, args.input, args.output, on_video)

@@ -16,6 +16,7 @@ import glob
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -28,8 +29,8 @@ from detectron2.modeling import build_model
 from pycocotools import mask as mask_utils
 
 from .. import d2  # noqa: F401  (registers the backbones and meta-architectures build_model looks up)
-from ..config import get_hiera_cfg, merge_config
-from ..data.custom import register_custom_datasets
+from ..config import error_message, get_hiera_cfg, merge_config
+from ..data.custom import add_dataset_specs, register_custom_datasets
 from ..data.image_io import read_image
 from ..detection.fast_inference import inference_autocast, use_cuda_graphs
 from ..engine.checkpointer import atomic_write, load_model_weights
@@ -98,12 +99,10 @@ def demo_config(config: str, opts: list[str], confidence_threshold: float, datas
     cfg = get_hiera_cfg()
     try:
         merge_config(cfg, config, opts)
-        cfg.DATASETS.CUSTOM = list(cfg.DATASETS.CUSTOM) + [
-            d for d in datasets if d not in cfg.DATASETS.CUSTOM
-        ]
+        add_dataset_specs(cfg, datasets)
         register_custom_datasets(cfg)
     except (FileNotFoundError, KeyError, ValueError) as e:
-        raise DemoError(str(e).strip('"')) from None
+        raise DemoError(error_message(e)) from None
     weights = cfg.MODEL.WEIGHTS = os.path.expanduser(cfg.MODEL.WEIGHTS)
     if not weights:
         raise DemoError(
@@ -244,6 +243,16 @@ def prepare_output_folder(output: str | os.PathLike, inputs: list[str]) -> Path:
     if not os.access(out, os.W_OK):
         raise DemoError(f"the --output folder {output} is not writable; choose another")
     return out
+
+
+def interrupt_on_sigterm() -> None:
+    """Make ``kill`` (SIGTERM) stop a demo as Ctrl-C does: its ``finally`` blocks then finish the file being
+    written and the summary, where the default action would end the process mid-file."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def describe_failure(error: Exception) -> str:

@@ -459,6 +459,14 @@ def run_video_demo(
     A missing ``inputs`` path raises ``VideoReadError``.
     """
     demo = VideoDemo(cfg, model, settings, class_names_for(cfg) if class_names is None else class_names)
+    return run_over_videos(demo, inputs, out_dir, on_video)
+
+
+def run_over_videos(
+    demo, inputs: str, out_dir: str, on_video: Callable[[dict], None] | None = None
+) -> VideoDemoResult:
+    """``demo.run(video, out_dir, stem=...)`` (a ``VideoDemo`` or the actions mode's ``ActionDemo``) on every
+    video of ``inputs``, going on past failures, with ``summary.json`` written even when interrupted."""
     result = VideoDemoResult()
     taken: set[str] = set()
     try:
@@ -466,7 +474,7 @@ def run_video_demo(
             try:
                 summary = demo.run(video, out_dir, stem=unique_stem(video, taken))
             except KeyboardInterrupt:
-                result.failed.append({"video": video, "error": "interrupted: its outputs hold the frames before"})
+                result.failed.append({"video": video, "error": "interrupted: its outputs hold what came before"})
                 raise
             except Exception as e:  # noqa: BLE001  one bad video must not stop the others
                 logger.warning("skipping %s: %s", video, _describe(e))

@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoint.zoo import PREFIX, is_weights_name
 from ..config import get_hiera_cfg, merge_config, validate_hiera_config
-from ..data.custom import DatasetSpec, DatasetSpecError, fit_config_to_data, register_custom_datasets
+from ..data.custom import add_dataset_specs, fit_config_to_data, register_custom_datasets
 
 
 def build_run_config(config_file: str, opts: list[str], datasets: list[str] = ()) -> tuple:
@@ -21,15 +21,7 @@ def build_run_config(config_file: str, opts: list[str], datasets: list[str] = ()
     """
     cfg = merge_config(get_hiera_cfg(), config_file, opts)
     notes = []
-    if datasets:
-        specs = [DatasetSpec.parse(d) for d in datasets]
-        names = [s.name for s in specs]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise DatasetSpecError(f"--dataset names {', '.join(twice)} more than once; give each dataset one name")
-        # absolute paths: the config.yaml saved with the run reads the same files from any directory
-        kept = [t for t in cfg.DATASETS.CUSTOM if DatasetSpec.parse(t).name not in names]
-        cfg.DATASETS.CUSTOM = kept + [s.text() for s in specs]
+    add_dataset_specs(cfg, datasets)
     register_custom_datasets(cfg)
     notes += fit_config_to_data(cfg, explicit_keys=set(opts[0::2]))
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu":

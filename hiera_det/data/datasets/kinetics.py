@@ -44,6 +44,11 @@ def read_class_names(path: str) -> list[str]:
     return names
 
 
+def _split_row(line: str, separator: str) -> list[str]:
+    # the label follows the last separator, so paths may hold it (" " also splits on tabs and runs of spaces)
+    return line.rsplit(separator, 1) if separator != " " else line.rsplit(None, 1)
+
+
 def load_kinetics_csv(
     csv_path: str, root: str, separator: str = " ", class_names: list[str] | None = None
 ) -> tuple[list[dict], list[str]]:
@@ -66,7 +71,7 @@ def load_kinetics_csv(
             line = line.strip()
             if not line:
                 continue
-            parts = line.rsplit(separator, 1) if separator != " " else line.rsplit(None, 1)
+            parts = _split_row(line, separator)
             if len(parts) != 2:
                 raise ValueError(
                     f"{csv_path}:{line_no}: expected `path{separator}label`, got {line!r}; "
@@ -124,7 +129,7 @@ def csv_class_count(csv_path: str, separator: str = " ") -> int | None:
     labels = []
     with open(csv_path, encoding="utf-8") as f:
         for line in f:
-            parts = line.strip().rsplit(separator, 1) if separator != " " else line.strip().rsplit(None, 1)
+            parts = _split_row(line.strip(), separator)
             if len(parts) == 2 and parts[1].strip().lstrip("-").isdigit():
                 labels.append(int(parts[1]))
     return max(labels) + 1 if labels and max(labels) >= 0 else None
@@ -144,7 +149,7 @@ def check_video_list(csv_path: str, root: str, num_classes: int, separator: str 
                 continue
             rows += 1
             where = f"{csv_path}:{line_no}"
-            parts = line.rsplit(separator, 1) if separator != " " else line.rsplit(None, 1)
+            parts = _split_row(line, separator)
             if len(parts) != 2:
                 problems.append(f"{where}: expected `path{separator}label`, got {line!r}")
                 continue
